@@ -1,0 +1,136 @@
+//! RabbitMQ topology and connections.
+//!
+//! Declared idempotently by every service at start:
+//! - `<ns>.events`: durable topic exchange applications publish to
+//!   (routing key `<service>.<action_type>`).
+//! - `<ns>.writer`: durable quorum queue bound with `#`, consumed by writers. A
+//!   message redelivered more than `DELIVERY_LIMIT` times (one that keeps
+//!   crashing writers) is dead-lettered, at least once (`x-dead-letter-strategy`),
+//!   instead of looping forever.
+//! - `<ns>.dead`: fanout exchange and quorum queue holding everything that could
+//!   not be stored, with the reason in the `x-auditline-reason` header.
+
+use crate::settings::SecretUrl;
+use anyhow::Context;
+use lapin::{
+    Channel, Connection, ConnectionProperties, ExchangeKind,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable, ShortString},
+};
+
+/// Redeliveries after which the broker dead-letters a message.
+pub const DELIVERY_LIMIT: i64 = 20;
+/// Header naming why a message is in `<ns>.dead`.
+pub const REASON_HEADER: &str = "x-auditline-reason";
+
+/// Names of one installation's exchanges and queues.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub events_exchange: String,
+    pub writer_queue: String,
+    pub dead_exchange: String,
+    pub dead_queue: String,
+    pub live_exchange: String,
+}
+
+impl Topology {
+    pub fn new(namespace: &str) -> Self {
+        Self {
+            events_exchange: format!("{namespace}.events"),
+            writer_queue: format!("{namespace}.writer"),
+            dead_exchange: format!("{namespace}.dead"),
+            dead_queue: format!("{namespace}.dead"),
+            live_exchange: format!("{namespace}.live"),
+        }
+    }
+
+    /// Declares every exchange, queue and binding. Idempotent; fails if an
+    /// existing queue was declared with other arguments.
+    pub async fn declare(&self, channel: &Channel) -> anyhow::Result<()> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        for (name, kind) in [
+            (&self.events_exchange, ExchangeKind::Topic),
+            (&self.dead_exchange, ExchangeKind::Fanout),
+            (&self.live_exchange, ExchangeKind::Topic),
+        ] {
+            channel
+                .exchange_declare(name.as_str().into(), kind, durable, FieldTable::default())
+                .await
+                .with_context(|| format!("cannot declare exchange {name}"))?;
+        }
+        let queue_options = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let mut dead_args = FieldTable::default();
+        dead_args.insert("x-queue-type".into(), string("quorum"));
+        channel
+            .queue_declare(self.dead_queue.as_str().into(), queue_options, dead_args)
+            .await
+            .with_context(|| format!("cannot declare queue {}", self.dead_queue))?;
+        channel
+            .queue_bind(
+                self.dead_queue.as_str().into(),
+                self.dead_exchange.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .context("cannot bind the dead-letter queue")?;
+
+        channel
+            .queue_declare(self.writer_queue.as_str().into(), queue_options, self.writer_queue_args())
+            .await
+            .with_context(|| format!("cannot declare queue {}", self.writer_queue))?;
+        channel
+            .queue_bind(
+                self.writer_queue.as_str().into(),
+                self.events_exchange.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .context("cannot bind the writer queue")?;
+        Ok(())
+    }
+
+    fn writer_queue_args(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), string("quorum"));
+        args.insert("x-dead-letter-exchange".into(), string(&self.dead_exchange));
+        // At-least-once dead-lettering needs reject-publish overflow; publishers
+        // then see a nack when the queue is full instead of losing the head.
+        args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
+        args.insert("x-overflow".into(), string("reject-publish"));
+        args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+        args
+    }
+}
+
+fn string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(value.into())
+}
+
+/// A header value as text, if it is a string.
+pub fn header_text(headers: Option<&FieldTable>, name: &str) -> Option<String> {
+    let key: ShortString = name.into();
+    match headers?.inner().get(&key)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// Opens a connection named after the service, so operators can tell
+/// connections apart in the RabbitMQ management UI.
+pub async fn connect(url: &SecretUrl, name: &str) -> anyhow::Result<Connection> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url.expose(), properties)
+        .await
+        .with_context(|| format!("cannot connect to RabbitMQ at {url}"))
+}

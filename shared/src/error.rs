@@ -1,0 +1,44 @@
+//! The one JSON error body of every HTTP answer that is not a success:
+//! `{"error": {"code": "...", "message": "...", "details": [...]}}`.
+
+use actix_web::{HttpResponse, http::StatusCode};
+use serde::Serialize;
+use serde_json::Value;
+
+/// The body's `error` object.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<Value>,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: &'a ErrorBody,
+}
+
+impl ErrorBody {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+            details: Vec::new(),
+        }
+    }
+
+    pub fn with_details(mut self, details: Vec<Value>) -> Self {
+        self.details = details;
+        self
+    }
+
+    /// The response with this body and `status`. A 503 carries `Retry-After`.
+    pub fn response(&self, status: StatusCode) -> HttpResponse {
+        let mut builder = HttpResponse::build(status);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            builder.insert_header(("Retry-After", "5"));
+        }
+        builder.json(Envelope { error: self })
+    }
+}

@@ -1,0 +1,409 @@
+//! The audit event: its wire form (schema version 1), the validated domain type,
+//! and the rules that turn one into the other.
+//!
+//! Parsing happens once, at the boundary (publisher, gateway, writer). Past it,
+//! an [`AuditEvent`] is known to satisfy every rule of the design, so nothing
+//! downstream validates again.
+
+use chrono::{DateTime, Duration, SubsecRound, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::net::IpAddr;
+use uuid::Uuid;
+
+/// How far ahead of the validating clock `occurred_at` may be.
+pub const MAX_FUTURE_SKEW: Duration = Duration::minutes(5);
+/// Limits of the design's event table, shared by validation and the JSON Schema.
+pub const MAX_SERVICE_LEN: usize = 64;
+pub const MAX_SESSION_ID_LEN: usize = 64;
+pub const MAX_USER_ID_LEN: usize = 255;
+pub const MAX_ACTION_TYPE_LEN: usize = 50;
+pub const MAX_ENDPOINT_LEN: usize = 255;
+pub const MAX_ROUTE_LEN: usize = 255;
+pub const MAX_HTTP_METHOD_LEN: usize = 10;
+/// `metadata` serialized as compact JSON may not exceed this many bytes.
+pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+/// `resource_usage` has the same bound as metadata: it is meant for a few counters.
+pub const MAX_RESOURCE_USAGE_BYTES: usize = 16 * 1024;
+
+/// The action types the design names; others are allowed if they match
+/// `[a-z0-9_.]+`.
+pub const WELL_KNOWN_ACTION_TYPES: [&str; 6] = ["file", "code_exec", "admin", "auth", "data", "other"];
+
+/// One audit event exactly as it travels on the wire (JSON, schema version 1).
+///
+/// This type defines the published JSON Schema (`shared/schema/event.schema.json`);
+/// a test fails when the two disagree. Use [`AuditEvent::parse`] to turn JSON into
+/// a validated event.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(
+    title = "Auditline audit event",
+    description = "One audit event, schema version 1. Unknown fields are rejected."
+)]
+pub struct WireEvent {
+    /// Dedup key together with `occurred_at`. Assigned (UUIDv7) by the publisher when absent.
+    #[serde(default)]
+    pub event_id: Option<Uuid>,
+    /// When the action happened (RFC 3339). At most 5 minutes in the future, not before 1970.
+    pub occurred_at: DateTime<Utc>,
+    /// The publishing service: ASCII letters, digits, `-` and `_`. The ingest gateway sets it from the publish token.
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9_-]+$"))]
+    pub service: String,
+    /// The caller's session.
+    #[schemars(length(min = 1, max = 64))]
+    pub session_id: String,
+    /// The acting user, when known.
+    #[serde(default)]
+    #[schemars(length(min = 1, max = 255))]
+    pub user_id: Option<String>,
+    /// The caller's IPv4 or IPv6 address.
+    #[serde(default)]
+    pub client_ip: Option<IpAddr>,
+    /// `file`, `code_exec`, `admin`, `auth`, `data`, `other`, or another lower-case `[a-z0-9_.]+` name.
+    #[schemars(length(min = 1, max = 50), regex(pattern = r"^[a-z0-9_.]+$"))]
+    pub action_type: String,
+    /// The path as called.
+    #[schemars(length(min = 1, max = 255))]
+    pub endpoint: String,
+    /// The route template (`/files/{id}`), used as a low-cardinality metric label.
+    #[serde(default)]
+    #[schemars(length(min = 1, max = 255))]
+    pub route: Option<String>,
+    /// Upper-case method token (`GET`, `POST`, …).
+    #[schemars(length(min = 1, max = 10), regex(pattern = r"^[A-Z][A-Z0-9_-]*$"))]
+    pub http_method: String,
+    /// Request body size in bytes.
+    #[serde(default)]
+    #[schemars(range(max = 9223372036854775807_u64))]
+    pub request_size: Option<u64>,
+    /// Response body size in bytes.
+    #[serde(default)]
+    #[schemars(range(max = 9223372036854775807_u64))]
+    pub response_size: Option<u64>,
+    /// Time to respond, in milliseconds.
+    #[serde(default)]
+    #[schemars(range(min = 0.0))]
+    pub response_time_ms: Option<f64>,
+    /// HTTP status code.
+    #[serde(default)]
+    #[schemars(range(min = 100, max = 599))]
+    pub status_code: Option<u16>,
+    /// Whether the action succeeded.
+    pub success: bool,
+    /// Resources the action used, e.g. `cpu_ms`, `memory_bytes`, `quota_units` (at most 16 KiB serialized).
+    #[serde(default)]
+    pub resource_usage: Option<Map<String, Value>>,
+    /// Free-form context (at most 16 KiB serialized).
+    #[serde(default)]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// A validated audit event. Every field satisfies the design's rules, the
+/// `event_id` is set and `occurred_at` is truncated to microseconds (PostgreSQL's
+/// precision, so the dedup key is the same in memory and in storage).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEvent {
+    pub event_id: Uuid,
+    pub occurred_at: DateTime<Utc>,
+    pub service: String,
+    pub session_id: String,
+    pub user_id: Option<String>,
+    pub client_ip: Option<IpAddr>,
+    pub action_type: String,
+    pub endpoint: String,
+    pub route: Option<String>,
+    pub http_method: String,
+    pub request_size: Option<u64>,
+    pub response_size: Option<u64>,
+    pub response_time_ms: Option<f64>,
+    pub status_code: Option<u16>,
+    pub success: bool,
+    pub resource_usage: Option<Map<String, Value>>,
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// One broken rule: which field, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// The top-level field (or `$` for the event as a whole).
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Why an event was refused. Lists every broken rule that could be found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid event: {}", summary(.0))]
+pub struct ValidationError(pub Vec<FieldError>);
+
+fn summary(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("{}: {}", e.field, e.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ValidationError {
+    fn one(field: &str, message: impl Into<String>) -> Self {
+        Self(vec![FieldError::new(field, message)])
+    }
+
+    /// The fields named, in order.
+    pub fn fields(&self) -> Vec<&str> {
+        self.0.iter().map(|e| e.field.as_str()).collect()
+    }
+}
+
+impl AuditEvent {
+    /// Parses and validates one JSON event, judging `occurred_at` against the
+    /// current clock. An absent `event_id` gets a fresh UUIDv7.
+    pub fn parse(json: &[u8]) -> Result<Self, ValidationError> {
+        Self::parse_at(json, Utc::now())
+    }
+
+    /// [`AuditEvent::parse`] with an explicit clock, for callers that validate
+    /// many events at one instant.
+    pub fn parse_at(json: &[u8], now: DateTime<Utc>) -> Result<Self, ValidationError> {
+        let mut de = serde_json::Deserializer::from_slice(json);
+        let wire: WireEvent = serde_path_to_error::deserialize(&mut de).map_err(serde_error)?;
+        de.end().map_err(|e| {
+            ValidationError::one("$", format!("trailing characters after the event: {e}"))
+        })?;
+        Self::try_from_wire(wire, now)
+    }
+
+    /// Validates a wire event that was already deserialized.
+    pub fn try_from_wire(wire: WireEvent, now: DateTime<Utc>) -> Result<Self, ValidationError> {
+        let mut errors = Vec::new();
+        let mut check = |field: &str, result: Result<(), String>| {
+            if let Err(message) = result {
+                errors.push(FieldError::new(field, message));
+            }
+        };
+
+        if wire.event_id.is_some_and(|id| id.is_nil()) {
+            check("event_id", Err("must not be the nil UUID".into()));
+        }
+        let earliest = DateTime::<Utc>::UNIX_EPOCH;
+        if wire.occurred_at > now + MAX_FUTURE_SKEW {
+            check(
+                "occurred_at",
+                Err(format!(
+                    "is {} which is more than 5 minutes in the future (server time {})",
+                    wire.occurred_at.to_rfc3339(),
+                    now.to_rfc3339()
+                )),
+            );
+        } else if wire.occurred_at < earliest {
+            check("occurred_at", Err("must not be before 1970-01-01T00:00:00Z".into()));
+        }
+        check(
+            "service",
+            text(&wire.service, MAX_SERVICE_LEN).and_then(|()| {
+                charset(&wire.service, "ASCII letters, digits, '-' and '_'", |c| {
+                    c.is_ascii_alphanumeric() || c == '-' || c == '_'
+                })
+            }),
+        );
+        check("session_id", text(&wire.session_id, MAX_SESSION_ID_LEN));
+        if let Some(user_id) = &wire.user_id {
+            check("user_id", text(user_id, MAX_USER_ID_LEN));
+        }
+        check(
+            "action_type",
+            text(&wire.action_type, MAX_ACTION_TYPE_LEN).and_then(|()| {
+                charset(&wire.action_type, "lower-case letters, digits, '_' and '.'", |c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.'
+                })
+            }),
+        );
+        check("endpoint", text(&wire.endpoint, MAX_ENDPOINT_LEN));
+        if let Some(route) = &wire.route {
+            check("route", text(route, MAX_ROUTE_LEN));
+        }
+        check(
+            "http_method",
+            text(&wire.http_method, MAX_HTTP_METHOD_LEN).and_then(|()| {
+                let first_is_letter = wire.http_method.starts_with(|c: char| c.is_ascii_uppercase());
+                if !first_is_letter {
+                    return Err("must start with an upper-case letter".into());
+                }
+                charset(&wire.http_method, "upper-case letters, digits, '-' and '_'", |c| {
+                    c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-' || c == '_'
+                })
+            }),
+        );
+        for (field, value) in [("request_size", wire.request_size), ("response_size", wire.response_size)] {
+            if value.is_some_and(|v| v > i64::MAX as u64) {
+                check(field, Err(format!("must be at most {}", i64::MAX)));
+            }
+        }
+        if let Some(ms) = wire.response_time_ms {
+            if !ms.is_finite() || ms < 0.0 {
+                check("response_time_ms", Err("must be a finite number >= 0".into()));
+            }
+        }
+        if let Some(code) = wire.status_code {
+            if !(100..=599).contains(&code) {
+                check("status_code", Err(format!("must be between 100 and 599, got {code}")));
+            }
+        }
+        if let Some(usage) = &wire.resource_usage {
+            check("resource_usage", object_within(usage, MAX_RESOURCE_USAGE_BYTES));
+        }
+        if let Some(metadata) = &wire.metadata {
+            check("metadata", object_within(metadata, MAX_METADATA_BYTES));
+        }
+
+        if !errors.is_empty() {
+            return Err(ValidationError(errors));
+        }
+        Ok(Self {
+            event_id: wire.event_id.unwrap_or_else(Uuid::now_v7),
+            occurred_at: wire.occurred_at.trunc_subsecs(6),
+            service: wire.service,
+            session_id: wire.session_id,
+            user_id: wire.user_id,
+            client_ip: wire.client_ip,
+            action_type: wire.action_type,
+            endpoint: wire.endpoint,
+            route: wire.route,
+            http_method: wire.http_method,
+            request_size: wire.request_size,
+            response_size: wire.response_size,
+            response_time_ms: wire.response_time_ms,
+            status_code: wire.status_code,
+            success: wire.success,
+            resource_usage: wire.resource_usage,
+            metadata: wire.metadata,
+        })
+    }
+
+    /// The topic routing key on `<ns>.events`: `<service>.<action_type>`.
+    pub fn routing_key(&self) -> String {
+        format!("{}.{}", self.service, self.action_type)
+    }
+
+    /// Compact JSON, as published and exported.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing plain data with string keys cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// Turns serde's first error into a field-named one.
+fn serde_error(err: serde_path_to_error::Error<serde_json::Error>) -> ValidationError {
+    let path = err.path().to_string();
+    let inner = err.into_inner();
+    let message = inner.to_string();
+    // serde names unknown and missing fields in backticks; the path of those is
+    // the enclosing object, so take the field from the message instead.
+    let quoted = message
+        .split('`')
+        .nth(1)
+        .filter(|_| message.starts_with("unknown field") || message.starts_with("missing field"));
+    let field = match (quoted, path.as_str()) {
+        (Some(name), _) => name.to_owned(),
+        (None, "" | ".") => "$".to_owned(),
+        (None, p) => p.split(['.', '[']).next().unwrap_or(p).to_owned(),
+    };
+    let message = strip_position(&message);
+    let message = if inner.is_syntax() || inner.is_eof() {
+        format!("malformed JSON: {message}")
+    } else {
+        message
+    };
+    ValidationError::one(&field, message)
+}
+
+/// serde_json appends " at line L column C"; inside one field that is noise.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+fn text(value: &str, max: usize) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("must not be empty".into());
+    }
+    let len = value.chars().count();
+    if len > max {
+        return Err(format!("must be at most {max} characters, got {len}"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(())
+}
+
+fn charset(value: &str, allowed: &str, ok: impl Fn(char) -> bool) -> Result<(), String> {
+    match value.chars().find(|c| !ok(*c)) {
+        Some(c) => Err(format!("may only contain {allowed}; found {c:?}")),
+        None => Ok(()),
+    }
+}
+
+fn object_within(object: &Map<String, Value>, max_bytes: usize) -> Result<(), String> {
+    let serialized = serde_json::to_string(object).map_err(|e| e.to_string())?;
+    if serialized.len() > max_bytes {
+        return Err(format!(
+            "must be at most {max_bytes} bytes as JSON, got {}",
+            serialized.len()
+        ));
+    }
+    // PostgreSQL's jsonb cannot hold U+0000; refusing it here keeps the event
+    // from being accepted and then failing in storage.
+    if serialized.contains("\\u0000") {
+        return Err("must not contain the NUL character (\\u0000)".into());
+    }
+    Ok(())
+}
+
+/// The outcome of parsing one broker message body or HTTP body of several events.
+#[derive(Debug)]
+pub struct ParsedLine {
+    /// 0-based line (NDJSON) or array index.
+    pub index: usize,
+    pub result: Result<AuditEvent, ValidationError>,
+}
+
+/// Parses an NDJSON body: one event a line; blank lines are skipped.
+pub fn parse_ndjson(body: &[u8], now: DateTime<Utc>) -> Vec<ParsedLine> {
+    body.split(|b| *b == b'\n')
+        .enumerate()
+        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+        .map(|(index, line)| ParsedLine {
+            index,
+            result: AuditEvent::parse_at(line, now),
+        })
+        .collect()
+}
+
+/// Serializes events as an NDJSON body.
+pub fn to_ndjson(events: &[AuditEvent]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(events.len() * 400);
+    for event in events {
+        // Writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut body, event);
+        body.push(b'\n');
+    }
+    body
+}
+
+/// The JSON Schema of [`WireEvent`], as checked in under `shared/schema/`.
+pub fn json_schema() -> Value {
+    serde_json::to_value(schemars::schema_for!(WireEvent)).unwrap_or(Value::Null)
+}

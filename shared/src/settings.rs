@@ -1,0 +1,408 @@
+//! Settings, layered: defaults, then an optional TOML file, then `AUDITLINE_*`
+//! environment variables (nested keys with `__`, e.g.
+//! `AUDITLINE_WRITER__BATCH__MAX_EVENTS`), then command-line flags.
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+use std::{fmt, path::Path};
+
+/// A connection URL that may hold a password. `Debug` and `Display` redact the
+/// password so the URL can be logged; [`SecretUrl::expose`] gives the real one.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL with its password, for the client library only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let url = &self.0;
+        let Some(scheme_end) = url.find("://") else {
+            return "***".into();
+        };
+        let rest = &url[scheme_end + 3..];
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let authority = &rest[..authority_end];
+        match authority.rfind('@') {
+            Some(at) => {
+                let userinfo = &authority[..at];
+                let user = userinfo.split(':').next().unwrap_or("");
+                let masked = if userinfo.contains(':') {
+                    format!("{user}:***")
+                } else {
+                    user.to_owned()
+                };
+                format!(
+                    "{}://{}@{}",
+                    &url[..scheme_end],
+                    masked,
+                    &rest[at + 1..]
+                )
+            }
+            None => url.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Everything Auditline's services read at start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// PostgreSQL URL.
+    #[serde(default = "default_database_url")]
+    pub database_url: SecretUrl,
+    /// RabbitMQ URL.
+    #[serde(default = "default_amqp_url")]
+    pub amqp_url: SecretUrl,
+    /// Prefix of every exchange and queue, so installations (and tests) can share a broker.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Admin API listen address.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: String,
+    /// Ingest gateway listen address.
+    #[serde(default = "default_ingest_listen")]
+    pub ingest_listen: String,
+    /// Writer's `/metrics` and `/healthz` listen address.
+    #[serde(default = "default_writer_listen")]
+    pub writer_listen: String,
+    /// Default storage directory for export files.
+    #[serde(default = "default_export_dir")]
+    pub export_dir: String,
+    /// `text` (default) or `json` log lines. The level comes from `RUST_LOG`.
+    #[serde(default = "default_log_format")]
+    pub log_format: LogFormat,
+    /// The writer's settings.
+    #[serde(default)]
+    pub writer: WriterSettings,
+    /// Time-partition upkeep.
+    #[serde(default)]
+    pub partitions: PartitionSettings,
+    /// Settings of the library publisher (`ingest::Publisher`) and `loadgen`.
+    #[serde(default)]
+    pub publisher: PublisherSettings,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// How the writer consumes and batches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriterSettings {
+    /// Parallel consume pipelines, each with its own AMQP connection and database connection.
+    #[serde(default = "default_consumers")]
+    pub consumers: usize,
+    /// Unacknowledged messages the broker may send each pipeline (`basic.qos`).
+    #[serde(default = "default_prefetch_count")]
+    pub prefetch_count: u16,
+    /// When to flush a batch to PostgreSQL.
+    #[serde(default)]
+    pub batch: BatchSettings,
+    /// A name for this writer instance, recorded with every batch it commits.
+    /// Defaults to `<hostname>-<pid>`.
+    #[serde(default)]
+    pub writer_id: Option<String>,
+}
+
+/// Batch flush thresholds (whichever comes first).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSettings {
+    /// Flush when this many events are pending.
+    #[serde(default = "default_batch_max_events")]
+    pub max_events: usize,
+    /// Flush when the pending message bodies reach this many bytes.
+    #[serde(default = "default_batch_max_bytes")]
+    pub max_bytes: usize,
+    /// Flush at most this long after the first pending event arrived.
+    #[serde(default = "default_batch_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// Daily partitions of `auditline.events`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionSettings {
+    /// Days ahead of today (UTC) for which partitions must exist.
+    #[serde(default = "default_ahead_days")]
+    pub ahead_days: u32,
+    /// How often the partition keeper checks the runway.
+    #[serde(default = "default_check_interval_secs")]
+    pub check_interval_secs: u64,
+}
+
+/// The confirmed publisher.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublisherSettings {
+    /// Events per NDJSON message in `publish_batch`.
+    #[serde(default = "default_events_per_message")]
+    pub events_per_message: usize,
+    /// How long a publish may keep retrying (reconnecting) before it fails.
+    #[serde(default = "default_publish_timeout_ms")]
+    pub publish_timeout_ms: u64,
+}
+
+fn default_database_url() -> SecretUrl {
+    SecretUrl::new("postgres://postgres@127.0.0.1:5432/auditline")
+}
+fn default_amqp_url() -> SecretUrl {
+    SecretUrl::new("amqp://guest:guest@127.0.0.1:5672/%2f")
+}
+fn default_namespace() -> String {
+    "auditline".into()
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_ingest_listen() -> String {
+    "127.0.0.1:8081".into()
+}
+fn default_writer_listen() -> String {
+    "127.0.0.1:8082".into()
+}
+fn default_export_dir() -> String {
+    "./var/exports".into()
+}
+fn default_log_format() -> LogFormat {
+    LogFormat::Text
+}
+fn default_consumers() -> usize {
+    2
+}
+fn default_prefetch_count() -> u16 {
+    // Twice the flush size in 100-event messages keeps one batch filling while
+    // the previous one commits.
+    200
+}
+fn default_batch_max_events() -> usize {
+    5_000
+}
+fn default_batch_max_bytes() -> usize {
+    8 * 1024 * 1024
+}
+fn default_batch_timeout_ms() -> u64 {
+    200
+}
+fn default_ahead_days() -> u32 {
+    7
+}
+fn default_check_interval_secs() -> u64 {
+    3_600
+}
+fn default_events_per_message() -> usize {
+    100
+}
+fn default_publish_timeout_ms() -> u64 {
+    30_000
+}
+
+impl Default for WriterSettings {
+    fn default() -> Self {
+        Self {
+            consumers: default_consumers(),
+            prefetch_count: default_prefetch_count(),
+            batch: BatchSettings::default(),
+            writer_id: None,
+        }
+    }
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        Self {
+            max_events: default_batch_max_events(),
+            max_bytes: default_batch_max_bytes(),
+            timeout_ms: default_batch_timeout_ms(),
+        }
+    }
+}
+
+impl Default for PartitionSettings {
+    fn default() -> Self {
+        Self {
+            ahead_days: default_ahead_days(),
+            check_interval_secs: default_check_interval_secs(),
+        }
+    }
+}
+
+impl Default for PublisherSettings {
+    fn default() -> Self {
+        Self {
+            events_per_message: default_events_per_message(),
+            publish_timeout_ms: default_publish_timeout_ms(),
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database_url: default_database_url(),
+            amqp_url: default_amqp_url(),
+            namespace: default_namespace(),
+            admin_listen: default_admin_listen(),
+            ingest_listen: default_ingest_listen(),
+            writer_listen: default_writer_listen(),
+            export_dir: default_export_dir(),
+            log_format: default_log_format(),
+            writer: WriterSettings::default(),
+            partitions: PartitionSettings::default(),
+            publisher: PublisherSettings::default(),
+        }
+    }
+}
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("invalid settings: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+    #[error("invalid settings: {0}")]
+    Rule(String),
+}
+
+impl Settings {
+    /// Loads defaults, then `config` (if given), then `AUDITLINE_*` variables,
+    /// then `overrides` (command-line flags, as a partial settings table).
+    pub fn load(
+        config: Option<&Path>,
+        overrides: impl Serialize,
+    ) -> Result<Self, SettingsError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = config {
+            if !path.exists() {
+                return Err(SettingsError::Rule(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        let settings: Settings = figment
+            .merge(Env::prefixed("AUDITLINE_").split("__"))
+            .merge(Serialized::globals(overrides))
+            .extract()
+            .map_err(Box::new)?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), SettingsError> {
+        let ns_ok = !self.namespace.is_empty()
+            && self.namespace.len() <= 100
+            && self
+                .namespace
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !ns_ok {
+            return Err(SettingsError::Rule(format!(
+                "namespace {:?} must be 1-100 ASCII letters, digits, '-', '_' or '.'",
+                self.namespace
+            )));
+        }
+        let w = &self.writer;
+        if w.consumers == 0 || w.prefetch_count == 0 || w.batch.max_events == 0 || w.batch.max_bytes == 0 {
+            return Err(SettingsError::Rule(
+                "writer.consumers, writer.prefetch_count, writer.batch.max_events and writer.batch.max_bytes must be > 0".into(),
+            ));
+        }
+        if self.publisher.events_per_message == 0 {
+            return Err(SettingsError::Rule("publisher.events_per_message must be > 0".into()));
+        }
+        Ok(())
+    }
+
+    /// The name recorded with each committed batch.
+    pub fn writer_id(&self) -> String {
+        self.writer.writer_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "writer".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_passwords() {
+        let url = SecretUrl::new("amqp://guest:hunter2@broker:5672/%2f");
+        let shown = format!("{url:?} {url}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("guest:***@broker:5672"), "{shown}");
+        let settings = Settings {
+            database_url: SecretUrl::new("postgres://app:s3cret@db/auditline"),
+            ..Settings::default()
+        };
+        assert!(!format!("{settings:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "auditline.toml",
+                "namespace = \"from-file\"\nadmin_listen = \"127.0.0.1:1\"\n[writer.batch]\nmax_events = 10\n",
+            )?;
+            jail.set_env("AUDITLINE_ADMIN_LISTEN", "127.0.0.1:2");
+            jail.set_env("AUDITLINE_WRITER__BATCH__TIMEOUT_MS", "7");
+            let flags = serde_json::json!({ "namespace": "from-flag" });
+            let s = Settings::load(Some(Path::new("auditline.toml")), flags)
+                .map_err(|e| e.to_string())?;
+            assert_eq!(s.namespace, "from-flag");
+            assert_eq!(s.admin_listen, "127.0.0.1:2");
+            assert_eq!(s.writer.batch.max_events, 10);
+            assert_eq!(s.writer.batch.timeout_ms, 7);
+            assert_eq!(s.ingest_listen, "127.0.0.1:8081");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_namespaces_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "namespce = \"typo\"\n")?;
+            let err = Settings::load(Some(Path::new("bad.toml")), serde_json::json!({}))
+                .expect_err("typo must be refused");
+            assert!(err.to_string().contains("namespce"), "{err}");
+            let err = Settings::load(None, serde_json::json!({ "namespace": "a b" }))
+                .expect_err("space must be refused");
+            assert!(err.to_string().contains("namespace"), "{err}");
+            Ok(())
+        });
+    }
+}
