@@ -1,1 +1,24 @@
-//! placeholder
+//! The Auditline writer: actix actors that consume audit events from the
+//! `<ns>.writer` quorum queue and store each exactly once in the
+//! daily-partitioned `auditline.events` table.
+//!
+//! Layout:
+//! - [`consumer`]: the `Consumer` actor (manual acks, `prefetch_count`), parsing
+//!   and validating each delivery; invalid ones become dead letters.
+//! - [`batcher`]: the `Batcher` actor (`batch.max_events`, `batch.max_bytes`,
+//!   `batch.timeout_ms`), one batch in flight at a time.
+//! - [`db_writer`]: the `DbWriter` actor: dead letters, COPY into staging,
+//!   `INSERT … ON CONFLICT DO NOTHING`, COMMIT, then ack `multiple`.
+//! - [`partitions`]: the `PartitionKeeper` actor, partitions ahead and on demand.
+//! - [`app`]: [`Application`], the service with its pipelines and `/metrics`.
+//! - [`copy_row`]: the COPY text encoding; [`metrics`]: the writer's metrics.
+
+pub mod app;
+pub mod batcher;
+pub mod consumer;
+pub mod copy_row;
+pub mod db_writer;
+pub mod metrics;
+pub mod partitions;
+
+pub use app::Application;

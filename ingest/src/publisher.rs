@@ -1,0 +1,314 @@
+//! The confirmed publisher: the library Rust applications use to emit audit events.
+//!
+//! A call resolves `Ok` only after RabbitMQ confirmed every message it sent
+//! (publisher confirms, `mandatory`, persistent). Confirms are pipelined: a
+//! batch publishes all its messages before awaiting any confirm, and concurrent
+//! callers share one channel, so many confirms are in flight at once.
+//!
+//! Connection loss is retried with exponential backoff until
+//! `publisher.publish_timeout_ms` runs out. Re-sending a message the broker may
+//! already hold is safe because storage is exactly-once on
+//! (`event_id`, `occurred_at`). A nack (e.g. the queue is full) or an unroutable
+//! message is returned to the caller as an error at once, never as a success.
+
+use auditline_shared::{
+    AuditEvent,
+    amqp::{self, Topology},
+    event::to_ndjson,
+    settings::{PublisherSettings, SecretUrl, Settings},
+};
+use futures_util::future::join_all;
+use lapin::{
+    BasicProperties, Channel, Connection, Confirmation,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+    types::ShortString,
+};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+/// Why a publish did not succeed. None of these means "maybe stored": the
+/// caller should treat every event of the call as not accepted (re-publishing
+/// them is safe).
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("the broker refused the message (nack); the queue may be full")]
+    Nacked,
+    #[error("the message could not be routed to any queue: {0}")]
+    Unroutable(String),
+    #[error("the broker could not be reached within {timeout_ms} ms: {last_error}")]
+    Unavailable { timeout_ms: u64, last_error: String },
+}
+
+/// One AMQP message to publish.
+struct Message {
+    routing_key: String,
+    body: Vec<u8>,
+    properties: BasicProperties,
+}
+
+/// Live connection and confirm-mode channel, with the generation it was made in
+/// so that only the first of several failing callers replaces it.
+#[derive(Clone)]
+struct Link {
+    generation: u64,
+    channel: Channel,
+    _connection: Arc<Connection>,
+}
+
+struct Inner {
+    url: SecretUrl,
+    topology: Topology,
+    settings: PublisherSettings,
+    link: Mutex<Option<Link>>,
+    generation: AtomicU64,
+    name: String,
+}
+
+/// Publishes validated audit events to `<ns>.events`. Cheap to clone; clones
+/// share one connection.
+#[derive(Clone)]
+pub struct Publisher {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("url", &self.inner.url)
+            .field("exchange", &self.inner.topology.events_exchange)
+            .finish()
+    }
+}
+
+impl Publisher {
+    /// Connects, declares the topology (idempotent) and enables confirms.
+    pub async fn connect(settings: &Settings, name: &str) -> anyhow::Result<Self> {
+        let publisher = Self {
+            inner: Arc::new(Inner {
+                url: settings.amqp_url.clone(),
+                topology: Topology::new(&settings.namespace),
+                settings: settings.publisher.clone(),
+                link: Mutex::new(None),
+                generation: AtomicU64::new(0),
+                name: name.to_owned(),
+            }),
+        };
+        let link = publisher.open_link().await?;
+        link.channel_topology(&publisher.inner.topology).await?;
+        *publisher.inner.link.lock().await = Some(link);
+        Ok(publisher)
+    }
+
+    /// Publishes one event as one message; resolves once the broker confirmed it.
+    pub async fn publish(&self, event: &AuditEvent) -> Result<Uuid, PublishError> {
+        self.send(vec![single_message(event)]).await?;
+        Ok(event.event_id)
+    }
+
+    /// Publishes each event as its own message, all confirms in flight at once.
+    pub async fn publish_each(&self, events: &[AuditEvent]) -> Result<Vec<Uuid>, PublishError> {
+        self.send(events.iter().map(single_message).collect()).await?;
+        Ok(events.iter().map(|e| e.event_id).collect())
+    }
+
+    /// Publishes events as NDJSON messages of up to
+    /// `publisher.events_per_message` events; resolves once every message was
+    /// confirmed. The routing key is `<service>.<action_type>` when the chunk
+    /// shares one, otherwise `<service>.mixed` (or `mixed.mixed`).
+    pub async fn publish_batch(&self, events: &[AuditEvent]) -> Result<Vec<Uuid>, PublishError> {
+        let messages = events
+            .chunks(self.inner.settings.events_per_message)
+            .map(batch_message)
+            .collect();
+        self.send(messages).await?;
+        Ok(events.iter().map(|e| e.event_id).collect())
+    }
+
+    async fn send(&self, messages: Vec<Message>) -> Result<(), PublishError> {
+        let timeout_ms = self.inner.settings.publish_timeout_ms;
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        let mut pending: Vec<&Message> = messages.iter().collect();
+        let mut backoff = Duration::from_millis(50);
+        let unavailable = |last_error: String| PublishError::Unavailable {
+            timeout_ms,
+            last_error,
+        };
+        loop {
+            let link = match self.current_link().await {
+                Ok(link) => link,
+                Err(e) => {
+                    if Instant::now() + backoff > deadline {
+                        return Err(unavailable(format!("{e:#}")));
+                    }
+                    tracing::warn!(error = %format!("{e:#}"), "publisher cannot connect; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            let (retry, last_error) = self.publish_on(&link, &pending).await?;
+            if retry.is_empty() {
+                return Ok(());
+            }
+            self.drop_link(link.generation).await;
+            if Instant::now() + backoff > deadline {
+                return Err(unavailable(last_error));
+            }
+            tracing::warn!(error = %last_error, messages = retry.len(), "publish interrupted; reconnecting");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            pending = retry;
+        }
+    }
+
+    /// Publishes `messages` and awaits their confirms. Returns the messages to
+    /// retry (transport failures) and the last transport error.
+    async fn publish_on<'m>(
+        &self,
+        link: &Link,
+        messages: &[&'m Message],
+    ) -> Result<(Vec<&'m Message>, String), PublishError> {
+        let exchange: ShortString = self.inner.topology.events_exchange.as_str().into();
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        let mut confirms = Vec::with_capacity(messages.len());
+        let mut retry = Vec::new();
+        let mut last_error = String::new();
+        for (i, message) in messages.iter().enumerate() {
+            let sent = link
+                .channel
+                .basic_publish(
+                    exchange.clone(),
+                    message.routing_key.as_str().into(),
+                    options,
+                    &message.body,
+                    message.properties.clone(),
+                )
+                .await;
+            match sent {
+                Ok(confirm) => confirms.push((*message, confirm)),
+                Err(e) => {
+                    last_error = e.to_string();
+                    retry.extend_from_slice(&messages[i..]);
+                    break;
+                }
+            }
+        }
+        let outcomes = join_all(
+            confirms
+                .into_iter()
+                .map(|(message, confirm)| async move { (message, confirm.await) }),
+        )
+        .await;
+        let mut refusal = None;
+        for (message, outcome) in outcomes {
+            match outcome {
+                Ok(Confirmation::Ack(None)) => {}
+                Ok(Confirmation::Ack(Some(returned))) => {
+                    refusal.get_or_insert(PublishError::Unroutable(format!(
+                        "{} {} (routing key {})",
+                        returned.reply_code, returned.reply_text, message.routing_key
+                    )));
+                }
+                Ok(Confirmation::Nack(_)) => {
+                    refusal.get_or_insert(PublishError::Nacked);
+                }
+                Ok(Confirmation::NotRequested) => {
+                    // Only possible if confirm mode got lost; the broker did not
+                    // promise anything, so send again on a fresh channel.
+                    last_error = "confirm mode was not active".into();
+                    retry.push(message);
+                }
+                Err(e) => {
+                    last_error = e.to_string();
+                    retry.push(message);
+                }
+            }
+        }
+        match refusal {
+            Some(refusal) => Err(refusal),
+            None => Ok((retry, last_error)),
+        }
+    }
+
+    async fn current_link(&self) -> anyhow::Result<Link> {
+        let mut guard = self.inner.link.lock().await;
+        if let Some(link) = guard.as_ref() {
+            if link.channel.status().connected() {
+                return Ok(link.clone());
+            }
+        }
+        let link = self.open_link().await?;
+        *guard = Some(link.clone());
+        Ok(link)
+    }
+
+    async fn drop_link(&self, generation: u64) {
+        let mut guard = self.inner.link.lock().await;
+        if guard.as_ref().is_some_and(|l| l.generation == generation) {
+            *guard = None;
+        }
+    }
+
+    async fn open_link(&self) -> anyhow::Result<Link> {
+        let connection = amqp::connect(&self.inner.url, &self.inner.name).await?;
+        let channel = connection.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(Link {
+            generation: self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1,
+            channel,
+            _connection: Arc::new(connection),
+        })
+    }
+}
+
+impl Link {
+    async fn channel_topology(&self, topology: &Topology) -> anyhow::Result<()> {
+        topology.declare(&self.channel).await
+    }
+}
+
+fn timestamp_now() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0)
+}
+
+fn single_message(event: &AuditEvent) -> Message {
+    Message {
+        routing_key: event.routing_key(),
+        body: event.to_json(),
+        properties: BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_message_id(event.event_id.to_string().as_str().into())
+            .with_timestamp(timestamp_now()),
+    }
+}
+
+fn batch_message(events: &[AuditEvent]) -> Message {
+    let first = &events[0];
+    let same_service = events.iter().all(|e| e.service == first.service);
+    let same_action = events.iter().all(|e| e.action_type == first.action_type);
+    let routing_key = match (same_service, same_action) {
+        (true, true) => first.routing_key(),
+        (true, false) => format!("{}.mixed", first.service),
+        _ => "mixed.mixed".to_owned(),
+    };
+    Message {
+        routing_key,
+        body: to_ndjson(events),
+        properties: BasicProperties::default()
+            .with_content_type("application/x-ndjson".into())
+            .with_delivery_mode(2)
+            .with_message_id(Uuid::now_v7().to_string().as_str().into())
+            .with_timestamp(timestamp_now()),
+    }
+}

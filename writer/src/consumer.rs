@@ -1,0 +1,176 @@
+//! The consumer actor: receives deliveries from `<ns>.writer`, parses and
+//! validates them (the boundary), and hands them to the batcher in delivery
+//! order. It never acks: acks follow commits (see [`crate::db_writer`]).
+
+use crate::{batcher::Batcher, metrics::WriterMetrics};
+use actix::prelude::*;
+use auditline_shared::{
+    AuditEvent,
+    event::parse_ndjson,
+};
+use chrono::{DateTime, Utc};
+use lapin::message::Delivery;
+use tokio::sync::oneshot;
+
+/// Something that cannot be stored and goes to `<ns>.dead`.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub body: Vec<u8>,
+    pub content_type: String,
+    pub routing_key: String,
+    pub message_id: Option<String>,
+    pub reason: String,
+}
+
+/// One delivery, parsed.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Incoming {
+    pub delivery_tag: u64,
+    pub received_at: DateTime<Utc>,
+    pub routing_key: String,
+    pub content_type: String,
+    pub message_id: Option<String>,
+    /// The raw body, kept so the whole message can be dead-lettered if the
+    /// database refuses its rows for good.
+    pub body: Vec<u8>,
+    pub events: Vec<AuditEvent>,
+    pub dead: Vec<DeadLetter>,
+}
+
+impl Incoming {
+    /// Parses a delivery. Nothing is dropped: every line or body that fails
+    /// becomes a dead letter with the reason.
+    pub fn parse(delivery: Delivery, now: DateTime<Utc>) -> Self {
+        let props = &delivery.properties;
+        let content_type = props
+            .content_type()
+            .as_ref()
+            .map(|c| c.as_str().to_owned())
+            .unwrap_or_else(|| "application/json".into());
+        let message_id = props.message_id().as_ref().map(|m| m.as_str().to_owned());
+        let routing_key = delivery.routing_key.as_str().to_owned();
+        let body = delivery.data;
+        let mut events = Vec::new();
+        let mut dead = Vec::new();
+        let dead_letter = |body: Vec<u8>, content_type: &str, reason: String| DeadLetter {
+            body,
+            content_type: content_type.to_owned(),
+            routing_key: routing_key.clone(),
+            message_id: message_id.clone(),
+            reason,
+        };
+        let base_type = content_type.split(';').next().unwrap_or("").trim();
+        match base_type {
+            "application/x-ndjson" => {
+                let lines = parse_ndjson(&body, now);
+                if lines.is_empty() {
+                    dead.push(dead_letter(body.clone(), &content_type, "empty NDJSON message: no event in it".into()));
+                }
+                let line_bodies: Vec<&[u8]> = body.split(|b| *b == b'\n').collect();
+                for line in lines {
+                    match line.result {
+                        Ok(event) => events.push(event),
+                        Err(err) => {
+                            let raw = line_bodies.get(line.index).map(|l| l.to_vec()).unwrap_or_default();
+                            dead.push(dead_letter(
+                                raw,
+                                "application/json",
+                                format!("line {}: {err}", line.index + 1),
+                            ));
+                        }
+                    }
+                }
+            }
+            "application/json" | "" => match AuditEvent::parse_at(&body, now) {
+                Ok(event) => events.push(event),
+                Err(err) => dead.push(dead_letter(body.clone(), &content_type, err.to_string())),
+            },
+            other => dead.push(dead_letter(
+                body.clone(),
+                &content_type,
+                format!("unsupported content type {other:?}: expected application/json or application/x-ndjson"),
+            )),
+        }
+        Self {
+            delivery_tag: delivery.delivery_tag,
+            received_at: now,
+            routing_key,
+            content_type,
+            message_id,
+            body,
+            events,
+            dead,
+        }
+    }
+}
+
+/// Consumes one channel.
+pub struct Consumer {
+    stream: Option<lapin::Consumer>,
+    batcher: Addr<Batcher>,
+    metrics: WriterMetrics,
+    down: Option<oneshot::Sender<String>>,
+    reason: String,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer").finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    /// `down` fires when the consumer stops (stream ended or failed), with why.
+    pub fn new(
+        stream: lapin::Consumer,
+        batcher: Addr<Batcher>,
+        metrics: WriterMetrics,
+        down: oneshot::Sender<String>,
+    ) -> Self {
+        Self {
+            stream: Some(stream),
+            batcher,
+            metrics,
+            down: Some(down),
+            reason: "consumer stream ended".into(),
+        }
+    }
+}
+
+impl Actor for Consumer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(stream) = self.stream.take() {
+            ctx.add_stream(stream);
+        }
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some(down) = self.down.take() {
+            let _ = down.send(std::mem::take(&mut self.reason));
+        }
+    }
+}
+
+impl StreamHandler<lapin::Result<Delivery>> for Consumer {
+    fn handle(&mut self, item: lapin::Result<Delivery>, ctx: &mut Self::Context) {
+        match item {
+            Ok(delivery) => {
+                let incoming = Incoming::parse(delivery, Utc::now());
+                self.metrics.messages_received.inc();
+                self.metrics.events_received.inc_by(incoming.events.len() as u64);
+                self.batcher.do_send(incoming);
+            }
+            Err(e) => {
+                self.reason = format!("consumer failed: {e}");
+                ctx.stop();
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}

@@ -1,0 +1,423 @@
+//! The DB writer actor: stores a batch exactly once, dead-letters what cannot
+//! be stored, and only then acknowledges.
+//!
+//! For each batch:
+//! 1. publish its dead letters to `<ns>.dead` and await their confirms;
+//! 2. make sure every day in the batch has a partition (the keeper creates it);
+//! 3. in one transaction: COPY the rows into a session-local staging table,
+//!    `INSERT … SELECT … ON CONFLICT DO NOTHING` into `auditline.events`
+//!    (redelivered or republished events are absorbed there), record the batch
+//!    in `auditline.batches`, COMMIT;
+//! 4. `basic.ack` with `multiple` up to the batch's highest delivery tag.
+//!
+//! A transient failure (connection lost, database restarting, renamed or
+//! refusing connections, a partition missing) is retried with backoff,
+//! without acking, for as long as it takes: the prefetch window fills and the
+//! broker simply stops delivering. A failure caused by the data itself (SQLSTATE
+//! classes 22 and 23) cannot succeed by retrying, so the batch is written
+//! message by message and only the refused messages are dead-lettered.
+
+use crate::{
+    batcher::Batch,
+    consumer::{DeadLetter, Incoming},
+    copy_row,
+    metrics::WriterMetrics,
+    partitions::{EnsureDays, Forget, PartitionKeeper},
+};
+use actix::prelude::*;
+use auditline_shared::{amqp::REASON_HEADER, db, settings::SecretUrl};
+use chrono::NaiveDate;
+use futures_util::future::join_all;
+use lapin::{
+    BasicProperties, Channel, Confirmation,
+    options::{BasicAckOptions, BasicPublishOptions},
+    types::{AMQPValue, FieldTable},
+};
+use sqlx::{Connection, PgConnection};
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+use uuid::Uuid;
+
+/// Where a failed write leaves us.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    /// Retrying can succeed: the database or the connection is the problem.
+    #[error("{0}")]
+    Transient(String),
+    /// The database refuses these rows; retrying cannot help.
+    #[error("{0}")]
+    Data(String),
+}
+
+impl From<sqlx::Error> for WriteError {
+    fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &e {
+            let code = db.code().unwrap_or_default();
+            // 23514 is also what PostgreSQL reports for a row with no partition,
+            // which creating the partition and retrying fixes.
+            if (code.starts_with("22") || code.starts_with("23")) && code != "23514" {
+                return Self::Data(format!("{} (SQLSTATE {code})", db.message()));
+            }
+        }
+        Self::Transient(e.to_string())
+    }
+}
+
+/// Everything a pipeline's writer needs to reach the database and the broker.
+#[derive(Debug)]
+pub struct DbWriterConfig {
+    pub database_url: SecretUrl,
+    pub writer_id: String,
+    pub dead_exchange: String,
+    /// The consume channel: acks must go to the channel that delivered.
+    pub ack_channel: Channel,
+    /// A confirm-mode channel for dead letters.
+    pub dead_channel: Channel,
+    pub keeper: Addr<PartitionKeeper>,
+    /// Set when the pipeline is torn down: stop retrying, ack nothing.
+    pub cancelled: Arc<AtomicBool>,
+    pub metrics: WriterMetrics,
+}
+
+struct Core {
+    config: DbWriterConfig,
+    conn: Option<PgConnection>,
+    known_days: HashSet<NaiveDate>,
+    copy_statement: String,
+    buffer: String,
+}
+
+/// Writes one batch at a time (see the module doc).
+pub struct DbWriter {
+    core: Option<Core>,
+}
+
+impl std::fmt::Debug for DbWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbWriter").finish_non_exhaustive()
+    }
+}
+
+impl DbWriter {
+    pub fn new(config: DbWriterConfig) -> Self {
+        Self {
+            core: Some(Core {
+                config,
+                conn: None,
+                known_days: HashSet::new(),
+                copy_statement: format!(
+                    "COPY pg_temp.auditline_staging ({}) FROM STDIN",
+                    copy_row::COLUMNS
+                ),
+                buffer: String::new(),
+            }),
+        }
+    }
+}
+
+impl Actor for DbWriter {
+    type Context = Context<Self>;
+}
+
+impl Handler<Batch> for DbWriter {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, batch: Batch, _: &mut Self::Context) -> Self::Result {
+        let Some(mut core) = self.core.take() else {
+            // Cannot happen: AtomicResponse runs one batch at a time.
+            tracing::error!("DbWriter received a batch while busy; it will be redelivered");
+            return AtomicResponse::new(Box::pin(async {}.into_actor(self)));
+        };
+        AtomicResponse::new(Box::pin(
+            async move {
+                core.process(batch).await;
+                core
+            }
+            .into_actor(self)
+            .map(|core, writer, _| writer.core = Some(core)),
+        ))
+    }
+}
+
+/// Exponential backoff from 100 ms to 5 s.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Self(Duration::from_millis(100))
+    }
+
+    fn next(&mut self) -> Duration {
+        let wait = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+        wait
+    }
+}
+
+impl Core {
+    fn cancelled(&self) -> bool {
+        self.config.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Counts and logs a transient failure, waits, and says whether to go on.
+    async fn pause(&mut self, stage: &str, error: &str, backoff: &mut Backoff) -> bool {
+        if self.cancelled() {
+            return false;
+        }
+        self.config.metrics.retries.with_label_values(&[stage]).inc();
+        let wait = backoff.next();
+        tracing::warn!(stage, error, retry_in_ms = wait.as_millis() as u64, "writer retrying; nothing acked meanwhile");
+        tokio::time::sleep(wait).await;
+        !self.cancelled()
+    }
+
+    async fn process(&mut self, batch: Batch) {
+        let started = Instant::now();
+        let mut backoff = Backoff::new();
+        while !batch.dead.is_empty() {
+            match self.publish_dead(&batch.dead).await {
+                Ok(()) => break,
+                Err(e) => {
+                    if !self.pause("dead_letter", &e, &mut backoff).await {
+                        return;
+                    }
+                }
+            }
+        }
+        if batch.events > 0 {
+            let mut backoff = Backoff::new();
+            loop {
+                match self.write(&batch.messages).await {
+                    Ok(_) => break,
+                    Err(WriteError::Transient(e)) => {
+                        if !self.pause("database", &e, &mut backoff).await {
+                            return;
+                        }
+                    }
+                    Err(WriteError::Data(e)) => {
+                        tracing::warn!(error = %e, "batch refused by the database; writing it message by message");
+                        if !self.write_one_by_one(&batch.messages).await {
+                            return;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        if self.cancelled() {
+            return;
+        }
+        let ack = self
+            .config
+            .ack_channel
+            .basic_ack(batch.ack_tag, BasicAckOptions { multiple: true })
+            .await;
+        if let Err(e) = ack {
+            // The rows are committed; the broker will redeliver the messages and
+            // the dedup key absorbs them.
+            self.config.metrics.ack_failures.inc();
+            tracing::warn!(error = %e, "ack after commit failed; messages will be redelivered and deduplicated");
+        }
+        self.config.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Fallback for a batch the database refused: each message in its own
+    /// transaction; a message refused on its own is dead-lettered whole.
+    async fn write_one_by_one(&mut self, messages: &[Incoming]) -> bool {
+        for message in messages.iter().filter(|m| !m.events.is_empty()) {
+            let mut backoff = Backoff::new();
+            loop {
+                match self.write(std::slice::from_ref(message)).await {
+                    Ok(_) => break,
+                    Err(WriteError::Transient(e)) => {
+                        if !self.pause("database", &e, &mut backoff).await {
+                            return false;
+                        }
+                    }
+                    Err(WriteError::Data(e)) => {
+                        let dead = DeadLetter {
+                            body: message.body.clone(),
+                            content_type: message.content_type.clone(),
+                            routing_key: message.routing_key.clone(),
+                            message_id: message.message_id.clone(),
+                            reason: format!("refused by the database: {e}"),
+                        };
+                        loop {
+                            match self.publish_dead(std::slice::from_ref(&dead)).await {
+                                Ok(()) => break,
+                                Err(e) => {
+                                    if !self.pause("dead_letter", &e, &mut backoff).await {
+                                        return false;
+                                    }
+                                }
+                            }
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Stores the events of `messages` in one transaction. Returns the rows inserted.
+    async fn write(&mut self, messages: &[Incoming]) -> Result<u64, WriteError> {
+        self.ensure_partitions(messages).await?;
+        let result = self.write_transaction(messages).await;
+        match &result {
+            Ok(_) => {}
+            Err(e) => {
+                // A failed COPY or transaction can leave the session in an
+                // unknown state: start the next attempt on a fresh connection.
+                self.conn = None;
+                if e.to_string().contains("no partition") {
+                    self.known_days.clear();
+                    self.config.keeper.do_send(Forget);
+                }
+            }
+        }
+        result
+    }
+
+    async fn write_transaction(&mut self, messages: &[Incoming]) -> Result<u64, WriteError> {
+        let batch_id = Uuid::now_v7();
+        self.buffer.clear();
+        let mut events = 0usize;
+        for message in messages {
+            for event in &message.events {
+                copy_row::encode(&mut self.buffer, event, message.received_at, batch_id);
+                events += 1;
+            }
+        }
+        let first = messages.iter().flat_map(|m| m.events.first()).next().map(|e| e.event_id);
+        let last = messages.iter().rev().flat_map(|m| m.events.last()).next().map(|e| e.event_id);
+
+        if self.conn.is_none() {
+            self.conn = Some(self.connect().await?);
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(WriteError::Transient("no database connection".into()));
+        };
+        let mut tx = conn.begin().await?;
+        let mut copy = tx.copy_in_raw(&self.copy_statement).await?;
+        if let Err(e) = copy.send(self.buffer.as_bytes()).await {
+            let _ = copy.abort("send failed").await;
+            return Err(e.into());
+        }
+        copy.finish().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO auditline.events SELECT * FROM pg_temp.auditline_staging ON CONFLICT DO NOTHING",
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query(
+            "INSERT INTO auditline.batches \
+             (batch_id, writer_id, message_count, event_count, inserted_count, first_event_id, last_event_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(batch_id)
+        .bind(&self.config.writer_id)
+        .bind(i32::try_from(messages.len()).unwrap_or(i32::MAX))
+        .bind(i32::try_from(events).unwrap_or(i32::MAX))
+        .bind(i32::try_from(inserted).unwrap_or(i32::MAX))
+        .bind(first)
+        .bind(last)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+
+        let m = &self.config.metrics;
+        m.batches.inc();
+        m.batch_events.observe(events as f64);
+        m.rows_written.inc_by(inserted);
+        m.duplicates.inc_by(events as u64 - inserted.min(events as u64));
+        Ok(inserted)
+    }
+
+    async fn connect(&self) -> Result<PgConnection, WriteError> {
+        let mut conn = db::connect(&self.config.database_url)
+            .await
+            .map_err(|e| WriteError::Transient(format!("{e:#}")))?;
+        sqlx::query(
+            "CREATE TEMP TABLE IF NOT EXISTS auditline_staging (LIKE auditline.events) ON COMMIT DELETE ROWS",
+        )
+        .execute(&mut conn)
+        .await?;
+        Ok(conn)
+    }
+
+    async fn ensure_partitions(&mut self, messages: &[Incoming]) -> Result<(), WriteError> {
+        let days: HashSet<NaiveDate> = messages
+            .iter()
+            .flat_map(|m| m.events.iter())
+            .map(|e| e.occurred_at.date_naive())
+            .filter(|d| !self.known_days.contains(d))
+            .collect();
+        if days.is_empty() {
+            return Ok(());
+        }
+        let days: Vec<NaiveDate> = days.into_iter().collect();
+        self.config
+            .keeper
+            .send(EnsureDays(days.clone()))
+            .await
+            .map_err(|e| WriteError::Transient(format!("partition keeper unavailable: {e}")))?
+            .map_err(WriteError::Transient)?;
+        self.known_days.extend(days);
+        Ok(())
+    }
+
+    async fn publish_dead(&self, dead: &[DeadLetter]) -> Result<(), String> {
+        let channel = &self.config.dead_channel;
+        let mut confirms = Vec::with_capacity(dead.len());
+        for letter in dead {
+            let mut headers = FieldTable::default();
+            headers.insert(REASON_HEADER.into(), AMQPValue::LongString(letter.reason.as_str().into()));
+            headers.insert(
+                "x-auditline-routing-key".into(),
+                AMQPValue::LongString(letter.routing_key.as_str().into()),
+            );
+            headers.insert(
+                "x-auditline-writer".into(),
+                AMQPValue::LongString(self.config.writer_id.as_str().into()),
+            );
+            let mut properties = BasicProperties::default()
+                .with_content_type(letter.content_type.as_str().into())
+                .with_delivery_mode(2)
+                .with_headers(headers);
+            if let Some(id) = &letter.message_id {
+                properties = properties.with_message_id(id.as_str().into());
+            }
+            let confirm = channel
+                .basic_publish(
+                    self.config.dead_exchange.as_str().into(),
+                    letter.routing_key.as_str().into(),
+                    BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                    &letter.body,
+                    properties,
+                )
+                .await
+                .map_err(|e| format!("cannot publish a dead letter: {e}"))?;
+            confirms.push(confirm);
+        }
+        for outcome in join_all(confirms).await {
+            match outcome {
+                Ok(Confirmation::Ack(None)) => {}
+                Ok(other) => return Err(format!("dead letter not accepted by the broker: {other:?}")),
+                Err(e) => return Err(format!("dead letter not confirmed: {e}")),
+            }
+        }
+        self.config.metrics.dead_lettered.inc_by(dead.len() as u64);
+        for letter in dead {
+            tracing::warn!(reason = %letter.reason, routing_key = %letter.routing_key, "message dead-lettered");
+        }
+        Ok(())
+    }
+}

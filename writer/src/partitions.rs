@@ -1,0 +1,114 @@
+//! The partition keeper: keeps daily partitions of `auditline.events` created
+//! ahead of need, and creates the partition of any other day (late or
+//! back-filled events) when a writer asks.
+//!
+//! Creating a partition takes a strong lock on the parent table, so the keeper
+//! does it ahead of time, off the write path; on-demand creation for an old day
+//! is a single short statement that never holds up the queue for long.
+
+use crate::metrics::WriterMetrics;
+use actix::prelude::*;
+use auditline_shared::{db, settings::PartitionSettings};
+use chrono::NaiveDate;
+use sqlx::PgPool;
+use std::{collections::HashSet, time::Duration};
+
+/// Runs on start and then every `partitions.check_interval_secs`.
+#[derive(Debug)]
+pub struct PartitionKeeper {
+    pool: PgPool,
+    settings: PartitionSettings,
+    metrics: WriterMetrics,
+    known: HashSet<NaiveDate>,
+}
+
+impl PartitionKeeper {
+    pub fn new(pool: PgPool, settings: PartitionSettings, metrics: WriterMetrics) -> Self {
+        Self {
+            pool,
+            settings,
+            metrics,
+            known: HashSet::new(),
+        }
+    }
+
+    /// Makes the runway exist now; used once before consuming starts.
+    pub async fn ensure_runway(pool: &PgPool, settings: &PartitionSettings, metrics: &WriterMetrics) -> anyhow::Result<()> {
+        let created = db::ensure_runway(pool, settings.ahead_days).await?;
+        metrics.partitions_created.inc_by(u64::from(created));
+        metrics.partitions_ahead.set(db::runway_days(pool).await?);
+        if created > 0 {
+            tracing::info!(created, "partitions created ahead");
+        }
+        Ok(())
+    }
+}
+
+impl Actor for PartitionKeeper {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let every = Duration::from_secs(self.settings.check_interval_secs.max(1));
+        ctx.run_interval(every, |keeper, ctx| {
+            let (pool, settings, metrics) = (keeper.pool.clone(), keeper.settings.clone(), keeper.metrics.clone());
+            ctx.spawn(
+                async move {
+                    if let Err(e) = PartitionKeeper::ensure_runway(&pool, &settings, &metrics).await {
+                        tracing::error!(error = %format!("{e:#}"), "partition upkeep failed; will retry");
+                    }
+                }
+                .into_actor(keeper),
+            );
+        });
+    }
+}
+
+/// Make sure these days have partitions. Answers once they all exist.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct EnsureDays(pub Vec<NaiveDate>);
+
+impl Handler<EnsureDays> for PartitionKeeper {
+    type Result = ResponseActFuture<Self, Result<(), String>>;
+
+    fn handle(&mut self, msg: EnsureDays, _: &mut Self::Context) -> Self::Result {
+        let missing: Vec<NaiveDate> = msg.0.into_iter().filter(|d| !self.known.contains(d)).collect();
+        let (pool, metrics) = (self.pool.clone(), self.metrics.clone());
+        Box::pin(
+            async move {
+                let mut made = Vec::new();
+                for day in missing {
+                    let created = db::ensure_partition(&pool, day)
+                        .await
+                        .map_err(|e| format!("cannot create the partition for {day}: {e}"))?;
+                    if created {
+                        metrics.partitions_created.inc();
+                        tracing::info!(%day, "partition created on demand");
+                    }
+                    made.push(day);
+                }
+                Ok(made)
+            }
+            .into_actor(self)
+            .map(|result: Result<Vec<NaiveDate>, String>, keeper, _| {
+                let made = result?;
+                keeper.known.extend(made);
+                Ok(())
+            }),
+        )
+    }
+}
+
+/// Forget what is known (after a partition was dropped by retention, or an
+/// insert found a day missing).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Forget;
+
+impl Handler<Forget> for PartitionKeeper {
+    type Result = ();
+
+    fn handle(&mut self, _: Forget, _: &mut Self::Context) {
+        self.known.clear();
+    }
+}
