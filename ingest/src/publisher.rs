@@ -19,7 +19,7 @@ use auditline_shared::{
 };
 use futures_util::future::join_all;
 use lapin::{
-    BasicProperties, Channel, Connection, Confirmation,
+    BasicProperties, Channel, Confirmation, Connection,
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::ShortString,
 };
@@ -114,7 +114,8 @@ impl Publisher {
 
     /// Publishes each event as its own message, all confirms in flight at once.
     pub async fn publish_each(&self, events: &[AuditEvent]) -> Result<Vec<Uuid>, PublishError> {
-        self.send(events.iter().map(single_message).collect()).await?;
+        self.send(events.iter().map(single_message).collect())
+            .await?;
         Ok(events.iter().map(|e| e.event_id).collect())
     }
 
@@ -262,7 +263,9 @@ impl Publisher {
     async fn open_link(&self) -> anyhow::Result<Link> {
         let connection = amqp::connect(&self.inner.url, &self.inner.name).await?;
         let channel = connection.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         Ok(Link {
             generation: self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1,
             channel,

@@ -83,7 +83,11 @@ impl Topology {
             .context("cannot bind the dead-letter queue")?;
 
         channel
-            .queue_declare(self.writer_queue.as_str().into(), queue_options, self.writer_queue_args())
+            .queue_declare(
+                self.writer_queue.as_str().into(),
+                queue_options,
+                self.writer_queue_args(),
+            )
             .await
             .with_context(|| format!("cannot declare queue {}", self.writer_queue))?;
         channel
@@ -107,7 +111,10 @@ impl Topology {
         // then see a nack when the queue is full instead of losing the head.
         args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
         args.insert("x-overflow".into(), string("reject-publish"));
-        args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DELIVERY_LIMIT),
+        );
         args
     }
 }

@@ -80,7 +80,7 @@ pub async fn ensure_runway(pool: &PgPool, ahead_days: u32) -> sqlx::Result<u32> 
 
 /// Days ahead of today (UTC) covered by consecutive existing partitions.
 pub async fn runway_days(pool: &PgPool) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT auditline.partition_runway_days()")
+    sqlx::query_scalar("SELECT auditline.partition_runway_days()::bigint")
         .fetch_one(pool)
         .await
 }

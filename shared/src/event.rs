@@ -29,7 +29,8 @@ pub const MAX_RESOURCE_USAGE_BYTES: usize = 16 * 1024;
 
 /// The action types the design names; others are allowed if they match
 /// `[a-z0-9_.]+`.
-pub const WELL_KNOWN_ACTION_TYPES: [&str; 6] = ["file", "code_exec", "admin", "auth", "data", "other"];
+pub const WELL_KNOWN_ACTION_TYPES: [&str; 6] =
+    ["file", "code_exec", "admin", "auth", "data", "other"];
 
 /// One audit event exactly as it travels on the wire (JSON, schema version 1).
 ///
@@ -206,7 +207,10 @@ impl AuditEvent {
                 )),
             );
         } else if wire.occurred_at < earliest {
-            check("occurred_at", Err("must not be before 1970-01-01T00:00:00Z".into()));
+            check(
+                "occurred_at",
+                Err("must not be before 1970-01-01T00:00:00Z".into()),
+            );
         }
         check(
             "service",
@@ -223,9 +227,11 @@ impl AuditEvent {
         check(
             "action_type",
             text(&wire.action_type, MAX_ACTION_TYPE_LEN).and_then(|()| {
-                charset(&wire.action_type, "lower-case letters, digits, '_' and '.'", |c| {
-                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.'
-                })
+                charset(
+                    &wire.action_type,
+                    "lower-case letters, digits, '_' and '.'",
+                    |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.',
+                )
             }),
         );
         check("endpoint", text(&wire.endpoint, MAX_ENDPOINT_LEN));
@@ -235,32 +241,48 @@ impl AuditEvent {
         check(
             "http_method",
             text(&wire.http_method, MAX_HTTP_METHOD_LEN).and_then(|()| {
-                let first_is_letter = wire.http_method.starts_with(|c: char| c.is_ascii_uppercase());
+                let first_is_letter = wire
+                    .http_method
+                    .starts_with(|c: char| c.is_ascii_uppercase());
                 if !first_is_letter {
                     return Err("must start with an upper-case letter".into());
                 }
-                charset(&wire.http_method, "upper-case letters, digits, '-' and '_'", |c| {
-                    c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-' || c == '_'
-                })
+                charset(
+                    &wire.http_method,
+                    "upper-case letters, digits, '-' and '_'",
+                    |c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-' || c == '_',
+                )
             }),
         );
-        for (field, value) in [("request_size", wire.request_size), ("response_size", wire.response_size)] {
+        for (field, value) in [
+            ("request_size", wire.request_size),
+            ("response_size", wire.response_size),
+        ] {
             if value.is_some_and(|v| v > i64::MAX as u64) {
                 check(field, Err(format!("must be at most {}", i64::MAX)));
             }
         }
         if let Some(ms) = wire.response_time_ms {
             if !ms.is_finite() || ms < 0.0 {
-                check("response_time_ms", Err("must be a finite number >= 0".into()));
+                check(
+                    "response_time_ms",
+                    Err("must be a finite number >= 0".into()),
+                );
             }
         }
         if let Some(code) = wire.status_code {
             if !(100..=599).contains(&code) {
-                check("status_code", Err(format!("must be between 100 and 599, got {code}")));
+                check(
+                    "status_code",
+                    Err(format!("must be between 100 and 599, got {code}")),
+                );
             }
         }
         if let Some(usage) = &wire.resource_usage {
-            check("resource_usage", object_within(usage, MAX_RESOURCE_USAGE_BYTES));
+            check(
+                "resource_usage",
+                object_within(usage, MAX_RESOURCE_USAGE_BYTES),
+            );
         }
         if let Some(metadata) = &wire.metadata {
             check("metadata", object_within(metadata, MAX_METADATA_BYTES));

@@ -17,7 +17,10 @@ pub async fn metrics_handler(registry: web::Data<Registry>) -> HttpResponse {
 
 /// Registers a collector, turning the (programming) error of a duplicate name
 /// into a panic at start-up rather than a silently missing metric.
-pub fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
+pub fn register<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: C,
+) -> C {
     #[allow(clippy::expect_used)]
     registry
         .register(Box::new(collector.clone()))

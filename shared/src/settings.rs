@@ -43,12 +43,7 @@ impl SecretUrl {
                 } else {
                     user.to_owned()
                 };
-                format!(
-                    "{}://{}@{}",
-                    &url[..scheme_end],
-                    masked,
-                    &rest[at + 1..]
-                )
+                format!("{}://{}@{}", &url[..scheme_end], masked, &rest[at + 1..])
             }
             None => url.clone(),
         }
@@ -295,10 +290,7 @@ pub enum SettingsError {
 impl Settings {
     /// Loads defaults, then `config` (if given), then `AUDITLINE_*` variables,
     /// then `overrides` (command-line flags, as a partial settings table).
-    pub fn load(
-        config: Option<&Path>,
-        overrides: impl Serialize,
-    ) -> Result<Self, SettingsError> {
+    pub fn load(config: Option<&Path>, overrides: impl Serialize) -> Result<Self, SettingsError> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(path) = config {
             if !path.exists() {
@@ -332,13 +324,19 @@ impl Settings {
             )));
         }
         let w = &self.writer;
-        if w.consumers == 0 || w.prefetch_count == 0 || w.batch.max_events == 0 || w.batch.max_bytes == 0 {
+        if w.consumers == 0
+            || w.prefetch_count == 0
+            || w.batch.max_events == 0
+            || w.batch.max_bytes == 0
+        {
             return Err(SettingsError::Rule(
                 "writer.consumers, writer.prefetch_count, writer.batch.max_events and writer.batch.max_bytes must be > 0".into(),
             ));
         }
         if self.publisher.events_per_message == 0 {
-            return Err(SettingsError::Rule("publisher.events_per_message must be > 0".into()));
+            return Err(SettingsError::Rule(
+                "publisher.events_per_message must be > 0".into(),
+            ));
         }
         Ok(())
     }

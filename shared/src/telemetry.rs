@@ -6,7 +6,8 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 /// Installs the global subscriber. Calling it twice is harmless (the second
 /// call keeps the first subscriber), which tests rely on.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn"));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
         LogFormat::Json => registry

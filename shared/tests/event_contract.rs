@@ -65,19 +65,40 @@ fn a_complete_event_is_accepted_and_round_trips() {
 fn optional_fields_may_be_absent_or_null_and_event_id_is_assigned() {
     let mut event = valid();
     let object = event.as_object_mut().expect("object");
-    for field in ["event_id", "user_id", "client_ip", "route", "request_size", "response_size",
-                  "response_time_ms", "status_code", "resource_usage"] {
+    for field in [
+        "event_id",
+        "user_id",
+        "client_ip",
+        "route",
+        "request_size",
+        "response_size",
+        "response_time_ms",
+        "status_code",
+        "resource_usage",
+    ] {
         object.remove(field);
     }
     object.insert("metadata".into(), Value::Null);
     let parsed = AuditEvent::parse(&serde_json::to_vec(&event).expect("json")).expect("valid");
-    assert_eq!(parsed.event_id.get_version_num(), 7, "publisher assigns a UUIDv7");
+    assert_eq!(
+        parsed.event_id.get_version_num(),
+        7,
+        "publisher assigns a UUIDv7"
+    );
     assert!(parsed.metadata.is_none());
 }
 
 #[test]
 fn required_fields_are_named_when_missing() {
-    for field in ["occurred_at", "service", "session_id", "action_type", "endpoint", "http_method", "success"] {
+    for field in [
+        "occurred_at",
+        "service",
+        "session_id",
+        "action_type",
+        "endpoint",
+        "http_method",
+        "success",
+    ] {
         rejected_on(without(field), field);
     }
 }
@@ -94,7 +115,10 @@ fn every_rule_names_its_field() {
         ("event_id", json!("not-a-uuid")),
         ("event_id", json!("00000000-0000-0000-0000-000000000000")),
         ("occurred_at", json!("yesterday")),
-        ("occurred_at", json!((Utc::now() + Duration::minutes(6)).to_rfc3339())),
+        (
+            "occurred_at",
+            json!((Utc::now() + Duration::minutes(6)).to_rfc3339()),
+        ),
         ("occurred_at", json!("1969-12-31T23:59:59Z")),
         ("service", long(65)),
         ("service", json!("")),
@@ -146,7 +170,10 @@ fn limits_are_inclusive() {
         ("action_type", Value::String("a".repeat(50))),
         ("http_method", json!("PROPPATCH")),
         ("status_code", json!(599)),
-        ("occurred_at", json!((Utc::now() + Duration::minutes(4)).to_rfc3339())),
+        (
+            "occurred_at",
+            json!((Utc::now() + Duration::minutes(4)).to_rfc3339()),
+        ),
     ];
     for (field, value) in at_limit {
         let event = with(field, value);
@@ -189,10 +216,29 @@ fn checked_in_schema_matches_the_type() {
         "shared/schema/event.schema.json is out of date with WireEvent; regenerate with UPDATE_SCHEMA=1"
     );
     let schema: Value = serde_json::from_str(&on_disk).expect("schema is JSON");
-    assert_eq!(schema["additionalProperties"], json!(false), "unknown fields must be refused");
-    let required: Vec<&str> = schema["required"].as_array().expect("required")
-        .iter().filter_map(Value::as_str).collect();
-    for field in ["occurred_at", "service", "session_id", "action_type", "endpoint", "http_method", "success"] {
-        assert!(required.contains(&field), "{field} must be required in the schema");
+    assert_eq!(
+        schema["additionalProperties"],
+        json!(false),
+        "unknown fields must be refused"
+    );
+    let required: Vec<&str> = schema["required"]
+        .as_array()
+        .expect("required")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for field in [
+        "occurred_at",
+        "service",
+        "session_id",
+        "action_type",
+        "endpoint",
+        "http_method",
+        "success",
+    ] {
+        assert!(
+            required.contains(&field),
+            "{field} must be required in the schema"
+        );
     }
 }

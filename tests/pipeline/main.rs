@@ -1,1 +1,6 @@
+//! Whole-system tests of the durable pipeline, against the real PostgreSQL and
+//! RabbitMQ. Each test owns a database and a broker namespace.
 
+mod faults;
+mod helpers;
+mod storage;

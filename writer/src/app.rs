@@ -51,7 +51,9 @@ pub struct Application {
 
 impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Application").field("port", &self.port).finish_non_exhaustive()
+        f.debug_struct("Application")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
     }
 }
 
@@ -74,13 +76,17 @@ impl Application {
 
     /// [`Application::build`] with a registry shared with other services of the
     /// same process (`auditline all`).
-    pub async fn build_with_registry(settings: Settings, registry: Registry) -> anyhow::Result<Self> {
+    pub async fn build_with_registry(
+        settings: Settings,
+        registry: Registry,
+    ) -> anyhow::Result<Self> {
         let metrics = WriterMetrics::new(&registry);
         let pool = db::pool(&settings.database_url, 2)?;
         PartitionKeeper::ensure_runway(&pool, &settings.partitions, &metrics)
             .await
             .context("cannot prepare partitions (has `auditline migrate` been run?)")?;
-        let keeper = PartitionKeeper::new(pool, settings.partitions.clone(), metrics.clone()).start();
+        let keeper =
+            PartitionKeeper::new(pool, settings.partitions.clone(), metrics.clone()).start();
 
         let topology = Topology::new(&settings.namespace);
         {
@@ -173,7 +179,10 @@ async fn readyz(state: web::Data<ReadyState>) -> HttpResponse {
     } else {
         ErrorBody::new(
             "not_ready",
-            format!("{connected} of {} consume pipelines connected to the broker", state.wanted),
+            format!(
+                "{connected} of {} consume pipelines connected to the broker",
+                state.wanted
+            ),
         )
         .response(actix_web::http::StatusCode::SERVICE_UNAVAILABLE)
     }
@@ -246,7 +255,9 @@ impl Pipeline {
             .await
             .context("cannot set the prefetch count")?;
         let dead_channel = connection.create_channel().await?;
-        dead_channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        dead_channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         let consumer_tag = format!("{name}-{}", uuid::Uuid::new_v4().simple());
         let stream = channel
             .basic_consume(

@@ -61,7 +61,8 @@ impl Batcher {
     }
 
     fn is_full(&self) -> bool {
-        self.pending.events >= self.settings.max_events || self.pending.bytes >= self.settings.max_bytes
+        self.pending.events >= self.settings.max_events
+            || self.pending.bytes >= self.settings.max_bytes
     }
 
     fn is_due(&self) -> bool {
@@ -98,16 +99,21 @@ impl Batcher {
         let batch = std::mem::take(&mut self.pending);
         self.first_at = None;
         self.busy = true;
-        ctx.spawn(self.writer.send(batch).into_actor(self).map(|result, batcher, ctx| {
-            batcher.busy = false;
-            if result.is_err() {
-                // The writer is gone (pipeline shutting down): nothing of this
-                // batch was acked, so the broker redelivers it.
-                ctx.stop();
-                return;
-            }
-            batcher.consider(ctx);
-        }));
+        ctx.spawn(
+            self.writer
+                .send(batch)
+                .into_actor(self)
+                .map(|result, batcher, ctx| {
+                    batcher.busy = false;
+                    if result.is_err() {
+                        // The writer is gone (pipeline shutting down): nothing of this
+                        // batch was acked, so the broker redelivers it.
+                        ctx.stop();
+                        return;
+                    }
+                    batcher.consider(ctx);
+                }),
+        );
     }
 
     fn notify_drained(&mut self) {

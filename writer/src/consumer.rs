@@ -4,10 +4,7 @@
 
 use crate::{batcher::Batcher, metrics::WriterMetrics};
 use actix::prelude::*;
-use auditline_shared::{
-    AuditEvent,
-    event::parse_ndjson,
-};
+use auditline_shared::{AuditEvent, event::parse_ndjson};
 use chrono::{DateTime, Utc};
 use lapin::message::Delivery;
 use tokio::sync::oneshot;
@@ -160,7 +157,9 @@ impl StreamHandler<lapin::Result<Delivery>> for Consumer {
             Ok(delivery) => {
                 let incoming = Incoming::parse(delivery, Utc::now());
                 self.metrics.messages_received.inc();
-                self.metrics.events_received.inc_by(incoming.events.len() as u64);
+                self.metrics
+                    .events_received
+                    .inc_by(incoming.events.len() as u64);
                 self.batcher.do_send(incoming);
             }
             Err(e) => {

@@ -18,7 +18,11 @@ pub const COLUMNS: &str = "event_id, occurred_at, received_at, batch_id, service
 pub fn encode(out: &mut String, event: &AuditEvent, received_at: DateTime<Utc>, batch_id: Uuid) {
     // Writing into a String cannot fail, so the fmt results are ignored.
     let _ = write!(out, "{}\t", event.event_id);
-    out.push_str(&event.occurred_at.to_rfc3339_opts(SecondsFormat::Micros, true));
+    out.push_str(
+        &event
+            .occurred_at
+            .to_rfc3339_opts(SecondsFormat::Micros, true),
+    );
     out.push('\t');
     out.push_str(&received_at.to_rfc3339_opts(SecondsFormat::Micros, true));
     let _ = write!(out, "\t{batch_id}\t");

@@ -170,9 +170,18 @@ impl Core {
         if self.cancelled() {
             return false;
         }
-        self.config.metrics.retries.with_label_values(&[stage]).inc();
+        self.config
+            .metrics
+            .retries
+            .with_label_values(&[stage])
+            .inc();
         let wait = backoff.next();
-        tracing::warn!(stage, error, retry_in_ms = wait.as_millis() as u64, "writer retrying; nothing acked meanwhile");
+        tracing::warn!(
+            stage,
+            error,
+            retry_in_ms = wait.as_millis() as u64,
+            "writer retrying; nothing acked meanwhile"
+        );
         tokio::time::sleep(wait).await;
         !self.cancelled()
     }
@@ -224,7 +233,10 @@ impl Core {
             self.config.metrics.ack_failures.inc();
             tracing::warn!(error = %e, "ack after commit failed; messages will be redelivered and deduplicated");
         }
-        self.config.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
+        self.config
+            .metrics
+            .flush_seconds
+            .observe(started.elapsed().as_secs_f64());
     }
 
     /// Fallback for a batch the database refused: each message in its own
@@ -295,8 +307,17 @@ impl Core {
                 events += 1;
             }
         }
-        let first = messages.iter().flat_map(|m| m.events.first()).next().map(|e| e.event_id);
-        let last = messages.iter().rev().flat_map(|m| m.events.last()).next().map(|e| e.event_id);
+        let first = messages
+            .iter()
+            .flat_map(|m| m.events.first())
+            .next()
+            .map(|e| e.event_id);
+        let last = messages
+            .iter()
+            .rev()
+            .flat_map(|m| m.events.last())
+            .next()
+            .map(|e| e.event_id);
 
         if self.conn.is_none() {
             self.conn = Some(self.connect().await?);
@@ -337,7 +358,8 @@ impl Core {
         m.batches.inc();
         m.batch_events.observe(events as f64);
         m.rows_written.inc_by(inserted);
-        m.duplicates.inc_by(events as u64 - inserted.min(events as u64));
+        m.duplicates
+            .inc_by(events as u64 - inserted.min(events as u64));
         Ok(inserted)
     }
 
@@ -379,7 +401,10 @@ impl Core {
         let mut confirms = Vec::with_capacity(dead.len());
         for letter in dead {
             let mut headers = FieldTable::default();
-            headers.insert(REASON_HEADER.into(), AMQPValue::LongString(letter.reason.as_str().into()));
+            headers.insert(
+                REASON_HEADER.into(),
+                AMQPValue::LongString(letter.reason.as_str().into()),
+            );
             headers.insert(
                 "x-auditline-routing-key".into(),
                 AMQPValue::LongString(letter.routing_key.as_str().into()),
@@ -399,7 +424,10 @@ impl Core {
                 .basic_publish(
                     self.config.dead_exchange.as_str().into(),
                     letter.routing_key.as_str().into(),
-                    BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
                     &letter.body,
                     properties,
                 )
@@ -410,7 +438,9 @@ impl Core {
         for outcome in join_all(confirms).await {
             match outcome {
                 Ok(Confirmation::Ack(None)) => {}
-                Ok(other) => return Err(format!("dead letter not accepted by the broker: {other:?}")),
+                Ok(other) => {
+                    return Err(format!("dead letter not accepted by the broker: {other:?}"));
+                }
                 Err(e) => return Err(format!("dead letter not confirmed: {e}")),
             }
         }

@@ -1,7 +1,7 @@
 //! The writer's Prometheus metrics: per batch, never per event.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use auditline_shared::metrics::register;
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// Counters and histograms of the consume → batch → write → ack path.
 #[derive(Clone, Debug)]
@@ -23,50 +23,95 @@ pub struct WriterMetrics {
 
 impl WriterMetrics {
     pub fn new(registry: &Registry) -> Self {
-        let counter = |name: &str, help: &str| register(registry, IntCounter::new(name, help).unwrap_or_else(|e| panic!("{e}")));
+        let counter = |name: &str, help: &str| {
+            register(
+                registry,
+                IntCounter::new(name, help).unwrap_or_else(|e| panic!("{e}")),
+            )
+        };
         Self {
-            messages_received: counter("auditline_writer_messages_received_total", "AMQP messages received by the writer."),
-            events_received: counter("auditline_writer_events_received_total", "Valid events received by the writer."),
-            rows_written: counter("auditline_writer_rows_written_total", "Events newly stored (duplicates excluded)."),
-            duplicates: counter("auditline_writer_duplicates_total", "Events already stored and absorbed (redeliveries, republishes)."),
-            dead_lettered: counter("auditline_writer_dead_lettered_total", "Messages or NDJSON lines sent to <ns>.dead."),
+            messages_received: counter(
+                "auditline_writer_messages_received_total",
+                "AMQP messages received by the writer.",
+            ),
+            events_received: counter(
+                "auditline_writer_events_received_total",
+                "Valid events received by the writer.",
+            ),
+            rows_written: counter(
+                "auditline_writer_rows_written_total",
+                "Events newly stored (duplicates excluded).",
+            ),
+            duplicates: counter(
+                "auditline_writer_duplicates_total",
+                "Events already stored and absorbed (redeliveries, republishes).",
+            ),
+            dead_lettered: counter(
+                "auditline_writer_dead_lettered_total",
+                "Messages or NDJSON lines sent to <ns>.dead.",
+            ),
             batches: counter("auditline_writer_batches_total", "Batches committed."),
             batch_events: register(
                 registry,
                 Histogram::with_opts(
-                    HistogramOpts::new("auditline_writer_batch_events", "Events per committed batch.")
-                        .buckets(vec![1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 20000.0]),
+                    HistogramOpts::new(
+                        "auditline_writer_batch_events",
+                        "Events per committed batch.",
+                    )
+                    .buckets(vec![
+                        1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 20000.0,
+                    ]),
                 )
                 .unwrap_or_else(|e| panic!("{e}")),
             ),
             flush_seconds: register(
                 registry,
                 Histogram::with_opts(
-                    HistogramOpts::new("auditline_writer_flush_duration_seconds", "Time to write, commit and ack one batch.")
-                        .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                    HistogramOpts::new(
+                        "auditline_writer_flush_duration_seconds",
+                        "Time to write, commit and ack one batch.",
+                    )
+                    .buckets(vec![
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    ]),
                 )
                 .unwrap_or_else(|e| panic!("{e}")),
             ),
             retries: register(
                 registry,
                 IntCounterVec::new(
-                    Opts::new("auditline_writer_retries_total", "Transient failures retried, by stage."),
+                    Opts::new(
+                        "auditline_writer_retries_total",
+                        "Transient failures retried, by stage.",
+                    ),
                     &["stage"],
                 )
                 .unwrap_or_else(|e| panic!("{e}")),
             ),
-            ack_failures: counter("auditline_writer_ack_failures_total", "Acks that failed after commit (the messages are redelivered and absorbed as duplicates)."),
+            ack_failures: counter(
+                "auditline_writer_ack_failures_total",
+                "Acks that failed after commit (the messages are redelivered and absorbed as duplicates).",
+            ),
             pipelines_connected: register(
                 registry,
-                IntGauge::new("auditline_writer_pipelines_connected", "Consume pipelines currently connected to the broker.")
-                    .unwrap_or_else(|e| panic!("{e}")),
+                IntGauge::new(
+                    "auditline_writer_pipelines_connected",
+                    "Consume pipelines currently connected to the broker.",
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
             ),
             partitions_ahead: register(
                 registry,
-                IntGauge::new("auditline_partitions_ahead_days", "Days after today covered by existing partitions (-1: today has none).")
-                    .unwrap_or_else(|e| panic!("{e}")),
+                IntGauge::new(
+                    "auditline_partitions_ahead_days",
+                    "Days after today covered by existing partitions (-1: today has none).",
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
             ),
-            partitions_created: counter("auditline_partitions_created_total", "Daily partitions created."),
+            partitions_created: counter(
+                "auditline_partitions_created_total",
+                "Daily partitions created.",
+            ),
         }
     }
 }

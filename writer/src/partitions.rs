@@ -33,7 +33,11 @@ impl PartitionKeeper {
     }
 
     /// Makes the runway exist now; used once before consuming starts.
-    pub async fn ensure_runway(pool: &PgPool, settings: &PartitionSettings, metrics: &WriterMetrics) -> anyhow::Result<()> {
+    pub async fn ensure_runway(
+        pool: &PgPool,
+        settings: &PartitionSettings,
+        metrics: &WriterMetrics,
+    ) -> anyhow::Result<()> {
         let created = db::ensure_runway(pool, settings.ahead_days).await?;
         metrics.partitions_created.inc_by(u64::from(created));
         metrics.partitions_ahead.set(db::runway_days(pool).await?);
@@ -72,7 +76,11 @@ impl Handler<EnsureDays> for PartitionKeeper {
     type Result = ResponseActFuture<Self, Result<(), String>>;
 
     fn handle(&mut self, msg: EnsureDays, _: &mut Self::Context) -> Self::Result {
-        let missing: Vec<NaiveDate> = msg.0.into_iter().filter(|d| !self.known.contains(d)).collect();
+        let missing: Vec<NaiveDate> = msg
+            .0
+            .into_iter()
+            .filter(|d| !self.known.contains(d))
+            .collect();
         let (pool, metrics) = (self.pool.clone(), self.metrics.clone());
         Box::pin(
             async move {

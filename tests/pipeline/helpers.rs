@@ -1,0 +1,365 @@
+//! Test harness: each test gets its own PostgreSQL database and its own
+//! broker namespace, so tests run in parallel against the real servers.
+
+use auditline_ingest::Publisher;
+use auditline_shared::{AuditEvent, Settings, amqp, db, settings::SecretUrl, telemetry};
+use chrono::{DateTime, Utc};
+use lapin::{
+    BasicProperties,
+    options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions},
+};
+use serde_json::json;
+use sqlx::PgPool;
+use std::{
+    future::Future,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+use uuid::Uuid;
+
+const ACTIONS: [&str; 6] = ["file", "code_exec", "admin", "auth", "data", "other"];
+
+pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+pub fn base_url() -> String {
+    std::env::var("AUDITLINE_TEST_DATABASE_BASE")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A fresh database and namespace.
+pub struct TestEnv {
+    pub id: String,
+    pub db_name: String,
+    pub settings: Settings,
+    pub pool: PgPool,
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        if std::env::var_os("TEST_LOG").is_some() {
+            telemetry::init(auditline_shared::settings::LogFormat::Text);
+        }
+        let id = Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let db_name = format!("auditline_test_{id}");
+        let admin = PgPool::connect(ADMIN_URL)
+            .await
+            .expect("PostgreSQL is reachable");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+        let mut settings = Settings::default();
+        settings.database_url = SecretUrl::new(format!("{}/{db_name}", base_url()));
+        if let Ok(url) = std::env::var("AUDITLINE_AMQP_URL") {
+            settings.amqp_url = SecretUrl::new(url);
+        }
+        settings.namespace = format!("test-{id}");
+        settings.writer_listen = "127.0.0.1:0".into();
+        settings.writer.writer_id = Some(format!("test-writer-{id}"));
+        let pool = db::pool(&settings.database_url, 4).expect("pool");
+        db::migrate(&pool).await.expect("migrations run");
+        db::ensure_runway(&pool, settings.partitions.ahead_days)
+            .await
+            .expect("partitions");
+        Self {
+            id,
+            db_name,
+            settings,
+            pool,
+        }
+    }
+
+    pub async fn publisher(&self) -> Publisher {
+        Publisher::connect(&self.settings, "test-publisher")
+            .await
+            .expect("publisher connects")
+    }
+
+    pub async fn count(&self) -> (i64, i64) {
+        sqlx::query_as("SELECT count(*), count(DISTINCT event_id) FROM auditline.events")
+            .fetch_one(&self.pool)
+            .await
+            .expect("count")
+    }
+
+    /// Events the writers have processed, duplicates included.
+    pub async fn processed(&self) -> i64 {
+        sqlx::query_scalar("SELECT coalesce(sum(event_count), 0)::bigint FROM auditline.batches")
+            .fetch_one(&self.pool)
+            .await
+            .expect("processed")
+    }
+
+    /// Waits until `count(*)` reaches `want` (and fails if it goes past it).
+    pub async fn wait_for_rows(&self, want: i64, timeout: Duration) {
+        let ok = wait_until(timeout, || async {
+            let (n, _) = self.count().await;
+            assert!(n <= want, "more rows ({n}) than events published ({want})");
+            n == want
+        })
+        .await;
+        let (n, distinct) = self.count().await;
+        assert!(ok, "timed out: {n} of {want} events stored");
+        assert_eq!(n, distinct, "an event is stored twice");
+    }
+
+    /// Every id in `ids` is stored exactly once and nothing else is stored.
+    pub async fn assert_exactly(&self, ids: &[Uuid]) {
+        let (n, distinct) = self.count().await;
+        assert_eq!(n, distinct, "duplicates stored");
+        assert_eq!(
+            n,
+            ids.len() as i64,
+            "stored rows differ from the confirmed events"
+        );
+        let found: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM auditline.events WHERE event_id = ANY($1)")
+                .bind(ids)
+                .fetch_one(&self.pool)
+                .await
+                .expect("lookup");
+        assert_eq!(found, ids.len() as i64, "a confirmed event is missing");
+    }
+
+    /// Takes every message from `<ns>.dead`, with its reason header.
+    pub async fn dead_letters(&self) -> Vec<(Vec<u8>, Option<String>)> {
+        let conn = amqp::connect(&self.settings.amqp_url, "test-dead-reader")
+            .await
+            .expect("amqp");
+        let channel = conn.create_channel().await.expect("channel");
+        let queue = format!("{}.dead", self.settings.namespace);
+        let mut out = Vec::new();
+        while let Some(msg) = channel
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+        {
+            let reason = amqp::header_text(
+                msg.delivery.properties.headers().as_ref(),
+                amqp::REASON_HEADER,
+            );
+            out.push((msg.delivery.data.clone(), reason));
+        }
+        out
+    }
+
+    /// Publishes raw bodies to `<ns>.events`, confirmed.
+    pub async fn publish_raw(&self, messages: &[(&str, Vec<u8>)]) {
+        let conn = amqp::connect(&self.settings.amqp_url, "test-raw")
+            .await
+            .expect("amqp");
+        let channel = conn.create_channel().await.expect("channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        for (content_type, body) in messages {
+            let confirm = channel
+                .basic_publish(
+                    format!("{}.events", self.settings.namespace)
+                        .as_str()
+                        .into(),
+                    "raw.test".into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    body,
+                    BasicProperties::default()
+                        .with_content_type((*content_type).into())
+                        .with_delivery_mode(2),
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("confirm");
+            assert!(confirm.is_ack(), "raw publish refused");
+        }
+    }
+
+    /// Drops the database and the namespace's exchanges and queues.
+    pub async fn cleanup(self) {
+        self.pool.close().await;
+        if let Ok(conn) = amqp::connect(&self.settings.amqp_url, "test-cleanup").await {
+            if let Ok(channel) = conn.create_channel().await {
+                let ns = &self.settings.namespace;
+                for q in ["writer", "dead"] {
+                    let _ = channel
+                        .queue_delete(format!("{ns}.{q}").as_str().into(), Default::default())
+                        .await;
+                }
+                for x in ["events", "dead", "live"] {
+                    let _ = channel
+                        .exchange_delete(format!("{ns}.{x}").as_str().into(), Default::default())
+                        .await;
+                }
+            }
+        }
+        if let Ok(admin) = PgPool::connect(ADMIN_URL).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.db_name
+            )))
+            .execute(&admin)
+            .await;
+        }
+    }
+}
+
+pub async fn wait_until<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    check().await
+}
+
+/// A valid event of `service` at `at`.
+pub fn event_at(service: &str, at: DateTime<Utc>, n: usize) -> AuditEvent {
+    let json = json!({
+        "occurred_at": at.to_rfc3339(),
+        "service": service,
+        "session_id": format!("sess-{}", n % 97),
+        "user_id": format!("user-{}", n % 31),
+        "client_ip": "192.0.2.10",
+        "action_type": ACTIONS[n % 6],
+        "endpoint": format!("/files/{n}"),
+        "route": "/files/{id}",
+        "http_method": "GET",
+        "status_code": if n % 10 == 0 { 500 } else { 200 },
+        "success": n % 10 != 0,
+        "response_time_ms": (n % 300) as f64,
+        "metadata": {"n": n}
+    });
+    AuditEvent::parse(json.to_string().as_bytes()).expect("test event is valid")
+}
+
+pub fn events(n: usize) -> Vec<AuditEvent> {
+    let now = Utc::now();
+    (0..n).map(|i| event_at("tests", now, i)).collect()
+}
+
+/// The real `auditline` binary running as a child process.
+pub struct Process {
+    pub child: Child,
+}
+
+impl Process {
+    pub fn spawn(env: &TestEnv, args: &[&str]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_auditline"));
+        command
+            .args(args)
+            .env("AUDITLINE_DATABASE_URL", env.settings.database_url.expose())
+            .env("AUDITLINE_AMQP_URL", env.settings.amqp_url.expose())
+            .env("AUDITLINE_NAMESPACE", &env.settings.namespace)
+            .env("AUDITLINE_WRITER_LISTEN", "127.0.0.1:0")
+            .env(
+                "AUDITLINE_WRITER__WRITER_ID",
+                format!("test-writer-{}", env.id),
+            )
+            .stdin(Stdio::null());
+        if std::env::var_os("TEST_LOG").is_none() {
+            command.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        Self {
+            child: command.spawn().expect("spawn auditline"),
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for exit; returns the exit code (None if killed by a signal).
+    pub async fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                eprintln!("auditline child exited: {status}");
+                return status.code();
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "process did not exit within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The writer running inside the test's actix system (port 0).
+pub struct InProcessWriter {
+    pub port: u16,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcessWriter {
+    pub async fn start(env: &TestEnv) -> Self {
+        let app = auditline_writer::Application::build(env.settings.clone())
+            .await
+            .expect("writer builds");
+        let port = app.port();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let done = actix::spawn(app.run_until_stopped(async move {
+            let _ = rx.await;
+        }));
+        Self {
+            port,
+            stop: Some(tx),
+            done,
+        }
+    }
+
+    /// Graceful stop: drains, acks, closes.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.done)
+            .await
+            .expect("writer task")
+            .expect("writer stops cleanly");
+    }
+}
+
+/// A plain HTTP/1.1 GET on 127.0.0.1; returns status and body.
+pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}

@@ -1,0 +1,220 @@
+use crate::helpers::{InProcessWriter, TestEnv, event_at, events, http_get};
+use chrono::{Days, Duration as ChronoDuration, Utc};
+use std::time::Duration;
+
+#[actix_web::test]
+async fn fifty_thousand_events_land_once_and_a_republish_adds_nothing() {
+    let env = TestEnv::new().await;
+    let writer = InProcessWriter::start(&env).await;
+    let publisher = env.publisher().await;
+    let batch = events(45_000);
+    publisher
+        .publish_batch(&batch)
+        .await
+        .expect("batch publish confirmed");
+    let singles = events(5_000);
+    publisher
+        .publish_each(&singles)
+        .await
+        .expect("single publishes confirmed");
+    env.wait_for_rows(50_000, Duration::from_secs(120)).await;
+
+    // The same events again, as a redelivery or a publisher retry would send them.
+    publisher
+        .publish_batch(&batch)
+        .await
+        .expect("republish confirmed");
+    publisher
+        .publish_each(&singles)
+        .await
+        .expect("republish confirmed");
+    let processed = crate::helpers::wait_until(Duration::from_secs(120), || async {
+        env.processed().await >= 100_000
+    })
+    .await;
+    assert!(
+        processed,
+        "the writer did not process the republished events"
+    );
+    let (n, distinct) = env.count().await;
+    assert_eq!(
+        (n, distinct),
+        (50_000, 50_000),
+        "a republished event added a row"
+    );
+    let mut ids: Vec<_> = batch.iter().chain(&singles).map(|e| e.event_id).collect();
+    ids.sort();
+    env.assert_exactly(&ids).await;
+
+    let (status, metrics) = http_get(writer.port, "/metrics").await;
+    assert_eq!(status, 200);
+    let dups: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("auditline_writer_duplicates_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("duplicates metric");
+    assert_eq!(
+        dups, 50_000.0,
+        "every republished event is counted as absorbed"
+    );
+    writer.stop().await;
+    env.cleanup().await;
+}
+
+#[actix_web::test]
+async fn malformed_messages_go_to_dead_letters_with_a_reason_and_valid_ones_are_stored() {
+    let env = TestEnv::new().await;
+    let writer = InProcessWriter::start(&env).await;
+    let good: Vec<_> = events(5);
+    let json_of = |e: &auditline_shared::AuditEvent| e.to_json();
+    let mut missing_session = serde_json::to_value(&good[0]).expect("json");
+    missing_session
+        .as_object_mut()
+        .map(|o| o.remove("session_id"));
+    let mut ndjson = json_of(&good[2]);
+    ndjson.push(b'\n');
+    ndjson.extend_from_slice(br#"{"occurred_at": "not a time"}"#);
+    ndjson.push(b'\n');
+    ndjson.extend(json_of(&good[3]));
+    env.publish_raw(&[
+        ("application/json", json_of(&good[1])),
+        ("application/json", b"this is not json".to_vec()),
+        (
+            "application/json",
+            serde_json::to_vec(&missing_session).expect("json"),
+        ),
+        ("application/x-ndjson", ndjson),
+        ("text/plain", b"hello".to_vec()),
+        ("application/json", json_of(&good[4])),
+    ])
+    .await;
+    env.wait_for_rows(4, Duration::from_secs(30)).await;
+    let mut ids: Vec<_> = [1, 2, 3, 4].iter().map(|&i| good[i].event_id).collect();
+    ids.sort();
+    env.assert_exactly(&ids).await;
+
+    let mut dead = Vec::new();
+    for _ in 0..100 {
+        dead.extend(env.dead_letters().await);
+        if dead.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        dead.len(),
+        4,
+        "every unusable message or line is dead-lettered: {dead:?}"
+    );
+    let reasons: Vec<String> = dead
+        .iter()
+        .map(|(_, r)| r.clone().expect("reason header"))
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("malformed JSON")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("session_id")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("line 2") && r.contains("occurred_at")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("unsupported content type")),
+        "{reasons:?}"
+    );
+    assert!(
+        dead.iter().any(|(body, _)| body == b"this is not json"),
+        "the original body is kept"
+    );
+    writer.stop().await;
+    env.cleanup().await;
+}
+
+#[actix_web::test]
+async fn old_events_get_their_own_partition_and_the_runway_exists() {
+    let env = TestEnv::new().await;
+    let today = Utc::now().date_naive();
+    for offset in 0..=7 {
+        let day = today + Days::new(offset);
+        let name = format!("auditline.events_{}", day.format("%Y%m%d"));
+        let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+            .bind(&name)
+            .fetch_one(&env.pool)
+            .await
+            .expect("query");
+        assert!(exists.is_some(), "partition {name} missing after migrate");
+    }
+    let writer = InProcessWriter::start(&env).await;
+    let old_at = Utc::now() - ChronoDuration::days(400);
+    let old: Vec<_> = (0..10).map(|i| event_at("backfill", old_at, i)).collect();
+    let publisher = env.publisher().await;
+    publisher.publish_batch(&old).await.expect("confirmed");
+    publisher
+        .publish_batch(&events(10))
+        .await
+        .expect("confirmed");
+    env.wait_for_rows(20, Duration::from_secs(30)).await;
+    let partition = format!("auditline.events_{}", old_at.date_naive().format("%Y%m%d"));
+    let in_partition: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {partition}"
+    )))
+    .fetch_one(&env.pool)
+    .await
+    .expect("the old day's partition exists");
+    assert_eq!(in_partition, 10);
+    let (status, body) = http_get(writer.port, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("auditline_partitions_ahead_days 7"),
+        "runway metric: {body}"
+    );
+    writer.stop().await;
+    env.cleanup().await;
+}
+
+#[actix_web::test]
+async fn stored_events_cannot_be_updated_deleted_or_truncated() {
+    let env = TestEnv::new().await;
+    let writer = InProcessWriter::start(&env).await;
+    env.publisher()
+        .await
+        .publish_batch(&events(3))
+        .await
+        .expect("confirmed");
+    env.wait_for_rows(3, Duration::from_secs(30)).await;
+    writer.stop().await;
+    let partition = format!(
+        "auditline.events_{}",
+        Utc::now().date_naive().format("%Y%m%d")
+    );
+    let statements = [
+        "UPDATE auditline.events SET user_id = 'mallory'".to_owned(),
+        "DELETE FROM auditline.events".to_owned(),
+        "DELETE FROM auditline.events WHERE false".to_owned(),
+        "TRUNCATE auditline.events".to_owned(),
+        format!("UPDATE {partition} SET success = NOT success"),
+        format!("DELETE FROM {partition}"),
+        format!("TRUNCATE {partition}"),
+        "UPDATE auditline.batches SET event_count = 0".to_owned(),
+    ];
+    for statement in statements {
+        let err = sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+            .execute(&env.pool)
+            .await
+            .expect_err(&format!("{statement} must be refused"));
+        assert!(
+            err.to_string().contains("append-only"),
+            "{statement}: {err}"
+        );
+    }
+    assert_eq!(env.count().await, (3, 3));
+    env.cleanup().await;
+}
