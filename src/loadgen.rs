@@ -74,7 +74,10 @@ pub struct Report {
     pub latency_p99_ms: Option<f64>,
 }
 
-const ACTIONS: [(&str, &[(&str, &str, &str)]); 6] = [
+/// An HTTP method, a route template and the path prefix it is called with.
+type Route = (&'static str, &'static str, &'static str);
+
+const ACTIONS: [(&str, &[Route]); 6] = [
     (
         "file",
         &[
@@ -423,8 +426,10 @@ impl BareLoop {
             task.abort();
         }
         // Remove the benchmark's own exchanges and queues.
-        if let Ok(connection) = amqp::connect(&settings.amqp_url, "auditline-bare-cleanup").await {
-            if let Ok(channel) = connection.create_channel().await {
+        if let Ok(connection) = amqp::connect(&settings.amqp_url, "auditline-bare-cleanup").await
+            && let Ok(channel) = connection.create_channel().await
+        {
+            {
                 let t = Topology::new(&settings.namespace);
                 for q in [&t.writer_queue, &t.dead_queue] {
                     let _ = channel

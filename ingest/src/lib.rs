@@ -1,6 +1,6 @@
 //! Publishing audit events into Auditline.
 //!
-//! - [`publisher`]: [`Publisher`], the confirmed, reconnecting publisher library
+//! - [`publisher`] — [`Publisher`], the confirmed, reconnecting publisher library
 //!   for Rust applications (also used by `auditline loadgen`).
 //!
 //! The HTTP ingest gateway, the actix-web `AuditMiddleware` and the durable

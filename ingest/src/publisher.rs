@@ -243,10 +243,10 @@ impl Publisher {
 
     async fn current_link(&self) -> anyhow::Result<Link> {
         let mut guard = self.inner.link.lock().await;
-        if let Some(link) = guard.as_ref() {
-            if link.channel.status().connected() {
-                return Ok(link.clone());
-            }
+        if let Some(link) = guard.as_ref()
+            && link.channel.status().connected()
+        {
+            return Ok(link.clone());
         }
         let link = self.open_link().await?;
         *guard = Some(link.clone());

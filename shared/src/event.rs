@@ -262,16 +262,20 @@ impl AuditEvent {
                 check(field, Err(format!("must be at most {}", i64::MAX)));
             }
         }
-        if let Some(ms) = wire.response_time_ms {
-            if !ms.is_finite() || ms < 0.0 {
+        if let Some(ms) = wire.response_time_ms
+            && (!ms.is_finite() || ms < 0.0)
+        {
+            {
                 check(
                     "response_time_ms",
                     Err("must be a finite number >= 0".into()),
                 );
             }
         }
-        if let Some(code) = wire.status_code {
-            if !(100..=599).contains(&code) {
+        if let Some(code) = wire.status_code
+            && !(100..=599).contains(&code)
+        {
+            {
                 check(
                     "status_code",
                     Err(format!("must be between 100 and 599, got {code}")),

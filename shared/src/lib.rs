@@ -1,12 +1,12 @@
 //! Auditline's shared foundation: what every service agrees on.
 //!
-//! - [`event`]: the audit event's wire format, validation and JSON Schema.
-//! - [`settings`]: layered configuration (defaults, TOML, `AUDITLINE_*`, flags).
-//! - [`telemetry`]: logging.
-//! - [`amqp`]: RabbitMQ topology and connections.
-//! - [`db`]: PostgreSQL pool, migrations and partition upkeep.
-//! - [`metrics`]: the Prometheus registry and `/metrics` handler.
-//! - [`error`]: the JSON error body every HTTP service answers with.
+//! - [`event`] — the audit event's wire format, validation and JSON Schema.
+//! - [`settings`] — layered configuration (defaults, TOML, `AUDITLINE_*`, flags).
+//! - [`telemetry`] — logging.
+//! - [`amqp`] — RabbitMQ topology and connections.
+//! - [`db`] — PostgreSQL pool, migrations and partition upkeep.
+//! - [`metrics`] — the Prometheus registry and `/metrics` handler.
+//! - [`error`] — the JSON error body every HTTP service answers with.
 
 pub mod amqp;
 pub mod db;

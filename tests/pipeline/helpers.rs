@@ -49,8 +49,10 @@ impl TestEnv {
             .await
             .expect("create test database");
         admin.close().await;
-        let mut settings = Settings::default();
-        settings.database_url = SecretUrl::new(format!("{}/{db_name}", base_url()));
+        let mut settings = Settings {
+            database_url: SecretUrl::new(format!("{}/{db_name}", base_url())),
+            ..Settings::default()
+        };
         if let Ok(url) = std::env::var("AUDITLINE_AMQP_URL") {
             settings.amqp_url = SecretUrl::new(url);
         }
@@ -181,8 +183,10 @@ impl TestEnv {
     /// Drops the database and the namespace's exchanges and queues.
     pub async fn cleanup(self) {
         self.pool.close().await;
-        if let Ok(conn) = amqp::connect(&self.settings.amqp_url, "test-cleanup").await {
-            if let Ok(channel) = conn.create_channel().await {
+        if let Ok(conn) = amqp::connect(&self.settings.amqp_url, "test-cleanup").await
+            && let Ok(channel) = conn.create_channel().await
+        {
+            {
                 let ns = &self.settings.namespace;
                 for q in ["writer", "dead"] {
                     let _ = channel
@@ -234,8 +238,8 @@ pub fn event_at(service: &str, at: DateTime<Utc>, n: usize) -> AuditEvent {
         "endpoint": format!("/files/{n}"),
         "route": "/files/{id}",
         "http_method": "GET",
-        "status_code": if n % 10 == 0 { 500 } else { 200 },
-        "success": n % 10 != 0,
+        "status_code": if n.is_multiple_of(10) { 500 } else { 200 },
+        "success": !n.is_multiple_of(10),
         "response_time_ms": (n % 300) as f64,
         "metadata": {"n": n}
     });

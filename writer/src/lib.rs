@@ -3,15 +3,15 @@
 //! daily-partitioned `auditline.events` table.
 //!
 //! Layout:
-//! - [`consumer`]: the `Consumer` actor (manual acks, `prefetch_count`), parsing
+//! - [`consumer`] — the `Consumer` actor (manual acks, `prefetch_count`), parsing
 //!   and validating each delivery; invalid ones become dead letters.
-//! - [`batcher`]: the `Batcher` actor (`batch.max_events`, `batch.max_bytes`,
+//! - [`batcher`] — the `Batcher` actor (`batch.max_events`, `batch.max_bytes`,
 //!   `batch.timeout_ms`), one batch in flight at a time.
-//! - [`db_writer`]: the `DbWriter` actor: dead letters, COPY into staging,
+//! - [`db_writer`] — the `DbWriter` actor: dead letters, COPY into staging,
 //!   `INSERT … ON CONFLICT DO NOTHING`, COMMIT, then ack `multiple`.
-//! - [`partitions`]: the `PartitionKeeper` actor, partitions ahead and on demand.
-//! - [`app`]: [`Application`], the service with its pipelines and `/metrics`.
-//! - [`copy_row`]: the COPY text encoding; [`metrics`]: the writer's metrics.
+//! - [`partitions`] — the `PartitionKeeper` actor, partitions ahead and on demand.
+//! - [`app`] — [`Application`], the service with its pipelines and `/metrics`.
+//! - [`copy_row`] — the COPY text encoding; [`metrics`]: the writer's metrics.
 
 pub mod app;
 pub mod batcher;
