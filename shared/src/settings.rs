@@ -195,9 +195,10 @@ fn default_consumers() -> usize {
     2
 }
 fn default_prefetch_count() -> u16 {
-    // Twice the flush size in 100-event messages keeps one batch filling while
-    // the previous one commits.
-    200
+    // Enough for full batches of single-event messages (twice batch.max_events
+    // would be 10,000, but with 100-event messages that would hold a million
+    // events in memory); see the README for the trade-off.
+    1_000
 }
 fn default_batch_max_events() -> usize {
     5_000

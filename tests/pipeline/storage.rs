@@ -218,3 +218,49 @@ async fn stored_events_cannot_be_updated_deleted_or_truncated() {
     assert_eq!(env.count().await, (3, 3));
     env.cleanup().await;
 }
+
+#[actix_web::test]
+async fn text_and_json_values_are_stored_exactly_as_published() {
+    let env = TestEnv::new().await;
+    let writer = InProcessWriter::start(&env).await;
+    let json = serde_json::json!({
+        "occurred_at": Utc::now().to_rfc3339(),
+        "service": "tricky",
+        "session_id": "back\\slash",
+        "user_id": "Zoë \"quoted\" O'Brien",
+        "client_ip": "2001:db8::1",
+        "action_type": "data.export",
+        "endpoint": "/search?q=a%09b&x=\\N",
+        "http_method": "POST",
+        "response_time_ms": 0.125,
+        "request_size": 9_007_199_254_740_993_u64,
+        "success": true,
+        "metadata": {"tab": "a\tb", "newline": "a\nb", "backslash": "\\N", "emoji": "🦀", "nested": {"list": [1, null, true]}},
+        "resource_usage": {"cpu_ms": 12, "quota_units": 0.5}
+    });
+    let event = auditline_shared::AuditEvent::parse(json.to_string().as_bytes()).expect("valid");
+    env.publisher()
+        .await
+        .publish(&event)
+        .await
+        .expect("confirmed");
+    env.wait_for_rows(1, Duration::from_secs(30)).await;
+    let row: (String, String, String, String, String, i64, f64, serde_json::Value, serde_json::Value) = sqlx::query_as(
+        "SELECT session_id, user_id, host(client_ip), action_type, endpoint, request_size, response_time_ms, metadata, resource_usage \
+         FROM auditline.events",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .expect("row");
+    assert_eq!(row.0, "back\\slash");
+    assert_eq!(row.1, "Zoë \"quoted\" O'Brien");
+    assert_eq!(row.2, "2001:db8::1");
+    assert_eq!(row.3, "data.export");
+    assert_eq!(row.4, "/search?q=a%09b&x=\\N");
+    assert_eq!(row.5, 9_007_199_254_740_993);
+    assert_eq!(row.6, 0.125);
+    assert_eq!(row.7, json["metadata"]);
+    assert_eq!(row.8, json["resource_usage"]);
+    writer.stop().await;
+    env.cleanup().await;
+}
