@@ -33,6 +33,8 @@ pub struct Incoming {
     pub body: Vec<u8>,
     pub events: Vec<AuditEvent>,
     pub dead: Vec<DeadLetter>,
+    /// The broker delivered this message before: its events may be stored already.
+    pub redelivered: bool,
 }
 
 impl Incoming {
@@ -47,6 +49,7 @@ impl Incoming {
             .unwrap_or_else(|| "application/json".into());
         let message_id = props.message_id().as_ref().map(|m| m.as_str().to_owned());
         let routing_key = delivery.routing_key.as_str().to_owned();
+        let redelivered = delivery.redelivered;
         let body = delivery.data;
         let mut events = Vec::new();
         let mut dead = Vec::new();
@@ -98,6 +101,7 @@ impl Incoming {
             body,
             events,
             dead,
+            redelivered,
         }
     }
 }

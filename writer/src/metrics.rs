@@ -12,6 +12,7 @@ pub struct WriterMetrics {
     pub duplicates: IntCounter,
     pub dead_lettered: IntCounter,
     pub batches: IntCounter,
+    pub dedup_batches: IntCounter,
     pub batch_events: Histogram,
     pub flush_seconds: Histogram,
     pub retries: IntCounterVec,
@@ -51,6 +52,10 @@ impl WriterMetrics {
                 "Messages or NDJSON lines sent to <ns>.dead.",
             ),
             batches: counter("auditline_writer_batches_total", "Batches committed."),
+            dedup_batches: counter(
+                "auditline_writer_dedup_batches_total",
+                "Batches written through the dedup path (redelivered messages, or a COPY that met a stored event).",
+            ),
             batch_events: register(
                 registry,
                 Histogram::with_opts(
