@@ -195,10 +195,10 @@ fn default_consumers() -> usize {
     2
 }
 fn default_prefetch_count() -> u16 {
-    // Enough for full batches of single-event messages (twice batch.max_events
-    // would be 10,000, but with 100-event messages that would hold a million
-    // events in memory); see the README for the trade-off.
-    1_000
+    // A compromise between single-event messages (batches can never be larger
+    // than the prefetch) and 100-event NDJSON messages (each pipeline holds up
+    // to prefetch × 100 events in memory); see the README.
+    500
 }
 fn default_batch_max_events() -> usize {
     5_000

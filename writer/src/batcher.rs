@@ -10,19 +10,31 @@ use crate::{
 };
 use actix::prelude::*;
 use auditline_shared::settings::BatchSettings;
-use std::time::{Duration, Instant};
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
 use tokio::sync::oneshot;
 
-/// What the DB writer stores, dead-letters and acks in one go.
+/// What the DB writer stores, dead-letters and acks in one go: a run of
+/// consecutive deliveries.
 #[derive(Debug, Message, Default)]
 #[rtype(result = "()")]
 pub struct Batch {
     /// Highest delivery tag in the batch: acked with `multiple` after commit.
     pub ack_tag: u64,
     pub messages: Vec<Incoming>,
-    pub dead: Vec<DeadLetter>,
     pub events: usize,
-    pub bytes: usize,
+}
+
+impl Batch {
+    /// The dead letters of every message in the batch.
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.messages
+            .iter()
+            .flat_map(|m| m.dead.iter().cloned())
+            .collect()
+    }
 }
 
 /// Resolves once everything received so far is written and acked.
@@ -34,7 +46,9 @@ pub struct Drain;
 pub struct Batcher {
     settings: BatchSettings,
     writer: Addr<DbWriter>,
-    pending: Batch,
+    pending: VecDeque<Incoming>,
+    pending_events: usize,
+    pending_bytes: usize,
     first_at: Option<Instant>,
     timer: Option<SpawnHandle>,
     busy: bool,
@@ -47,7 +61,9 @@ impl Batcher {
         Self {
             settings,
             writer,
-            pending: Batch::default(),
+            pending: VecDeque::new(),
+            pending_events: 0,
+            pending_bytes: 0,
             first_at: None,
             timer: None,
             busy: false,
@@ -57,12 +73,12 @@ impl Batcher {
     }
 
     fn is_empty(&self) -> bool {
-        self.pending.messages.is_empty() && self.pending.ack_tag == 0
+        self.pending.is_empty()
     }
 
     fn is_full(&self) -> bool {
-        self.pending.events >= self.settings.max_events
-            || self.pending.bytes >= self.settings.max_bytes
+        self.pending_events >= self.settings.max_events
+            || self.pending_bytes >= self.settings.max_bytes
     }
 
     fn is_due(&self) -> bool {
@@ -96,8 +112,25 @@ impl Batcher {
         if let Some(timer) = self.timer.take() {
             ctx.cancel_future(timer);
         }
-        let batch = std::mem::take(&mut self.pending);
-        self.first_at = None;
+        // Take whole messages, oldest first, up to the limits: acking the last
+        // one with `multiple` then covers exactly what was written.
+        let mut batch = Batch::default();
+        let mut bytes = 0;
+        while let Some(message) = self.pending.pop_front() {
+            batch.ack_tag = message.delivery_tag;
+            batch.events += message.events.len();
+            bytes += message.body.len();
+            batch.messages.push(message);
+            if batch.events >= self.settings.max_events || bytes >= self.settings.max_bytes {
+                break;
+            }
+        }
+        self.pending_events -= batch.events;
+        self.pending_bytes -= bytes;
+        // What is left waited already: it goes out as soon as the writer is free.
+        if self.pending.is_empty() {
+            self.first_at = None;
+        }
         self.busy = true;
         ctx.spawn(
             self.writer
@@ -132,16 +165,13 @@ impl Actor for Batcher {
 impl Handler<Incoming> for Batcher {
     type Result = ();
 
-    fn handle(&mut self, mut msg: Incoming, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Incoming, ctx: &mut Self::Context) {
         if self.first_at.is_none() {
             self.first_at = Some(Instant::now());
         }
-        let p = &mut self.pending;
-        p.ack_tag = p.ack_tag.max(msg.delivery_tag);
-        p.events += msg.events.len();
-        p.bytes += msg.body.len();
-        p.dead.append(&mut msg.dead);
-        p.messages.push(msg);
+        self.pending_events += msg.events.len();
+        self.pending_bytes += msg.body.len();
+        self.pending.push_back(msg);
         self.consider(ctx);
     }
 }

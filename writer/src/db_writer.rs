@@ -204,8 +204,9 @@ impl Core {
     async fn process(&mut self, batch: Batch) {
         let started = Instant::now();
         let mut backoff = Backoff::new();
-        while !batch.dead.is_empty() {
-            match self.publish_dead(&batch.dead).await {
+        let dead = batch.dead_letters();
+        while !dead.is_empty() {
+            match self.publish_dead(&dead).await {
                 Ok(()) => break,
                 Err(e) => {
                     if !self.pause("dead_letter", &e, &mut backoff).await {
