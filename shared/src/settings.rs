@@ -393,6 +393,17 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_config_loads() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/auditline.example.toml"
+        ));
+        let settings =
+            Settings::load(Some(path), serde_json::json!({})).expect("example config is valid");
+        assert_eq!(settings.writer.batch.max_events, 5_000);
+    }
+
+    #[test]
     fn unknown_keys_and_bad_namespaces_are_refused() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("bad.toml", "namespce = \"typo\"\n")?;

@@ -1,5 +1,8 @@
-use crate::helpers::{ADMIN_URL, InProcessWriter, Process, TestEnv, events, http_get, wait_until};
+use crate::helpers::{
+    ADMIN_URL, InProcessWriter, Process, Proxy, TestEnv, events, http_get, wait_until,
+};
 use auditline_ingest::Publisher;
+use auditline_shared::settings::SecretUrl;
 use sqlx::PgPool;
 use std::time::Duration;
 use uuid::Uuid;
@@ -130,5 +133,46 @@ async fn the_writer_rides_out_a_database_refusing_connections() {
     assert!(retried, "the outage was felt and retried:\n{metrics}");
     writer.stop().await;
     admin.close().await;
+    env.cleanup().await;
+}
+
+#[actix_web::test]
+async fn broker_connections_cut_mid_stream_lose_and_duplicate_nothing() {
+    let env = TestEnv::new().await;
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let mut through_proxy = env.settings.clone();
+    through_proxy.amqp_url =
+        SecretUrl::new(format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port));
+    let writer = InProcessWriter::start_with(through_proxy.clone()).await;
+    let publisher = auditline_ingest::Publisher::connect(&through_proxy, "test-publisher")
+        .await
+        .expect("publisher connects through the proxy");
+    let stream = publish_stream(publisher, 25, Duration::from_millis(150));
+    let flowing = wait_until(Duration::from_secs(60), || async {
+        env.count().await.0 >= 2_000
+    })
+    .await;
+    assert!(flowing, "the writer did not start storing events");
+
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    proxy.set_up(false);
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.set_up(true);
+
+    let mut confirmed = stream
+        .await
+        .expect("every publish confirmed despite the cuts");
+    env.wait_for_rows(confirmed.len() as i64, Duration::from_secs(120))
+        .await;
+    confirmed.sort();
+    env.assert_exactly(&confirmed).await;
+    let ready = wait_until(Duration::from_secs(30), || async {
+        http_get(writer.port, "/readyz").await.0 == 200
+    })
+    .await;
+    assert!(ready, "both pipelines reconnected");
+    writer.stop().await;
     env.cleanup().await;
 }

@@ -19,12 +19,9 @@ use uuid::Uuid;
 
 const ACTIONS: [&str; 6] = ["file", "code_exec", "admin", "auth", "data", "other"];
 
+/// The server the tests create their databases on, as the design fixes it.
+const SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432";
 pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
-pub fn base_url() -> String {
-    std::env::var("AUDITLINE_TEST_DATABASE_BASE")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
 
 /// A fresh database and namespace.
 pub struct TestEnv {
@@ -50,7 +47,7 @@ impl TestEnv {
             .expect("create test database");
         admin.close().await;
         let mut settings = Settings {
-            database_url: SecretUrl::new(format!("{}/{db_name}", base_url())),
+            database_url: SecretUrl::new(format!("{SERVER_URL}/{db_name}")),
             ..Settings::default()
         };
         if let Ok(url) = std::env::var("AUDITLINE_AMQP_URL") {
@@ -319,7 +316,11 @@ pub struct InProcessWriter {
 
 impl InProcessWriter {
     pub async fn start(env: &TestEnv) -> Self {
-        let app = auditline_writer::Application::build(env.settings.clone())
+        Self::start_with(env.settings.clone()).await
+    }
+
+    pub async fn start_with(settings: Settings) -> Self {
+        let app = auditline_writer::Application::build(settings)
             .await
             .expect("writer builds");
         let port = app.port();
@@ -366,4 +367,55 @@ pub async fn http_get(port: u16, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// A TCP proxy in front of a real server, which a test can cut (close every
+/// open connection) or take down (refuse new ones) without touching the server.
+pub struct Proxy {
+    pub port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Proxy {
+    pub async fn start(target: &'static str) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (cut, cut_rx) = tokio::sync::watch::channel(0u64);
+        let accepting = up.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !accepting.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let mut cut_rx = cut_rx.clone();
+                cut_rx.mark_unchanged();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_rx.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { port, up, cut }
+    }
+
+    /// Closes every connection currently open through the proxy.
+    pub fn cut(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    /// Refuses (or accepts again) new connections.
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
+    }
 }

@@ -264,3 +264,38 @@ async fn text_and_json_values_are_stored_exactly_as_published() {
     writer.stop().await;
     env.cleanup().await;
 }
+
+#[actix_web::test]
+async fn an_unroutable_publish_is_an_error_not_a_success() {
+    let env = TestEnv::new().await;
+    let publisher = env.publisher().await;
+    // Without the writer queue nothing receives `<ns>.events`.
+    let conn = auditline_shared::amqp::connect(&env.settings.amqp_url, "test-admin")
+        .await
+        .expect("amqp");
+    let channel = conn.create_channel().await.expect("channel");
+    channel
+        .queue_delete(
+            format!("{}.writer", env.settings.namespace).as_str().into(),
+            Default::default(),
+        )
+        .await
+        .expect("queue deleted");
+    let err = publisher
+        .publish(&events(1)[0])
+        .await
+        .expect_err("nobody can receive it");
+    assert!(
+        matches!(err, auditline_ingest::PublishError::Unroutable(_)),
+        "{err}"
+    );
+    let err = publisher
+        .publish_batch(&events(250))
+        .await
+        .expect_err("nobody can receive it");
+    assert!(
+        matches!(err, auditline_ingest::PublishError::Unroutable(_)),
+        "{err}"
+    );
+    env.cleanup().await;
+}

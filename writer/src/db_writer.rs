@@ -203,6 +203,10 @@ impl Core {
     }
 
     async fn process(&mut self, batch: Batch) {
+        if self.cancelled() {
+            // The pipeline is gone: its deliveries return to the queue unacked.
+            return;
+        }
         let started = Instant::now();
         let mut backoff = Backoff::new();
         let dead = batch.dead_letters();
