@@ -459,19 +459,7 @@ impl BareLoop {
         if let Ok(connection) = amqp::connect(&settings.amqp_url, "auditline-bare-cleanup").await
             && let Ok(channel) = connection.create_channel().await
         {
-            {
-                let t = Topology::new(&settings.namespace);
-                for q in [&t.writer_queue, &t.dead_queue] {
-                    let _ = channel
-                        .queue_delete(q.as_str().into(), Default::default())
-                        .await;
-                }
-                for x in [&t.events_exchange, &t.dead_exchange, &t.live_exchange] {
-                    let _ = channel
-                        .exchange_delete(x.as_str().into(), Default::default())
-                        .await;
-                }
-            }
+            Topology::new(&settings.namespace).delete(&channel).await;
         }
     }
 }

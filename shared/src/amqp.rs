@@ -103,6 +103,26 @@ impl Topology {
         Ok(())
     }
 
+    /// Deletes every exchange and queue of the namespace, messages included
+    /// (benchmarks and tests clean up with it). Errors are ignored: what does
+    /// not exist is already gone.
+    pub async fn delete(&self, channel: &Channel) {
+        for queue in [&self.writer_queue, &self.dead_queue] {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await;
+        }
+        for exchange in [
+            &self.events_exchange,
+            &self.dead_exchange,
+            &self.live_exchange,
+        ] {
+            let _ = channel
+                .exchange_delete(exchange.as_str().into(), Default::default())
+                .await;
+        }
+    }
+
     fn writer_queue_args(&self) -> FieldTable {
         let mut args = FieldTable::default();
         args.insert("x-queue-type".into(), string("quorum"));

@@ -5,6 +5,17 @@ use auditline_shared::event::{AuditEvent, json_schema, parse_ndjson, to_ndjson};
 use chrono::{Duration, Utc};
 use serde_json::{Value, json};
 
+/// The fields the design requires.
+const REQUIRED: [&str; 7] = [
+    "occurred_at",
+    "service",
+    "session_id",
+    "action_type",
+    "endpoint",
+    "http_method",
+    "success",
+];
+
 fn valid() -> Value {
     json!({
         "event_id": "0190f5d2-7c4e-7a8b-9c0d-123456789abc",
@@ -90,15 +101,7 @@ fn optional_fields_may_be_absent_or_null_and_event_id_is_assigned() {
 
 #[test]
 fn required_fields_are_named_when_missing() {
-    for field in [
-        "occurred_at",
-        "service",
-        "session_id",
-        "action_type",
-        "endpoint",
-        "http_method",
-        "success",
-    ] {
+    for field in REQUIRED {
         rejected_on(without(field), field);
     }
 }
@@ -227,15 +230,7 @@ fn checked_in_schema_matches_the_type() {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    for field in [
-        "occurred_at",
-        "service",
-        "session_id",
-        "action_type",
-        "endpoint",
-        "http_method",
-        "success",
-    ] {
+    for field in REQUIRED {
         assert!(
             required.contains(&field),
             "{field} must be required in the schema"

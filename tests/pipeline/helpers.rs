@@ -183,19 +183,9 @@ impl TestEnv {
         if let Ok(conn) = amqp::connect(&self.settings.amqp_url, "test-cleanup").await
             && let Ok(channel) = conn.create_channel().await
         {
-            {
-                let ns = &self.settings.namespace;
-                for q in ["writer", "dead"] {
-                    let _ = channel
-                        .queue_delete(format!("{ns}.{q}").as_str().into(), Default::default())
-                        .await;
-                }
-                for x in ["events", "dead", "live"] {
-                    let _ = channel
-                        .exchange_delete(format!("{ns}.{x}").as_str().into(), Default::default())
-                        .await;
-                }
-            }
+            amqp::Topology::new(&self.settings.namespace)
+                .delete(&channel)
+                .await;
         }
         if let Ok(admin) = PgPool::connect(ADMIN_URL).await {
             let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
