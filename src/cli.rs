@@ -2,7 +2,11 @@
 
 use crate::loadgen::{self, LoadgenArgs};
 use anyhow::Context;
-use auditline_shared::{Settings, db, telemetry};
+use auditline_shared::{
+    Settings,
+    auth::{self, Scope},
+    db, telemetry,
+};
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value, json};
 use sqlx::{Postgres, migrate::MigrateDatabase};
@@ -38,11 +42,25 @@ pub enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
-    /// Run every service in one process (today: the writer).
+    /// Run the HTTP ingest gateway (`POST /v1/events`).
+    Ingest {
+        /// Listen address (overrides AUDITLINE_INGEST_LISTEN).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Run every service in one process (today: the writer and the ingest gateway).
     All {
         /// Listen address of the writer's /metrics (overrides AUDITLINE_WRITER_LISTEN).
         #[arg(long)]
         writer_listen: Option<String>,
+        /// Listen address of the ingest gateway (overrides AUDITLINE_INGEST_LISTEN).
+        #[arg(long)]
+        ingest_listen: Option<String>,
+    },
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
     },
     /// Publish generated events and report throughput and publish→committed latency.
     Loadgen(LoadgenArgs),
@@ -62,8 +80,15 @@ impl Cli {
         put("namespace", &self.namespace);
         match &self.command {
             Command::Writer { listen } => put("writer_listen", listen),
-            Command::All { writer_listen } => put("writer_listen", writer_listen),
-            Command::Migrate | Command::Loadgen(_) => {}
+            Command::Ingest { listen } => put("ingest_listen", listen),
+            Command::All {
+                writer_listen,
+                ingest_listen,
+            } => {
+                put("writer_listen", writer_listen);
+                put("ingest_listen", ingest_listen);
+            }
+            Command::Migrate | Command::Loadgen(_) | Command::Token { .. } => {}
         }
         Value::Object(map)
     }
@@ -75,14 +100,165 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     telemetry::init(settings.log_format);
     match cli.command {
         Command::Migrate => migrate(&settings).await,
-        Command::Writer { .. } | Command::All { .. } => {
+        Command::Writer { .. } => {
             let shutdown = shutdown_signal();
             let app = auditline_writer::Application::build(settings).await?;
             tracing::info!(port = app.port(), "writer listening");
             app.run_until_stopped(shutdown).await
         }
+        Command::Ingest { .. } => {
+            let shutdown = shutdown_signal();
+            let app = auditline_ingest::gateway::Application::build(settings).await?;
+            tracing::info!(port = app.port(), "ingest gateway listening");
+            app.run_until_stopped(shutdown).await
+        }
+        Command::All { .. } => run_all(settings).await,
+        Command::Token { action } => token(&settings, action).await,
         Command::Loadgen(args) => loadgen::run(&settings, args).await,
     }
+}
+
+/// Every service in one process, sharing one metrics registry; one signal
+/// stops them all.
+async fn run_all(settings: Settings) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
+    let registry = prometheus::Registry::new();
+    let writer =
+        auditline_writer::Application::build_with_registry(settings.clone(), registry.clone())
+            .await?;
+    let ingest =
+        auditline_ingest::gateway::Application::build_with_registry(settings, registry).await?;
+    tracing::info!(
+        writer_port = writer.port(),
+        ingest_port = ingest.port(),
+        "auditline all: services listening"
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let signal = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+        Ok(())
+    };
+    tokio::try_join!(
+        signal,
+        writer.run_until_stopped(wait(stopped.clone())),
+        ingest.run_until_stopped(wait(stopped)),
+    )?;
+    Ok(())
+}
+
+/// `auditline token …`
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Create a token; its secret is printed once, on standard output.
+    Create {
+        /// A name saying who or what uses the token.
+        #[arg(long)]
+        name: String,
+        /// Scopes: publish, read, export, admin (repeat or separate with commas).
+        #[arg(long = "scope", required = true, value_delimiter = ',')]
+        scopes: Vec<Scope>,
+        /// The service a publish token speaks for (stamped on its events).
+        #[arg(long)]
+        service: Option<String>,
+        /// Lifetime, e.g. 90d, 12h, 30m (default: no expiry).
+        #[arg(long, value_parser = parse_lifetime)]
+        expires_in: Option<chrono::Duration>,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token by its id (the part after `alt_`).
+    Revoke { token_id: String },
+}
+
+fn parse_lifetime(text: &str) -> Result<chrono::Duration, String> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: i64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number and a unit (s, m, h, d)"))?;
+    match unit {
+        "s" => Ok(chrono::Duration::seconds(n)),
+        "m" => Ok(chrono::Duration::minutes(n)),
+        "h" => Ok(chrono::Duration::hours(n)),
+        "d" => Ok(chrono::Duration::days(n)),
+        _ => Err(format!("{text:?}: the unit must be s, m, h or d")),
+    }
+}
+
+async fn token(settings: &Settings, action: TokenAction) -> anyhow::Result<()> {
+    let pool = db::pool(&settings.database_url, 1)?;
+    match action {
+        TokenAction::Create {
+            name,
+            scopes,
+            service,
+            expires_in,
+        } => {
+            let (info, secret) = auth::create(
+                &pool,
+                auth::NewToken {
+                    name,
+                    scopes,
+                    service,
+                    expires_at: expires_in.map(|d| chrono::Utc::now() + d),
+                },
+            )
+            .await?;
+            eprintln!(
+                "token {} ({}) created with scopes {}; copy the secret now, it is not shown again:",
+                info.token_id,
+                info.name,
+                info.scopes
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            println!("{secret}");
+        }
+        TokenAction::List => {
+            println!(
+                "{:<14} {:<24} {:<28} {:<16} {:<22} STATE",
+                "ID", "NAME", "SCOPES", "SERVICE", "EXPIRES"
+            );
+            let now = chrono::Utc::now();
+            for t in auth::list(&pool).await? {
+                let state = match (t.revoked_at, t.expires_at) {
+                    (Some(at), _) => format!("revoked {}", at.format("%Y-%m-%d %H:%M")),
+                    (None, Some(at)) if at <= now => "expired".to_owned(),
+                    _ => "active".to_owned(),
+                };
+                println!(
+                    "{:<14} {:<24} {:<28} {:<16} {:<22} {state}",
+                    t.token_id,
+                    t.name,
+                    t.scopes
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    t.service.as_deref().unwrap_or("-"),
+                    t.expires_at
+                        .map(|e| e.format("%Y-%m-%d %H:%M").to_string())
+                        .unwrap_or_else(|| "never".into()),
+                );
+            }
+        }
+        TokenAction::Revoke { token_id } => {
+            if auth::revoke(&pool, &token_id).await? {
+                println!("token {token_id} revoked");
+            } else {
+                anyhow::bail!("no active token with id {token_id}");
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn migrate(settings: &Settings) -> anyhow::Result<()> {

@@ -3,9 +3,11 @@
 //! - [`publisher`] — [`Publisher`], the confirmed, reconnecting publisher library
 //!   for Rust applications (also used by `auditline loadgen`).
 //!
-//! The HTTP ingest gateway, the actix-web `AuditMiddleware` and the durable
-//! spool arrive with the ingest issue and will live here too.
+//! - [`gateway`] — the HTTP ingest gateway (`auditline ingest`), `POST /v1/events`.
+//!
+//! The actix-web `AuditMiddleware` and the durable spool are still to come.
 
+pub mod gateway;
 pub mod publisher;
 
 pub use publisher::{PublishError, Publisher};

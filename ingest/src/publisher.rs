@@ -90,7 +90,15 @@ impl std::fmt::Debug for Publisher {
 impl Publisher {
     /// Connects, declares the topology (idempotent) and enables confirms.
     pub async fn connect(settings: &Settings, name: &str) -> anyhow::Result<Self> {
-        let publisher = Self {
+        let publisher = Self::new(settings, name);
+        publisher.current_link().await?;
+        Ok(publisher)
+    }
+
+    /// A publisher that connects on first use (a service can start while the
+    /// broker is down).
+    pub fn new(settings: &Settings, name: &str) -> Self {
+        Self {
             inner: Arc::new(Inner {
                 url: settings.amqp_url.clone(),
                 topology: Topology::new(&settings.namespace),
@@ -99,11 +107,12 @@ impl Publisher {
                 generation: AtomicU64::new(0),
                 name: name.to_owned(),
             }),
-        };
-        let link = publisher.open_link().await?;
-        link.channel_topology(&publisher.inner.topology).await?;
-        *publisher.inner.link.lock().await = Some(link);
-        Ok(publisher)
+        }
+    }
+
+    /// Whether the broker can be reached now (connecting if needed).
+    pub async fn is_connected(&self) -> bool {
+        self.current_link().await.is_ok()
     }
 
     /// Publishes one event as one message; resolves once the broker confirmed it.
@@ -266,17 +275,12 @@ impl Publisher {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
+        self.inner.topology.declare(&channel).await?;
         Ok(Link {
             generation: self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1,
             channel,
             _connection: Arc::new(connection),
         })
-    }
-}
-
-impl Link {
-    async fn channel_topology(&self, topology: &Topology) -> anyhow::Result<()> {
-        topology.declare(&self.channel).await
     }
 }
 

@@ -184,6 +184,13 @@ impl AuditEvent {
         Self::try_from_wire(wire, now)
     }
 
+    /// Parses and validates an event already read as JSON (the gateway stamps
+    /// `service` into it first).
+    pub fn from_value(value: Value, now: DateTime<Utc>) -> Result<Self, ValidationError> {
+        let wire: WireEvent = serde_path_to_error::deserialize(value).map_err(serde_error)?;
+        Self::try_from_wire(wire, now)
+    }
+
     /// Validates a wire event that was already deserialized.
     pub fn try_from_wire(wire: WireEvent, now: DateTime<Utc>) -> Result<Self, ValidationError> {
         let mut errors = Vec::new();

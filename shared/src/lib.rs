@@ -1,6 +1,7 @@
 //! Auditline's shared foundation: what every service agrees on.
 //!
 //! - [`event`] — the audit event's wire format, validation and JSON Schema.
+//! - [`auth`] — API tokens and the `Caller` extractor.
 //! - [`settings`] — layered configuration (defaults, TOML, `AUDITLINE_*`, flags).
 //! - [`telemetry`] — logging.
 //! - [`amqp`] — RabbitMQ topology and connections.
@@ -9,6 +10,7 @@
 //! - [`error`] — the JSON error body every HTTP service answers with.
 
 pub mod amqp;
+pub mod auth;
 pub mod db;
 pub mod error;
 pub mod event;

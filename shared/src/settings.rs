@@ -99,6 +99,45 @@ pub struct Settings {
     /// Settings of the library publisher (`ingest::Publisher`) and `loadgen`.
     #[serde(default)]
     pub publisher: PublisherSettings,
+    /// The HTTP ingest gateway.
+    #[serde(default)]
+    pub ingest: IngestSettings,
+}
+
+/// The HTTP ingest gateway (`POST /v1/events`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSettings {
+    /// Largest request body accepted, in bytes (413 above).
+    #[serde(default = "default_ingest_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Most events in one request (413 above).
+    #[serde(default = "default_ingest_max_events")]
+    pub max_events: usize,
+    /// How long a request may wait for the broker before the events are
+    /// spooled (or, without a spool, answered 503).
+    #[serde(default = "default_ingest_publish_timeout_ms")]
+    pub publish_timeout_ms: u64,
+}
+
+fn default_ingest_max_body_bytes() -> usize {
+    5 * 1024 * 1024
+}
+fn default_ingest_max_events() -> usize {
+    10_000
+}
+fn default_ingest_publish_timeout_ms() -> u64 {
+    5_000
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: default_ingest_max_body_bytes(),
+            max_events: default_ingest_max_events(),
+            publish_timeout_ms: default_ingest_publish_timeout_ms(),
+        }
+    }
 }
 
 /// Log line format.
@@ -275,6 +314,7 @@ impl Default for Settings {
             writer: WriterSettings::default(),
             partitions: PartitionSettings::default(),
             publisher: PublisherSettings::default(),
+            ingest: IngestSettings::default(),
         }
     }
 }

@@ -337,6 +337,73 @@ impl InProcessWriter {
     }
 }
 
+/// A plain HTTP/1.1 request on 127.0.0.1; returns status, headers (lower-case
+/// names) and body.
+pub async fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("write head");
+    // The server may answer (413, 401) and close before reading everything.
+    let _ = stream.write_all(body).await;
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw).await;
+    let response = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, headers, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
 /// A plain HTTP/1.1 GET on 127.0.0.1; returns status and body.
 pub async fn http_get(port: u16, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -407,5 +474,103 @@ impl Proxy {
     /// Refuses (or accepts again) new connections.
     pub fn set_up(&self, up: bool) {
         self.up.store(up, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The ingest gateway running inside the test's actix system (port 0).
+pub struct InProcessIngest {
+    pub port: u16,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcessIngest {
+    pub async fn start_with(mut settings: Settings) -> Self {
+        settings.ingest_listen = "127.0.0.1:0".into();
+        let app = auditline_ingest::gateway::Application::build(settings)
+            .await
+            .expect("gateway builds");
+        let port = app.port();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let done = actix::spawn(app.run_until_stopped(async move {
+            let _ = rx.await;
+        }));
+        Self {
+            port,
+            stop: Some(tx),
+            done,
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.done)
+            .await
+            .expect("gateway task")
+            .expect("gateway stops cleanly");
+    }
+
+    /// POSTs to /v1/events; returns status, headers and the JSON body.
+    pub async fn post(
+        &self,
+        token: Option<&str>,
+        content_type: &str,
+        body: &[u8],
+    ) -> (u16, Vec<(String, String)>, serde_json::Value) {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("Content-Type", content_type)];
+        if let Some(auth) = auth.as_deref() {
+            headers.push(("Authorization", auth));
+        }
+        let (status, headers, body) = http(self.port, "POST", "/v1/events", &headers, body).await;
+        let json = serde_json::from_str(&body)
+            .unwrap_or_else(|_| panic!("JSON body expected, got {status}: {body:?}"));
+        (status, headers, json)
+    }
+}
+
+impl TestEnv {
+    /// Creates a token directly in the database; returns its secret.
+    pub async fn token(
+        &self,
+        scopes: &[auditline_shared::auth::Scope],
+        service: Option<&str>,
+    ) -> String {
+        let (_, secret) = auditline_shared::auth::create(
+            &self.pool,
+            auditline_shared::auth::NewToken {
+                name: "test".into(),
+                scopes: scopes.to_vec(),
+                service: service.map(str::to_owned),
+                expires_at: None,
+            },
+        )
+        .await
+        .expect("token created");
+        secret
+    }
+
+    /// Messages waiting in `<ns>.writer` (nothing consumes it unless a writer runs).
+    pub async fn queued(&self) -> u32 {
+        let conn = amqp::connect(&self.settings.amqp_url, "test-depth")
+            .await
+            .expect("amqp");
+        let channel = conn.create_channel().await.expect("channel");
+        channel
+            .queue_declare(
+                format!("{}.writer", self.settings.namespace)
+                    .as_str()
+                    .into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .expect("queue exists")
+            .message_count()
     }
 }

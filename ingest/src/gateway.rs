@@ -1,0 +1,431 @@
+//! The HTTP ingest gateway (`auditline ingest`): `POST /v1/events` for apps in
+//! any language.
+//!
+//! A request carries a publish token; the token's `service` is stamped on
+//! every event, and an event claiming another service is refused. The body is
+//! one JSON event, a JSON array of events, or NDJSON. A request is accepted
+//! whole or refused whole: every invalid item is listed by index (and line, for
+//! NDJSON) and field, and nothing is published. 202 means the broker confirmed
+//! every event.
+
+use crate::publisher::{PublishError, Publisher};
+use actix_web::{
+    App, HttpRequest, HttpResponse, HttpServer, ResponseError,
+    dev::Server,
+    http::{StatusCode, header},
+    web,
+};
+use anyhow::Context;
+use auditline_shared::{
+    AuditEvent, Settings,
+    auth::{AuthError, Caller, Scope, TokenStore},
+    db,
+    error::ErrorBody,
+    metrics::{metrics_handler, register},
+    settings::IngestSettings,
+};
+use chrono::Utc;
+use futures_util::StreamExt;
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use serde_json::{Value, json};
+use std::{future::Future, net::TcpListener, time::Duration};
+
+/// The gateway's metrics.
+#[derive(Clone, Debug)]
+struct IngestMetrics {
+    requests: IntCounterVec,
+    accepted: IntCounter,
+    rejected: IntCounter,
+}
+
+impl IngestMetrics {
+    fn new(registry: &Registry) -> anyhow::Result<Self> {
+        Ok(Self {
+            requests: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "auditline_ingest_requests_total",
+                        "POST /v1/events requests by outcome.",
+                    ),
+                    &["outcome"],
+                )?,
+            ),
+            accepted: register(
+                registry,
+                IntCounter::new(
+                    "auditline_ingest_events_accepted_total",
+                    "Events accepted (broker-confirmed).",
+                )?,
+            ),
+            rejected: register(
+                registry,
+                IntCounter::new(
+                    "auditline_ingest_events_rejected_total",
+                    "Events in refused requests.",
+                )?,
+            ),
+        })
+    }
+}
+
+struct State {
+    publisher: Publisher,
+    settings: IngestSettings,
+    metrics: IngestMetrics,
+}
+
+/// Why a request was refused.
+#[derive(Debug, thiserror::Error)]
+enum IngestError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("unsupported content type {0:?}: send application/json or application/x-ndjson")]
+    UnsupportedMediaType(String),
+    #[error("request body larger than {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("{count} events in one request; at most {limit} are accepted")]
+    TooManyEvents { count: usize, limit: usize },
+    #[error("{0}")]
+    Malformed(String),
+    #[error("{invalid} of {total} events are invalid; nothing was accepted")]
+    Invalid {
+        invalid: usize,
+        total: usize,
+        details: Vec<Value>,
+    },
+    #[error("the broker cannot take events right now: {0}")]
+    Unavailable(String),
+    #[error("cannot read the request body: {0}")]
+    Body(String),
+}
+
+impl IngestError {
+    fn outcome(&self) -> &'static str {
+        match self {
+            Self::Auth(AuthError::Forbidden(_)) => "forbidden",
+            Self::Auth(AuthError::Unavailable(_)) | Self::Unavailable(_) => "unavailable",
+            Self::Auth(_) => "unauthorized",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::BodyTooLarge(_) | Self::TooManyEvents { .. } => "too_large",
+            Self::Malformed(_) | Self::Body(_) => "malformed",
+            Self::Invalid { .. } => "invalid",
+        }
+    }
+}
+
+impl ResponseError for IngestError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Auth(e) => e.status_code(),
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::BodyTooLarge(_) | Self::TooManyEvents { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Malformed(_) | Self::Invalid { .. } | Self::Body(_) => StatusCode::BAD_REQUEST,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (code, details) = match self {
+            Self::Auth(e) => return e.error_response(),
+            Self::UnsupportedMediaType(_) => ("unsupported_media_type", Vec::new()),
+            Self::BodyTooLarge(_) => ("body_too_large", Vec::new()),
+            Self::TooManyEvents { .. } => ("too_many_events", Vec::new()),
+            Self::Malformed(_) | Self::Body(_) => ("malformed_json", Vec::new()),
+            Self::Invalid { details, .. } => ("invalid_events", details.clone()),
+            Self::Unavailable(_) => ("unavailable", Vec::new()),
+        };
+        ErrorBody::new(code, self.to_string())
+            .with_details(details)
+            .response(self.status_code())
+    }
+}
+
+/// A built, not yet running gateway.
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Binds `ingest_listen`. Starts even while the broker is down.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with_registry(settings, Registry::new()).await
+    }
+
+    /// [`Application::build`] with a registry shared with other services of the
+    /// same process (`auditline all`).
+    pub async fn build_with_registry(
+        settings: Settings,
+        registry: Registry,
+    ) -> anyhow::Result<Self> {
+        let pool = db::pool(&settings.database_url, 4)?;
+        let mut publisher_settings = settings.clone();
+        publisher_settings.publisher.publish_timeout_ms = settings.ingest.publish_timeout_ms;
+        let publisher = Publisher::new(&publisher_settings, "auditline-ingest");
+        if !publisher.is_connected().await {
+            tracing::warn!("ingest gateway starting while the broker is unreachable");
+        }
+        let state = web::Data::new(State {
+            publisher,
+            settings: settings.ingest.clone(),
+            metrics: IngestMetrics::new(&registry)?,
+        });
+        let tokens = web::Data::new(TokenStore(pool));
+        let registry = web::Data::new(registry);
+        let listener = TcpListener::bind(&settings.ingest_listen)
+            .with_context(|| format!("cannot listen on {}", settings.ingest_listen))?;
+        let port = listener.local_addr()?.port();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(tokens.clone())
+                .app_data(registry.clone())
+                .route("/v1/events", web::post().to(post_events))
+                .route("/metrics", web::get().to(metrics_handler))
+                .route("/healthz", web::get().to(healthz))
+                .route("/readyz", web::get().to(readyz))
+                .default_service(web::to(not_found))
+        })
+        .disable_signals()
+        .listen(listener)?
+        .run();
+        Ok(Self { port, server })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `shutdown` resolves, then finishes requests in flight.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let server = self.server;
+        tokio::select! {
+            result = server => { result.context("ingest HTTP server failed")?; }
+            () = shutdown => { handle.stop(true).await; }
+        }
+        Ok(())
+    }
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn readyz(state: web::Data<State>) -> HttpResponse {
+    let reachable = tokio::time::timeout(Duration::from_secs(2), state.publisher.is_connected())
+        .await
+        .unwrap_or(false);
+    if reachable {
+        HttpResponse::Ok().json(json!({"status": "ready"}))
+    } else {
+        ErrorBody::new("not_ready", "the broker is unreachable")
+            .response(StatusCode::SERVICE_UNAVAILABLE)
+    }
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    ErrorBody::new(
+        "not_found",
+        format!("no route for {} {}", req.method(), req.path()),
+    )
+    .response(StatusCode::NOT_FOUND)
+}
+
+#[tracing::instrument(skip_all, fields(service))]
+async fn post_events(
+    req: HttpRequest,
+    caller: Result<Caller, AuthError>,
+    payload: web::Payload,
+    state: web::Data<State>,
+) -> Result<HttpResponse, IngestError> {
+    let result = accept(&req, caller, payload, &state).await;
+    let outcome = match &result {
+        Ok(_) => "accepted",
+        Err(e) => e.outcome(),
+    };
+    state.metrics.requests.with_label_values(&[outcome]).inc();
+    result
+}
+
+async fn accept(
+    req: &HttpRequest,
+    caller: Result<Caller, AuthError>,
+    payload: web::Payload,
+    state: &State,
+) -> Result<HttpResponse, IngestError> {
+    let caller = caller?;
+    let token = caller.require(Scope::Publish)?;
+    let service = token.service.clone().unwrap_or_default();
+    tracing::Span::current().record("service", service.as_str());
+
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let ndjson = match content_type.split(';').next().unwrap_or("").trim() {
+        "application/json" => false,
+        "application/x-ndjson" => true,
+        other => return Err(IngestError::UnsupportedMediaType(other.to_owned())),
+    };
+    let body = read_body(req, payload, state.settings.max_body_bytes).await?;
+    let items = split_items(&body, ndjson)?;
+    if items.len() > state.settings.max_events {
+        return Err(IngestError::TooManyEvents {
+            count: items.len(),
+            limit: state.settings.max_events,
+        });
+    }
+    let events = validate(items, &service, ndjson).inspect_err(|e| {
+        if let IngestError::Invalid { total, .. } = e {
+            state.metrics.rejected.inc_by(*total as u64);
+        }
+    })?;
+    let ids = state
+        .publisher
+        .publish_batch(&events)
+        .await
+        .map_err(|e| match e {
+            PublishError::Nacked => {
+                IngestError::Unavailable("the broker refused the events (queue full?)".into())
+            }
+            other => IngestError::Unavailable(other.to_string()),
+        })?;
+    state.metrics.accepted.inc_by(ids.len() as u64);
+    Ok(HttpResponse::Accepted().json(json!({"accepted": ids.len(), "event_ids": ids})))
+}
+
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::BytesMut, IngestError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(IngestError::BodyTooLarge(limit));
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| IngestError::Body(e.to_string()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(IngestError::BodyTooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// One item of the body: its JSON, or why it is not JSON; with its NDJSON line.
+struct Item {
+    line: Option<usize>,
+    value: Result<Value, String>,
+}
+
+fn split_items(body: &[u8], ndjson: bool) -> Result<Vec<Item>, IngestError> {
+    let items = if ndjson {
+        body.split(|b| *b == b'\n')
+            .enumerate()
+            .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+            .map(|(i, line)| Item {
+                line: Some(i + 1),
+                value: serde_json::from_slice(line).map_err(|e| format!("malformed JSON: {e}")),
+            })
+            .collect()
+    } else {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Array(values)) => values
+                .into_iter()
+                .map(|v| Item {
+                    line: None,
+                    value: Ok(v),
+                })
+                .collect(),
+            Ok(value @ Value::Object(_)) => vec![Item {
+                line: None,
+                value: Ok(value),
+            }],
+            Ok(_) => {
+                return Err(IngestError::Malformed(
+                    "expected one event (a JSON object) or an array of events".into(),
+                ));
+            }
+            Err(e) => return Err(IngestError::Malformed(format!("malformed JSON: {e}"))),
+        }
+    };
+    if items.is_empty() {
+        return Err(IngestError::Malformed("the body holds no event".into()));
+    }
+    Ok(items)
+}
+
+fn validate(items: Vec<Item>, service: &str, ndjson: bool) -> Result<Vec<AuditEvent>, IngestError> {
+    let now = Utc::now();
+    let total = items.len();
+    let mut events = Vec::with_capacity(total);
+    let mut details = Vec::new();
+    let mut invalid = 0;
+    for (index, item) in items.into_iter().enumerate() {
+        let mut problems: Vec<(String, String)> = Vec::new();
+        match item.value {
+            Err(message) => problems.push(("$".into(), message)),
+            Ok(Value::Object(mut map)) => {
+                match map.get("service") {
+                    Some(Value::String(claimed)) if claimed != service => problems.push((
+                        "service".into(),
+                        format!(
+                            "this token publishes for {service:?}; the event claims {claimed:?}"
+                        ),
+                    )),
+                    Some(Value::String(_)) => {}
+                    Some(Value::Null) | None => {
+                        map.insert("service".into(), Value::String(service.to_owned()));
+                    }
+                    // Any other type: validation names it below.
+                    Some(_) => {}
+                }
+                if problems.is_empty() {
+                    match AuditEvent::from_value(Value::Object(map), now) {
+                        Ok(event) => events.push(event),
+                        Err(err) => {
+                            problems.extend(err.0.into_iter().map(|e| (e.field, e.message)))
+                        }
+                    }
+                }
+            }
+            Ok(_) => problems.push(("$".into(), "expected a JSON object".into())),
+        }
+        if !problems.is_empty() {
+            invalid += 1;
+            for (field, message) in problems {
+                let mut detail = json!({"index": index, "field": field, "message": message});
+                if ndjson {
+                    detail["line"] = json!(item.line);
+                }
+                details.push(detail);
+            }
+        }
+    }
+    if invalid > 0 {
+        return Err(IngestError::Invalid {
+            invalid,
+            total,
+            details,
+        });
+    }
+    Ok(events)
+}

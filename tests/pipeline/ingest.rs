@@ -1,0 +1,331 @@
+//! The HTTP ingest gateway: every refusal is a clear JSON error and publishes
+//! nothing; an accepted request is stored with the token's service.
+
+use crate::helpers::{InProcessIngest, InProcessWriter, Proxy, TestEnv, wait_until};
+use auditline_shared::auth::{self, Scope};
+use auditline_shared::settings::SecretUrl;
+use chrono::Utc;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn event(n: usize) -> Value {
+    json!({
+        "occurred_at": Utc::now().to_rfc3339(),
+        "session_id": format!("s-{n}"),
+        "user_id": format!("u-{}", n % 7),
+        "action_type": "file",
+        "endpoint": format!("/files/{n}"),
+        "route": "/files/{id}",
+        "http_method": "GET",
+        "status_code": 200,
+        "success": true
+    })
+}
+
+fn ndjson(events: &[Value]) -> Vec<u8> {
+    events
+        .iter()
+        .map(|e| e.to_string() + "\n")
+        .collect::<String>()
+        .into_bytes()
+}
+
+#[track_caller]
+fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["error"]["code"], want_code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+#[actix_web::test]
+async fn every_refusal_is_a_json_error_and_publishes_nothing() {
+    let env = TestEnv::new().await;
+    let mut settings = env.settings.clone();
+    settings.ingest.max_body_bytes = 64 * 1024;
+    settings.ingest.max_events = 50;
+    let gateway = InProcessIngest::start_with(settings).await;
+    let publish = env.token(&[Scope::Publish], Some("billing")).await;
+    let reader = env.token(&[Scope::Read], None).await;
+    let revoked = env.token(&[Scope::Publish], Some("billing")).await;
+    let revoked_id = revoked.split('_').nth(1).expect("id");
+    assert!(auth::revoke(&env.pool, revoked_id).await.expect("revoke"));
+    let (_, expired) = auth::create(
+        &env.pool,
+        auth::NewToken {
+            name: "old".into(),
+            scopes: vec![Scope::Publish],
+            service: Some("billing".into()),
+            expires_at: Some(Utc::now() - chrono::Duration::minutes(1)),
+        },
+    )
+    .await
+    .expect("token");
+    let one = event(1).to_string().into_bytes();
+    let json_type = "application/json";
+
+    let (status, headers, body) = gateway.post(None, json_type, &one).await;
+    assert_error(status, &body, 401, "unauthorized");
+    assert!(
+        headers
+            .iter()
+            .any(|(n, v)| n == "www-authenticate" && v == "Bearer")
+    );
+    let (status, _, body) = gateway
+        .post(Some("alt_000000000000_nope"), json_type, &one)
+        .await;
+    assert_error(status, &body, 401, "unauthorized");
+    let (status, _, body) = gateway.post(Some("not-a-token"), json_type, &one).await;
+    assert_error(status, &body, 401, "unauthorized");
+    let (status, _, body) = gateway.post(Some(&revoked), json_type, &one).await;
+    assert_error(status, &body, 401, "unauthorized");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("revoked"),
+        "{body}"
+    );
+    let (status, _, body) = gateway.post(Some(&expired), json_type, &one).await;
+    assert_error(status, &body, 401, "unauthorized");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("expired"),
+        "{body}"
+    );
+    let (status, _, body) = gateway.post(Some(&reader), json_type, &one).await;
+    assert_error(status, &body, 403, "forbidden");
+
+    let (status, _, body) = gateway.post(Some(&publish), "text/plain", &one).await;
+    assert_error(status, &body, 415, "unsupported_media_type");
+    let big = vec![b' '; 65 * 1024];
+    let (status, _, body) = gateway.post(Some(&publish), json_type, &big).await;
+    assert_error(status, &body, 413, "body_too_large");
+    let many: Vec<Value> = (0..51).map(event).collect();
+    let (status, _, body) = gateway
+        .post(Some(&publish), "application/x-ndjson", &ndjson(&many))
+        .await;
+    assert_error(status, &body, 413, "too_many_events");
+    let (status, _, body) = gateway
+        .post(Some(&publish), json_type, b"{\"occurred_at\": ")
+        .await;
+    assert_error(status, &body, 400, "malformed_json");
+    let (status, _, body) = gateway.post(Some(&publish), json_type, b"42").await;
+    assert_error(status, &body, 400, "malformed_json");
+    let (status, _, body) = gateway.post(Some(&publish), json_type, b"[]").await;
+    assert_error(status, &body, 400, "malformed_json");
+
+    let mut bad = event(2);
+    bad["status_code"] = json!(700);
+    bad.as_object_mut().map(|o| o.remove("session_id"));
+    let body_bytes = serde_json::to_vec(&json!([event(1), bad, event(3)])).expect("json");
+    let (status, _, body) = gateway.post(Some(&publish), json_type, &body_bytes).await;
+    assert_error(status, &body, 400, "invalid_events");
+    let details = body["error"]["details"].as_array().expect("details");
+    let fields: Vec<(u64, &str)> = details
+        .iter()
+        .map(|d| {
+            (
+                d["index"].as_u64().unwrap_or(99),
+                d["field"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert!(fields.contains(&(1, "session_id")), "{body}");
+
+    let mut other_service = event(4);
+    other_service["service"] = json!("auth");
+    let (status, _, body) = gateway
+        .post(
+            Some(&publish),
+            json_type,
+            other_service.to_string().as_bytes(),
+        )
+        .await;
+    assert_error(status, &body, 400, "invalid_events");
+    assert_eq!(body["error"]["details"][0]["field"], "service", "{body}");
+
+    assert_eq!(
+        env.queued().await,
+        0,
+        "a refused request published something"
+    );
+    gateway.stop().await;
+    env.cleanup().await;
+}
+
+#[actix_web::test]
+async fn a_thousand_line_post_with_one_bad_line_is_refused_whole() {
+    let env = TestEnv::new().await;
+    let gateway = InProcessIngest::start_with(env.settings.clone()).await;
+    let token = env.token(&[Scope::Publish], Some("billing")).await;
+    let mut events: Vec<Value> = (0..1_000).map(event).collect();
+    events[637]["client_ip"] = json!("999.1.1.1");
+    let (status, _, body) = gateway
+        .post(Some(&token), "application/x-ndjson", &ndjson(&events))
+        .await;
+    assert_error(status, &body, 400, "invalid_events");
+    let details = body["error"]["details"].as_array().expect("details");
+    assert_eq!(details.len(), 1, "{body}");
+    assert_eq!(details[0]["line"], 638);
+    assert_eq!(details[0]["index"], 637);
+    assert_eq!(details[0]["field"], "client_ip");
+    assert_eq!(
+        env.queued().await,
+        0,
+        "nothing of a refused batch is published"
+    );
+    gateway.stop().await;
+    env.cleanup().await;
+}
+
+#[actix_web::test]
+async fn accepted_events_are_stored_with_the_tokens_service() {
+    let env = TestEnv::new().await;
+    let writer = InProcessWriter::start(&env).await;
+    let gateway = InProcessIngest::start_with(env.settings.clone()).await;
+    let token = env.token(&[Scope::Publish], Some("billing")).await;
+    let mut ids = Vec::new();
+    let mut same_service = event(0);
+    same_service["service"] = json!("billing");
+    for (content_type, body) in [
+        ("application/json", same_service.to_string().into_bytes()),
+        (
+            "application/json; charset=utf-8",
+            serde_json::to_vec(&json!([event(1), event(2)])).expect("json"),
+        ),
+        (
+            "application/x-ndjson",
+            ndjson(&(3..503).map(event).collect::<Vec<_>>()),
+        ),
+    ] {
+        let (status, _, body) = gateway.post(Some(&token), content_type, &body).await;
+        assert_eq!(status, 202, "{body}");
+        let event_ids = body["event_ids"].as_array().expect("ids");
+        assert_eq!(body["accepted"].as_u64(), Some(event_ids.len() as u64));
+        ids.extend(
+            event_ids
+                .iter()
+                .filter_map(|v| v.as_str())
+                .map(|s| s.parse::<uuid::Uuid>().expect("uuid")),
+        );
+    }
+    assert_eq!(ids.len(), 503);
+    env.wait_for_rows(503, Duration::from_secs(30)).await;
+    ids.sort();
+    env.assert_exactly(&ids).await;
+    let services: Vec<String> = sqlx::query_scalar("SELECT DISTINCT service FROM auditline.events")
+        .fetch_all(&env.pool)
+        .await
+        .expect("query");
+    assert_eq!(services, vec!["billing".to_owned()]);
+    gateway.stop().await;
+    writer.stop().await;
+    env.cleanup().await;
+}
+
+#[actix_web::test]
+async fn with_the_broker_unreachable_the_gateway_answers_503_with_retry_after() {
+    let env = TestEnv::new().await;
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let mut settings = env.settings.clone();
+    settings.amqp_url = SecretUrl::new(format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port));
+    settings.ingest.publish_timeout_ms = 500;
+    let gateway = InProcessIngest::start_with(settings).await;
+    let token = env.token(&[Scope::Publish], Some("billing")).await;
+    proxy.set_up(false);
+    proxy.cut();
+    let (status, headers, body) = gateway
+        .post(
+            Some(&token),
+            "application/json",
+            event(1).to_string().as_bytes(),
+        )
+        .await;
+    assert_error(status, &body, 503, "unavailable");
+    assert!(
+        headers.iter().any(|(n, _)| n == "retry-after"),
+        "{headers:?}"
+    );
+    let (ready, _) = crate::helpers::http_get(gateway.port, "/readyz").await;
+    assert_eq!(ready, 503);
+    proxy.set_up(true);
+    let back = wait_until(Duration::from_secs(10), || async {
+        crate::helpers::http_get(gateway.port, "/readyz").await.0 == 200
+    })
+    .await;
+    assert!(back, "ready again once the broker is reachable");
+    let (status, _, body) = gateway
+        .post(
+            Some(&token),
+            "application/json",
+            event(2).to_string().as_bytes(),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    gateway.stop().await;
+    env.cleanup().await;
+}
+
+#[actix_web::test]
+async fn the_token_cli_prints_the_secret_once_and_revokes() {
+    let env = TestEnv::new().await;
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_auditline"))
+            .args(args)
+            .env("AUDITLINE_DATABASE_URL", env.settings.database_url.expose())
+            .output()
+            .expect("run auditline");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, secret, _) = run(&[
+        "token",
+        "create",
+        "--name",
+        "billing-app",
+        "--scope",
+        "publish",
+        "--service",
+        "billing",
+        "--expires-in",
+        "30d",
+    ]);
+    assert!(ok);
+    let secret = secret.trim().to_owned();
+    assert!(secret.starts_with("alt_"), "{secret}");
+    let info = auth::authenticate(&env.pool, &secret)
+        .await
+        .expect("the printed secret works");
+    assert_eq!(info.service.as_deref(), Some("billing"));
+    let (ok, listing, _) = run(&["token", "list"]);
+    assert!(ok);
+    assert!(
+        listing.contains("billing-app") && listing.contains(&info.token_id),
+        "{listing}"
+    );
+    assert!(!listing.contains(&secret), "list never shows secrets");
+    let (ok, _, _) = run(&["token", "create", "--name", "x", "--scope", "publish"]);
+    assert!(!ok, "a publish token without a service is refused");
+    let (ok, _, _) = run(&["token", "revoke", &info.token_id]);
+    assert!(ok);
+    assert!(matches!(
+        auth::authenticate(&env.pool, &secret).await,
+        Err(auth::AuthError::Revoked(_))
+    ));
+    let stored: Vec<u8> = sqlx::query_scalar("SELECT secret_hash FROM auditline.tokens")
+        .fetch_one(&env.pool)
+        .await
+        .expect("row");
+    assert!(!String::from_utf8_lossy(&stored).contains(secret.split('_').nth(2).unwrap_or("")));
+    env.cleanup().await;
+}
