@@ -2,8 +2,9 @@
 //!
 //! A call resolves `Ok` only after RabbitMQ confirmed every message it sent
 //! (publisher confirms, `mandatory`, persistent). Confirms are pipelined: a
-//! batch publishes all its messages before awaiting any confirm, and concurrent
-//! callers share one channel, so many confirms are in flight at once.
+//! batch publishes all its messages before awaiting any confirm, and
+//! concurrent callers share one connection, each on a confirm channel of its
+//! own, so many confirms are in flight at once.
 //!
 //! Connection loss is retried with exponential backoff until
 //! `publisher.publish_timeout_ms` runs out. Re-sending a message the broker may
@@ -53,13 +54,41 @@ struct Message {
     properties: BasicProperties,
 }
 
-/// Live connection and confirm-mode channel, with the generation it was made in
-/// so that only the first of several failing callers replaces it.
+/// The live connection, with the generation it was made in so that only the
+/// first of several failing callers replaces it, and its idle confirm-mode
+/// channels. Each call publishes on a channel of its own: RabbitMQ confirms
+/// with `multiple` and lapin attributes a returned (unroutable) message to
+/// whichever pending confirm it meets first, so callers sharing a channel could
+/// be told about each other's messages.
 #[derive(Clone)]
 struct Link {
     generation: u64,
-    channel: Channel,
-    _connection: Arc<Connection>,
+    connection: Arc<Connection>,
+    idle: Arc<std::sync::Mutex<Vec<Channel>>>,
+}
+
+impl Link {
+    async fn take_channel(&self) -> lapin::Result<Channel> {
+        let idle = self.idle.lock().map(|mut idle| idle.pop()).unwrap_or(None);
+        if let Some(channel) = idle
+            && channel.status().connected()
+        {
+            return Ok(channel);
+        }
+        let channel = self.connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(channel)
+    }
+
+    fn give_back(&self, channel: Channel) {
+        if channel.status().connected()
+            && let Ok(mut idle) = self.idle.lock()
+        {
+            idle.push(channel);
+        }
+    }
 }
 
 struct Inner {
@@ -72,7 +101,7 @@ struct Inner {
 }
 
 /// Publishes validated audit events to `<ns>.events`. Cheap to clone; clones
-/// share one connection.
+/// share one connection (and its pool of confirm channels).
 #[derive(Clone)]
 pub struct Publisher {
     inner: Arc<Inner>,
@@ -163,7 +192,14 @@ impl Publisher {
                     continue;
                 }
             };
-            let (retry, last_error) = self.publish_on(&link, &pending).await?;
+            let (retry, last_error) = match link.take_channel().await {
+                Ok(channel) => {
+                    let outcome = self.publish_on(&channel, &pending, deadline).await;
+                    link.give_back(channel);
+                    outcome?
+                }
+                Err(e) => (pending.clone(), e.to_string()),
+            };
             if retry.is_empty() {
                 return Ok(());
             }
@@ -182,8 +218,9 @@ impl Publisher {
     /// retry (transport failures) and the last transport error.
     async fn publish_on<'m>(
         &self,
-        link: &Link,
+        channel: &Channel,
         messages: &[&'m Message],
+        deadline: Instant,
     ) -> Result<(Vec<&'m Message>, String), PublishError> {
         let exchange: ShortString = self.inner.topology.events_exchange.as_str().into();
         let options = BasicPublishOptions {
@@ -194,8 +231,7 @@ impl Publisher {
         let mut retry = Vec::new();
         let mut last_error = String::new();
         for (i, message) in messages.iter().enumerate() {
-            let sent = link
-                .channel
+            let sent = channel
                 .basic_publish(
                     exchange.clone(),
                     message.routing_key.as_str().into(),
@@ -213,12 +249,20 @@ impl Publisher {
                 }
             }
         }
-        let outcomes = join_all(
+        let confirmed = join_all(
             confirms
                 .into_iter()
                 .map(|(message, confirm)| async move { (message, confirm.await) }),
-        )
-        .await;
+        );
+        let Ok(outcomes) = tokio::time::timeout_at(deadline.into(), confirmed).await else {
+            // Confirms still owed on this channel must not be credited to a
+            // later call: close it (it is not given back).
+            let _ = channel.close(200, "confirms timed out".into()).await;
+            return Err(PublishError::Unavailable {
+                timeout_ms: self.inner.settings.publish_timeout_ms,
+                last_error: "the broker did not confirm in time".into(),
+            });
+        };
         let mut refusal = None;
         for (message, outcome) in outcomes {
             match outcome {
@@ -253,7 +297,7 @@ impl Publisher {
     async fn current_link(&self) -> anyhow::Result<Link> {
         let mut guard = self.inner.link.lock().await;
         if let Some(link) = guard.as_ref()
-            && link.channel.status().connected()
+            && link.connection.status().connected()
         {
             return Ok(link.clone());
         }
@@ -278,8 +322,8 @@ impl Publisher {
         self.inner.topology.declare(&channel).await?;
         Ok(Link {
             generation: self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1,
-            channel,
-            _connection: Arc::new(connection),
+            connection: Arc::new(connection),
+            idle: Arc::new(std::sync::Mutex::new(vec![channel])),
         })
     }
 }

@@ -218,6 +218,14 @@ impl AuditEvent {
                 "occurred_at",
                 Err("must not be before 1970-01-01T00:00:00Z".into()),
             );
+        } else if wire.occurred_at.timestamp_subsec_nanos() >= 1_000_000_000 {
+            // chrono keeps a leap second as second 60; PostgreSQL would store it
+            // as the next second (maybe in the next day's partition), so the
+            // dedup key and the partition would no longer match the event.
+            check(
+                "occurred_at",
+                Err("leap seconds (second 60) are not supported".into()),
+            );
         }
         check(
             "service",
@@ -399,10 +407,19 @@ fn object_within(object: &Map<String, Value>, max_bytes: usize) -> Result<(), St
     }
     // PostgreSQL's jsonb cannot hold U+0000; refusing it here keeps the event
     // from being accepted and then failing in storage.
-    if serialized.contains("\\u0000") {
+    if object.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)) {
         return Err("must not contain the NUL character (\\u0000)".into());
     }
     Ok(())
+}
+
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
 }
 
 /// The outcome of parsing one broker message body or HTTP body of several events.

@@ -123,6 +123,7 @@ fn every_rule_names_its_field() {
             json!((Utc::now() + Duration::minutes(6)).to_rfc3339()),
         ),
         ("occurred_at", json!("1969-12-31T23:59:59Z")),
+        ("occurred_at", json!("2016-12-31T23:59:60Z")),
         ("service", long(65)),
         ("service", json!("")),
         ("service", json!("files.api")),
@@ -183,6 +184,21 @@ fn limits_are_inclusive() {
         AuditEvent::parse(&serde_json::to_vec(&event).expect("json"))
             .unwrap_or_else(|e| panic!("{field} at its limit must be accepted: {e}"));
     }
+}
+
+#[test]
+fn an_escaped_backslash_before_u0000_is_not_mistaken_for_nul() {
+    let event = with(
+        "metadata",
+        json!({"path": "C:\\u0000dir", "nested": ["\\u0000"]}),
+    );
+    AuditEvent::parse(&serde_json::to_vec(&event).expect("json"))
+        .expect("a literal backslash-u0000 is valid text");
+    rejected_on(
+        with("metadata", json!({"deep": [{"k": "a\u{0}"}]})),
+        "metadata",
+    );
+    rejected_on(with("metadata", json!({"key\u{0}": 1})), "metadata");
 }
 
 #[test]

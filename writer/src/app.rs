@@ -188,6 +188,9 @@ async fn readyz(state: web::Data<ReadyState>) -> HttpResponse {
     }
 }
 
+/// How long shutdown waits for a pipeline to write and ack what it holds.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Keeps one pipeline running until stopped.
 async fn run_slot(slot: usize, shared: Shared, mut stop: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(200);
@@ -225,7 +228,11 @@ async fn run_slot(slot: usize, shared: Shared, mut stop: watch::Receiver<bool>) 
             }
             _ = stop.changed() => {
                 let _ = channel.basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default()).await;
-                let _ = batcher.send(Drain).await;
+                // Bounded: with the database down a drain could wait forever;
+                // whatever is not acked by then is redelivered.
+                if tokio::time::timeout(DRAIN_TIMEOUT, batcher.send(Drain)).await.is_err() {
+                    tracing::warn!(slot, "drain timed out; unacked messages return to the queue");
+                }
                 cancelled.store(true, Ordering::Relaxed);
                 shared.metrics.pipelines_connected.dec();
                 let _ = connection.close(200, "writer shutting down".into()).await;

@@ -164,6 +164,13 @@ impl StreamHandler<lapin::Result<Delivery>> for Consumer {
                 self.metrics
                     .events_received
                     .inc_by(incoming.events.len() as u64);
+                if !self.batcher.connected() {
+                    // The batcher (or the writer behind it) stopped: end the
+                    // pipeline so it is rebuilt; this delivery stays unacked.
+                    self.reason = "the batcher stopped".into();
+                    ctx.stop();
+                    return;
+                }
                 self.batcher.do_send(incoming);
             }
             Err(e) => {

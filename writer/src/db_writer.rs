@@ -53,10 +53,21 @@ use uuid::Uuid;
 /// Where a failed write leaves us.
 #[derive(Debug, thiserror::Error)]
 enum WriteError {
-    /// Retrying can succeed: the database or the connection is the problem.
+    /// The connection or the server's availability is the problem (I/O,
+    /// SQLSTATE classes 08, 28, 3D, 40, 53, 57, 58): retry for as long as it takes.
     #[error("{0}")]
     Transient(String),
-    /// The database refuses these rows; retrying cannot help.
+    /// The server refused the statement for a reason that may pass (a
+    /// partition dropped or not yet visible, a lock, …): retried a few times,
+    /// then handled like [`WriteError::Data`], so it cannot stall the queue.
+    #[error("{0}")]
+    Refused(String),
+    /// A row has no partition (SQLSTATE 23514 without a constraint): create
+    /// the partition again and retry; counts as a refusal.
+    #[error("{0}")]
+    MissingPartition(String),
+    /// The database refuses these rows (SQLSTATE classes 22 and 23); retrying
+    /// cannot help.
     #[error("{0}")]
     Data(String),
     /// The direct COPY met an event that is already stored.
@@ -64,22 +75,25 @@ enum WriteError {
     Duplicate,
 }
 
+/// Refusals of one batch (or message) before it is treated as refused for good.
+const MAX_REFUSALS: u32 = 5;
+
 impl From<sqlx::Error> for WriteError {
     fn from(e: sqlx::Error) -> Self {
-        if let sqlx::Error::Database(db) = &e {
-            let code = db.code().unwrap_or_default();
+        let sqlx::Error::Database(db) = &e else {
+            return Self::Transient(e.to_string());
+        };
+        let code = db.code().unwrap_or_default().into_owned();
+        let message = format!("{} (SQLSTATE {code})", db.message());
+        match code.get(..2).unwrap_or("") {
             // The only unique constraint COPY can meet is the events' primary
             // key (reported under the partition's name, events_YYYYMMDD_pkey).
-            if code == "23505" {
-                return Self::Duplicate;
-            }
-            // 23514 is also what PostgreSQL reports for a row with no partition,
-            // which creating the partition and retrying fixes.
-            if (code.starts_with("22") || code.starts_with("23")) && code != "23514" {
-                return Self::Data(format!("{} (SQLSTATE {code})", db.message()));
-            }
+            _ if code == "23505" => Self::Duplicate,
+            _ if code == "23514" && db.constraint().is_none() => Self::MissingPartition(message),
+            "22" | "23" => Self::Data(message),
+            "08" | "28" | "3D" | "40" | "53" | "57" | "58" => Self::Transient(message),
+            _ => Self::Refused(message),
         }
-        Self::Transient(e.to_string())
     }
 }
 
@@ -144,10 +158,14 @@ impl Actor for DbWriter {
 impl Handler<Batch> for DbWriter {
     type Result = AtomicResponse<Self, ()>;
 
-    fn handle(&mut self, batch: Batch, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, batch: Batch, ctx: &mut Self::Context) -> Self::Result {
         let Some(mut core) = self.core.take() else {
-            // Cannot happen: AtomicResponse runs one batch at a time.
-            tracing::error!("DbWriter received a batch while busy; it will be redelivered");
+            // Cannot happen: AtomicResponse runs one batch at a time. Were it
+            // to, the batch is not written and nothing of it is acked here, but
+            // the next batch's `multiple` ack would cover it: stop the actor,
+            // which stops the batcher and so rebuilds the pipeline.
+            tracing::error!("DbWriter received a batch while busy; stopping the pipeline");
+            ctx.stop();
             return AtomicResponse::new(Box::pin(async {}.into_actor(self)));
         };
         AtomicResponse::new(Box::pin(
@@ -214,6 +232,10 @@ impl Core {
             match self.publish_dead(&dead).await {
                 Ok(()) => break,
                 Err(e) => {
+                    if !self.config.dead_channel.status().connected() {
+                        self.abandon("the dead-letter channel was closed").await;
+                        return;
+                    }
                     if !self.pause("dead_letter", &e, &mut backoff).await {
                         return;
                     }
@@ -222,21 +244,32 @@ impl Core {
         }
         if batch.events > 0 {
             let mut backoff = Backoff::new();
+            let mut refusals = 0;
             loop {
-                match self.write(&batch.messages).await {
+                let error = match self.write(&batch.messages).await {
                     Ok(_) => break,
-                    Err(e @ (WriteError::Transient(_) | WriteError::Duplicate)) => {
-                        if !self.pause("database", &e.to_string(), &mut backoff).await {
-                            return;
-                        }
+                    Err(e) => e,
+                };
+                let for_good = match &error {
+                    WriteError::Data(_) => true,
+                    WriteError::Refused(_) | WriteError::MissingPartition(_) => {
+                        refusals += 1;
+                        refusals >= MAX_REFUSALS
                     }
-                    Err(WriteError::Data(e)) => {
-                        tracing::warn!(error = %e, "batch refused by the database; writing it message by message");
-                        if !self.write_one_by_one(&batch.messages).await {
-                            return;
-                        }
-                        break;
+                    WriteError::Transient(_) | WriteError::Duplicate => false,
+                };
+                if for_good {
+                    tracing::warn!(%error, "batch refused by the database; writing it message by message");
+                    if !self.write_one_by_one(&batch.messages).await {
+                        return;
                     }
+                    break;
+                }
+                if !self
+                    .pause("database", &error.to_string(), &mut backoff)
+                    .await
+                {
+                    return;
                 }
             }
         }
@@ -265,38 +298,62 @@ impl Core {
     async fn write_one_by_one(&mut self, messages: &[Incoming]) -> bool {
         for message in messages.iter().filter(|m| !m.events.is_empty()) {
             let mut backoff = Backoff::new();
-            loop {
-                match self.write(std::slice::from_ref(message)).await {
-                    Ok(_) => break,
-                    Err(e @ (WriteError::Transient(_) | WriteError::Duplicate)) => {
-                        if !self.pause("database", &e.to_string(), &mut backoff).await {
-                            return false;
+            let mut refusals = 0;
+            let reason = loop {
+                let error = match self.write(std::slice::from_ref(message)).await {
+                    Ok(_) => break None,
+                    Err(e) => e,
+                };
+                match &error {
+                    WriteError::Data(e) => break Some(e.clone()),
+                    WriteError::Refused(e) | WriteError::MissingPartition(e) => {
+                        refusals += 1;
+                        if refusals >= MAX_REFUSALS {
+                            break Some(e.clone());
                         }
                     }
-                    Err(WriteError::Data(e)) => {
-                        let dead = DeadLetter {
-                            body: message.body.clone(),
-                            content_type: message.content_type.clone(),
-                            routing_key: message.routing_key.clone(),
-                            message_id: message.message_id.clone(),
-                            reason: format!("refused by the database: {e}"),
-                        };
-                        loop {
-                            match self.publish_dead(std::slice::from_ref(&dead)).await {
-                                Ok(()) => break,
-                                Err(e) => {
-                                    if !self.pause("dead_letter", &e, &mut backoff).await {
-                                        return false;
-                                    }
-                                }
-                            }
+                    WriteError::Transient(_) | WriteError::Duplicate => {}
+                }
+                if !self
+                    .pause("database", &error.to_string(), &mut backoff)
+                    .await
+                {
+                    return false;
+                }
+            };
+            let Some(reason) = reason else { continue };
+            let dead = DeadLetter {
+                body: message.body.clone(),
+                content_type: message.content_type.clone(),
+                routing_key: message.routing_key.clone(),
+                message_id: message.message_id.clone(),
+                reason: format!("refused by the database: {reason}"),
+            };
+            loop {
+                match self.publish_dead(std::slice::from_ref(&dead)).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        if !self.config.dead_channel.status().connected() {
+                            self.abandon("the dead-letter channel was closed").await;
+                            return false;
                         }
-                        break;
+                        if !self.pause("dead_letter", &e, &mut backoff).await {
+                            return false;
+                        }
                     }
                 }
             }
         }
         true
+    }
+
+    /// Gives the pipeline up: nothing more is acked, and closing the consume
+    /// channel ends the consumer, so the pipeline is rebuilt and the broker
+    /// redelivers what was not acked.
+    async fn abandon(&mut self, why: &str) {
+        tracing::warn!(why, "abandoning the consume pipeline; it will be rebuilt");
+        self.config.cancelled.store(true, Ordering::Relaxed);
+        let _ = self.config.ack_channel.close(200, why.into()).await;
     }
 
     /// Stores the events of `messages` in one transaction. Returns the rows inserted.
@@ -311,7 +368,7 @@ impl Core {
             // A failed COPY or transaction can leave the session in an
             // unknown state: start the next attempt on a fresh connection.
             self.conn = None;
-            if e.to_string().contains("no partition") {
+            if matches!(e, WriteError::MissingPartition(_)) {
                 self.known_days.clear();
                 self.config.keeper.do_send(Forget);
             }
