@@ -66,6 +66,6 @@ ensure_rabbitmq() {
 ensure_postgres
 ensure_rabbitmq
 if ! command -v cargo >/dev/null; then
-  log "cargo is not installed: install a Rust toolchain (1.88 or newer) first"; exit 1
+  log "cargo is not installed: install a Rust toolchain (1.89 or newer) first"; exit 1
 fi
 log "PostgreSQL on :$PG_PORT and RabbitMQ on :$AMQP_PORT are up"

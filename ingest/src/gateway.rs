@@ -8,7 +8,10 @@
 //! NDJSON) and field, and nothing is published. 202 means the broker confirmed
 //! every event.
 
-use crate::publisher::{PublishError, Publisher};
+use crate::{
+    publisher::{PublishError, Publisher},
+    spool::{Spool, SpoolError},
+};
 use actix_web::{
     App, HttpRequest, HttpResponse, HttpServer, ResponseError,
     dev::Server,
@@ -26,9 +29,9 @@ use auditline_shared::{
 };
 use chrono::Utc;
 use futures_util::StreamExt;
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use serde_json::{Value, json};
-use std::{future::Future, net::TcpListener, time::Duration};
+use std::{future::Future, net::TcpListener, sync::Arc, time::Duration};
 
 /// The gateway's metrics.
 #[derive(Clone, Debug)]
@@ -36,6 +39,9 @@ struct IngestMetrics {
     requests: IntCounterVec,
     accepted: IntCounter,
     rejected: IntCounter,
+    spooled: IntCounter,
+    replayed: IntCounter,
+    spool_bytes: IntGauge,
 }
 
 impl IngestMetrics {
@@ -65,12 +71,34 @@ impl IngestMetrics {
                     "Events in refused requests.",
                 )?,
             ),
+            spooled: register(
+                registry,
+                IntCounter::new(
+                    "auditline_ingest_events_spooled_total",
+                    "Events accepted into the local spool.",
+                )?,
+            ),
+            replayed: register(
+                registry,
+                IntCounter::new(
+                    "auditline_ingest_events_replayed_total",
+                    "Spooled events published after the broker came back.",
+                )?,
+            ),
+            spool_bytes: register(
+                registry,
+                IntGauge::new(
+                    "auditline_ingest_spool_bytes",
+                    "Bytes waiting in the spool.",
+                )?,
+            ),
         })
     }
 }
 
 struct State {
     publisher: Publisher,
+    spool: Option<Arc<Spool>>,
     settings: IngestSettings,
     metrics: IngestMetrics,
 }
@@ -145,6 +173,7 @@ impl ResponseError for IngestError {
 pub struct Application {
     port: u16,
     server: Server,
+    replayer: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Application {
@@ -174,10 +203,25 @@ impl Application {
         if !publisher.is_connected().await {
             tracing::warn!("ingest gateway starting while the broker is unreachable");
         }
+        let spool = if settings.ingest.spool_enabled {
+            Some(Arc::new(Spool::open(
+                &settings.ingest.spool_dir,
+                settings.ingest.spool_max_bytes,
+            )?))
+        } else {
+            None
+        };
+        let metrics = IngestMetrics::new(&registry)?;
+        let replayer = spool.clone().map(|spool| {
+            let (publisher, metrics) = (publisher.clone(), metrics.clone());
+            let chunk = settings.publisher.events_per_message * 10;
+            actix_web::rt::spawn(replay_forever(spool, publisher, metrics, chunk))
+        });
         let state = web::Data::new(State {
             publisher,
+            spool,
             settings: settings.ingest.clone(),
-            metrics: IngestMetrics::new(&registry)?,
+            metrics,
         });
         let tokens = web::Data::new(TokenStore(pool));
         let registry = web::Data::new(registry);
@@ -198,7 +242,11 @@ impl Application {
         .disable_signals()
         .listen(listener)?
         .run();
-        Ok(Self { port, server })
+        Ok(Self {
+            port,
+            server,
+            replayer,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -209,11 +257,41 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let handle = self.server.handle();
         let server = self.server;
-        tokio::select! {
-            result = server => { result.context("ingest HTTP server failed")?; }
-            () = shutdown => { handle.stop(true).await; }
+        let outcome = tokio::select! {
+            result = server => result.context("ingest HTTP server failed"),
+            () = shutdown => { handle.stop(true).await; Ok(()) }
+        };
+        // Whatever is still spooled is replayed by the next start.
+        if let Some(replayer) = self.replayer {
+            replayer.abort();
         }
-        Ok(())
+        outcome
+    }
+}
+
+/// Replays the spool whenever it holds events and the broker is reachable.
+async fn replay_forever(
+    spool: Arc<Spool>,
+    publisher: Publisher,
+    metrics: IngestMetrics,
+    chunk: usize,
+) {
+    loop {
+        metrics
+            .spool_bytes
+            .set(i64::try_from(spool.used_bytes()).unwrap_or(i64::MAX));
+        if !spool.is_empty() && publisher.is_connected().await {
+            match spool.replay(&publisher, chunk).await {
+                Ok(n) => metrics.replayed.inc_by(n as u64),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "spool replay interrupted; will retry")
+                }
+            }
+            metrics
+                .spool_bytes
+                .set(i64::try_from(spool.used_bytes()).unwrap_or(i64::MAX));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -292,18 +370,43 @@ async fn accept(
             state.metrics.rejected.inc_by(*total as u64);
         }
     })?;
-    let ids = state
-        .publisher
-        .publish_batch(&events)
-        .await
-        .map_err(|e| match e {
-            PublishError::Nacked => {
-                IngestError::Unavailable("the broker refused the events (queue full?)".into())
-            }
-            other => IngestError::Unavailable(other.to_string()),
-        })?;
+    let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.event_id).collect();
+    // While the spool holds events, new ones queue behind them, so events
+    // reach the broker in the order they were accepted.
+    let spooled = match &state.spool {
+        Some(spool) if !spool.is_empty() => spool_events(state, spool, &events)?,
+        _ => match state.publisher.publish_batch(&events).await {
+            Ok(_) => false,
+            Err(PublishError::Unroutable(e)) => return Err(IngestError::Unavailable(e)),
+            Err(e) => match &state.spool {
+                Some(spool) => {
+                    tracing::warn!(error = %e, events = events.len(), "broker unavailable; spooling");
+                    spool_events(state, spool, &events)?
+                }
+                None => return Err(IngestError::Unavailable(e.to_string())),
+            },
+        },
+    };
     state.metrics.accepted.inc_by(ids.len() as u64);
-    Ok(HttpResponse::Accepted().json(json!({"accepted": ids.len(), "event_ids": ids})))
+    Ok(HttpResponse::Accepted()
+        .json(json!({"accepted": ids.len(), "event_ids": ids, "spooled": spooled})))
+}
+
+fn spool_events(state: &State, spool: &Spool, events: &[AuditEvent]) -> Result<bool, IngestError> {
+    spool.append(events).map_err(|e| match e {
+        SpoolError::Full { .. } => {
+            IngestError::Unavailable(format!("the broker is unreachable and {e}"))
+        }
+        SpoolError::Io(e) => IngestError::Unavailable(format!(
+            "the broker is unreachable and the spool failed: {e}"
+        )),
+    })?;
+    state.metrics.spooled.inc_by(events.len() as u64);
+    state
+        .metrics
+        .spool_bytes
+        .set(i64::try_from(spool.used_bytes()).unwrap_or(i64::MAX));
+    Ok(true)
 }
 
 async fn read_body(

@@ -5,9 +5,12 @@
 //!
 //! - [`gateway`] — the HTTP ingest gateway (`auditline ingest`), `POST /v1/events`.
 //!
-//! The actix-web `AuditMiddleware` and the durable spool are still to come.
+//! - [`spool`] — the durable, fsync'd local spool used while the broker is unreachable.
+//!
+//! The actix-web `AuditMiddleware` is still to come.
 
 pub mod gateway;
 pub mod publisher;
+pub mod spool;
 
 pub use publisher::{PublishError, Publisher};

@@ -118,6 +118,25 @@ pub struct IngestSettings {
     /// spooled (or, without a spool, answered 503).
     #[serde(default = "default_ingest_publish_timeout_ms")]
     pub publish_timeout_ms: u64,
+    /// Spool accepted events to local disk while the broker cannot take them.
+    #[serde(default = "default_true")]
+    pub spool_enabled: bool,
+    /// The spool directory (one per gateway process).
+    #[serde(default = "default_spool_dir")]
+    pub spool_dir: String,
+    /// Most bytes the spool may hold; beyond it requests are answered 503.
+    #[serde(default = "default_spool_max_bytes")]
+    pub spool_max_bytes: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_spool_dir() -> String {
+    "./var/spool".into()
+}
+fn default_spool_max_bytes() -> u64 {
+    1024 * 1024 * 1024
 }
 
 fn default_ingest_max_body_bytes() -> usize {
@@ -127,7 +146,7 @@ fn default_ingest_max_events() -> usize {
     10_000
 }
 fn default_ingest_publish_timeout_ms() -> u64 {
-    5_000
+    2_000
 }
 
 impl Default for IngestSettings {
@@ -136,6 +155,9 @@ impl Default for IngestSettings {
             max_body_bytes: default_ingest_max_body_bytes(),
             max_events: default_ingest_max_events(),
             publish_timeout_ms: default_ingest_publish_timeout_ms(),
+            spool_enabled: true,
+            spool_dir: default_spool_dir(),
+            spool_max_bytes: default_spool_max_bytes(),
         }
     }
 }

@@ -56,6 +56,10 @@ impl TestEnv {
         settings.namespace = format!("test-{id}");
         settings.writer_listen = "127.0.0.1:0".into();
         settings.writer.writer_id = Some(format!("test-writer-{id}"));
+        settings.ingest.spool_dir = std::env::temp_dir()
+            .join(format!("auditline-test-{id}/spool"))
+            .to_string_lossy()
+            .into_owned();
         let pool = db::pool(&settings.database_url, 4).expect("pool");
         db::migrate(&pool).await.expect("migrations run");
         db::ensure_runway(&pool, settings.partitions.ahead_days)
@@ -180,6 +184,9 @@ impl TestEnv {
     /// Drops the database and the namespace's exchanges and queues.
     pub async fn cleanup(self) {
         self.pool.close().await;
+        let _ = std::fs::remove_dir_all(
+            std::env::temp_dir().join(format!("auditline-test-{}", self.id)),
+        );
         if let Ok(conn) = amqp::connect(&self.settings.amqp_url, "test-cleanup").await
             && let Ok(channel) = conn.create_channel().await
         {
@@ -245,6 +252,11 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(env: &TestEnv, args: &[&str]) -> Self {
+        Self::spawn_with(env, args, &[])
+    }
+
+    /// With extra environment variables (they win over the test's settings).
+    pub fn spawn_with(env: &TestEnv, args: &[&str], vars: &[(&str, &str)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_auditline"));
         command
             .args(args)
@@ -256,6 +268,11 @@ impl Process {
                 "AUDITLINE_WRITER__WRITER_ID",
                 format!("test-writer-{}", env.id),
             )
+            .env(
+                "AUDITLINE_INGEST__SPOOL_DIR",
+                &env.settings.ingest.spool_dir,
+            )
+            .envs(vars.iter().copied())
             .stdin(Stdio::null());
         if std::env::var_os("TEST_LOG").is_none() {
             command.stdout(Stdio::null()).stderr(Stdio::null());
@@ -573,4 +590,12 @@ impl TestEnv {
             .expect("queue exists")
             .message_count()
     }
+}
+
+/// A free port on 127.0.0.1 (for child processes that must be told one).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }

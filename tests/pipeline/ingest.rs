@@ -1,7 +1,7 @@
 //! The HTTP ingest gateway: every refusal is a clear JSON error and publishes
 //! nothing; an accepted request is stored with the token's service.
 
-use crate::helpers::{InProcessIngest, InProcessWriter, Proxy, TestEnv, wait_until};
+use crate::helpers::{InProcessIngest, InProcessWriter, Process, Proxy, TestEnv, wait_until};
 use auditline_shared::auth::{self, Scope};
 use auditline_shared::settings::SecretUrl;
 use chrono::Utc;
@@ -231,12 +231,13 @@ async fn accepted_events_are_stored_with_the_tokens_service() {
 }
 
 #[actix_web::test]
-async fn with_the_broker_unreachable_the_gateway_answers_503_with_retry_after() {
+async fn without_a_spool_an_unreachable_broker_is_a_503_with_retry_after() {
     let env = TestEnv::new().await;
     let proxy = Proxy::start("127.0.0.1:5672").await;
     let mut settings = env.settings.clone();
     settings.amqp_url = SecretUrl::new(format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port));
     settings.ingest.publish_timeout_ms = 500;
+    settings.ingest.spool_enabled = false;
     let gateway = InProcessIngest::start_with(settings).await;
     let token = env.token(&[Scope::Publish], Some("billing")).await;
     proxy.set_up(false);
@@ -269,7 +270,179 @@ async fn with_the_broker_unreachable_the_gateway_answers_503_with_retry_after() 
         )
         .await;
     assert_eq!(status, 202, "{body}");
+    assert_eq!(body["spooled"], false);
     gateway.stop().await;
+    env.cleanup().await;
+}
+
+#[actix_web::test]
+async fn while_the_broker_is_unreachable_posts_are_spooled_then_stored_exactly_once() {
+    let env = TestEnv::new().await;
+    let writer = InProcessWriter::start(&env).await;
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let mut settings = env.settings.clone();
+    settings.amqp_url = SecretUrl::new(format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port));
+    settings.ingest.publish_timeout_ms = 300;
+    let gateway = InProcessIngest::start_with(settings).await;
+    let token = env.token(&[Scope::Publish], Some("billing")).await;
+    proxy.set_up(false);
+    proxy.cut();
+    let mut ids = Vec::new();
+    for round in 0..10 {
+        let events: Vec<Value> = (round * 100..round * 100 + 100).map(event).collect();
+        let (status, _, body) = gateway
+            .post(Some(&token), "application/x-ndjson", &ndjson(&events))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["spooled"], true, "{body}");
+        ids.extend(
+            body["event_ids"]
+                .as_array()
+                .expect("ids")
+                .iter()
+                .filter_map(|v| v.as_str())
+                .map(|s| s.parse::<uuid::Uuid>().expect("uuid")),
+        );
+    }
+    assert_eq!(
+        env.count().await.0,
+        0,
+        "nothing reached storage while the broker was away"
+    );
+    proxy.set_up(true);
+    env.wait_for_rows(1_000, Duration::from_secs(60)).await;
+    ids.sort();
+    env.assert_exactly(&ids).await;
+    // The spool is empty again: new posts go straight to the broker.
+    let drained = wait_until(Duration::from_secs(10), || async {
+        let (_, _, body) = gateway
+            .post(
+                Some(&token),
+                "application/json",
+                event(5_000).to_string().as_bytes(),
+            )
+            .await;
+        body["spooled"] == false
+    })
+    .await;
+    assert!(drained, "the spool drained");
+    gateway.stop().await;
+    writer.stop().await;
+    env.cleanup().await;
+}
+
+#[actix_web::test]
+async fn a_full_spool_is_a_503_and_stores_nothing() {
+    let env = TestEnv::new().await;
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let mut settings = env.settings.clone();
+    settings.amqp_url = SecretUrl::new(format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port));
+    settings.ingest.publish_timeout_ms = 300;
+    settings.ingest.spool_max_bytes = 2_000;
+    let gateway = InProcessIngest::start_with(settings).await;
+    let token = env.token(&[Scope::Publish], Some("billing")).await;
+    proxy.set_up(false);
+    proxy.cut();
+    let (status, _, body) = gateway
+        .post(
+            Some(&token),
+            "application/json",
+            event(1).to_string().as_bytes(),
+        )
+        .await;
+    assert_eq!(status, 202, "one small event fits: {body}");
+    let events: Vec<Value> = (0..20).map(event).collect();
+    let (status, headers, body) = gateway
+        .post(Some(&token), "application/x-ndjson", &ndjson(&events))
+        .await;
+    assert_error(status, &body, 503, "unavailable");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("spool is full"),
+        "{body}"
+    );
+    assert!(headers.iter().any(|(n, _)| n == "retry-after"));
+    gateway.stop().await;
+    env.cleanup().await;
+}
+
+#[actix_web::test]
+async fn a_gateway_killed_during_replay_still_stores_everything_exactly_once() {
+    let env = TestEnv::new().await;
+    let writer = InProcessWriter::start(&env).await;
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let token = env.token(&[Scope::Publish], Some("billing")).await;
+    let port = crate::helpers::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let amqp = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
+    let vars = [
+        ("AUDITLINE_INGEST_LISTEN", listen.as_str()),
+        ("AUDITLINE_AMQP_URL", amqp.as_str()),
+        ("AUDITLINE_INGEST__PUBLISH_TIMEOUT_MS", "300"),
+        ("AUDITLINE_PUBLISHER__EVENTS_PER_MESSAGE", "10"),
+    ];
+    let mut gateway = Process::spawn_with(&env, &["ingest"], &vars);
+    let up = wait_until(Duration::from_secs(30), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(up, "gateway listening");
+    proxy.set_up(false);
+    proxy.cut();
+    let post = |events: Vec<Value>| {
+        let token = token.clone();
+        async move {
+            let auth = format!("Bearer {token}");
+            let (status, _, body) = crate::helpers::http(
+                port,
+                "POST",
+                "/v1/events",
+                &[
+                    ("Content-Type", "application/x-ndjson"),
+                    ("Authorization", &auth),
+                ],
+                &ndjson(&events),
+            )
+            .await;
+            (status, serde_json::from_str::<Value>(&body).expect("json"))
+        }
+    };
+    let mut ids = Vec::new();
+    for round in 0..20 {
+        let (status, body) = post((round * 500..round * 500 + 500).map(event).collect()).await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["spooled"], true);
+        ids.extend(
+            body["event_ids"]
+                .as_array()
+                .expect("ids")
+                .iter()
+                .filter_map(|v| v.as_str())
+                .map(|s| s.parse::<uuid::Uuid>().expect("uuid")),
+        );
+    }
+    proxy.set_up(true);
+    let replaying = wait_until(Duration::from_secs(30), || async {
+        env.count().await.0 > 0
+    })
+    .await;
+    assert!(replaying, "replay started");
+    gateway.signal("KILL");
+    gateway.wait(Duration::from_secs(10)).await;
+    let partial = env.count().await.0;
+    let _gateway = Process::spawn_with(&env, &["ingest"], &vars);
+    env.wait_for_rows(10_000, Duration::from_secs(90)).await;
+    ids.sort();
+    env.assert_exactly(&ids).await;
+    assert!(
+        partial < 10_000 || partial == 10_000,
+        "stored {partial} before the kill"
+    );
+    writer.stop().await;
     env.cleanup().await;
 }
 

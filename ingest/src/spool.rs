@@ -1,0 +1,221 @@
+//! The durable spool: where accepted events wait while the broker cannot take
+//! them.
+//!
+//! Layout: a directory (owned by one process, enforced with a file lock) of
+//! numbered NDJSON segments, `segment-000000000001.ndjson`, … Appends go to the
+//! newest segment and are fsync'd before [`Spool::append`] returns, so an event
+//! is acknowledged to a client only once it is on disk. Replay seals the active
+//! segment, publishes the sealed ones oldest first through the confirmed
+//! [`Publisher`], and deletes a segment only after every event in it was
+//! confirmed. A crash at any point leaves either the segment (replayed again:
+//! the writer's exactly-once storage absorbs the repeats) or nothing to do.
+//!
+//! A write torn by a crash can only be the last line of a segment (every
+//! process start and every failed write begin a new segment); such a line was
+//! never acknowledged, and replay skips it.
+
+use crate::publisher::Publisher;
+use anyhow::Context;
+use auditline_shared::{AuditEvent, event::to_ndjson};
+use std::{
+    fs::{self, File, OpenOptions},
+    io::Write,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+/// A segment is sealed once it grows past this, so replay reads it whole
+/// without holding much memory.
+const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Why events could not be spooled.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("the spool is full ({used} of {max} bytes used)")]
+    Full { used: u64, max: u64 },
+    #[error("cannot write the spool: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+struct Active {
+    seq: u64,
+    file: Option<File>,
+    written: u64,
+}
+
+/// See the module documentation.
+pub struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+    active: Mutex<Active>,
+    /// Bytes in every segment, sealed or not.
+    used: std::sync::atomic::AtomicU64,
+    _lock: File,
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool")
+            .field("dir", &self.dir)
+            .field("max_bytes", &self.max_bytes)
+            .finish()
+    }
+}
+
+fn segment_name(seq: u64) -> String {
+    format!("segment-{seq:012}.ndjson")
+}
+
+fn segment_seq(path: &Path) -> Option<u64> {
+    path.file_name()?
+        .to_str()?
+        .strip_prefix("segment-")?
+        .strip_suffix(".ndjson")?
+        .parse()
+        .ok()
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool directory and takes its lock.
+    pub fn open(dir: impl Into<PathBuf>, max_bytes: u64) -> anyhow::Result<Self> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the spool directory {}", dir.display()))?;
+        let lock = File::create(dir.join(".lock"))?;
+        lock.try_lock().map_err(|_| {
+            anyhow::anyhow!(
+                "the spool directory {} is in use by another process; give each gateway its own",
+                dir.display()
+            )
+        })?;
+        let segments = Self::segments_in(&dir)?;
+        let used = segments
+            .iter()
+            .map(|(_, p)| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .sum();
+        let next = segments.last().map(|(seq, _)| seq + 1).unwrap_or(1);
+        Ok(Self {
+            dir,
+            max_bytes,
+            active: Mutex::new(Active {
+                seq: next,
+                file: None,
+                written: 0,
+            }),
+            used: std::sync::atomic::AtomicU64::new(used),
+            _lock: lock,
+        })
+    }
+
+    fn segments_in(dir: &Path) -> anyhow::Result<Vec<(u64, PathBuf)>> {
+        let mut segments: Vec<(u64, PathBuf)> = fs::read_dir(dir)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter_map(|p| segment_seq(&p).map(|seq| (seq, p)))
+            .collect();
+        segments.sort();
+        Ok(segments)
+    }
+
+    /// Bytes spooled and not yet replayed.
+    pub fn used_bytes(&self) -> u64 {
+        self.used.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.used_bytes() == 0
+    }
+
+    /// Appends events and fsyncs them. When this returns `Ok` they survive a
+    /// crash of the process or the machine.
+    pub fn append(&self, events: &[AuditEvent]) -> Result<(), SpoolError> {
+        let body = to_ndjson(events);
+        let len = body.len() as u64;
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        let used = self.used_bytes();
+        if used + len > self.max_bytes {
+            return Err(SpoolError::Full {
+                used,
+                max: self.max_bytes,
+            });
+        }
+        if active.file.is_none() {
+            let path = self.dir.join(segment_name(active.seq));
+            let file = OpenOptions::new().create(true).append(true).open(&path)?;
+            // The new file's name must be durable too.
+            File::open(&self.dir)?.sync_all()?;
+            active.file = Some(file);
+            active.written = 0;
+        }
+        let result = match active.file.as_mut() {
+            Some(file) => file.write_all(&body).and_then(|()| file.sync_data()),
+            None => Ok(()),
+        };
+        if let Err(e) = result {
+            // The segment may now end in a torn line: never append after it.
+            Self::seal(&mut active);
+            return Err(e.into());
+        }
+        active.written += len;
+        self.used
+            .fetch_add(len, std::sync::atomic::Ordering::SeqCst);
+        if active.written >= SEGMENT_BYTES {
+            Self::seal(&mut active);
+        }
+        Ok(())
+    }
+
+    fn seal(active: &mut Active) {
+        if active.file.take().is_some() {
+            active.seq += 1;
+            active.written = 0;
+        }
+    }
+
+    /// Publishes every spooled event, oldest first, deleting each segment once
+    /// all its events are confirmed. Returns the events replayed. Stops at the
+    /// first publish error (what is left stays for the next try).
+    pub async fn replay(&self, publisher: &Publisher, chunk: usize) -> anyhow::Result<usize> {
+        let sealed_below = {
+            let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+            Self::seal(&mut active);
+            active.seq
+        };
+        let mut replayed = 0;
+        for (seq, path) in Self::segments_in(&self.dir)? {
+            if seq >= sealed_below {
+                break;
+            }
+            let bytes =
+                fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let ends_clean = bytes.last() == Some(&b'\n');
+            let lines: Vec<&[u8]> = bytes
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .collect();
+            let mut events = Vec::with_capacity(lines.len());
+            for (i, line) in lines.iter().enumerate() {
+                match AuditEvent::parse(line) {
+                    Ok(event) => events.push(event),
+                    // A torn last write was never acknowledged to anyone.
+                    Err(_) if i + 1 == lines.len() && !ends_clean => {}
+                    Err(e) => {
+                        tracing::error!(segment = %path.display(), line = i + 1, error = %e, "unreadable spool line skipped");
+                    }
+                }
+            }
+            for part in events.chunks(chunk.max(1)) {
+                publisher.publish_batch(part).await?;
+            }
+            fs::remove_file(&path)?;
+            File::open(&self.dir)?.sync_all()?;
+            self.used.fetch_sub(
+                (bytes.len() as u64).min(self.used_bytes()),
+                std::sync::atomic::Ordering::SeqCst,
+            );
+            replayed += events.len();
+            tracing::info!(segment = %path.display(), events = events.len(), "spool segment replayed");
+        }
+        Ok(replayed)
+    }
+}
