@@ -57,6 +57,8 @@ pub enum Command {
         #[arg(long)]
         ingest_listen: Option<String>,
     },
+    /// Run the demo actix-web app, audited by `AuditMiddleware`.
+    DemoApp(crate::demo::DemoArgs),
     /// Manage API tokens.
     Token {
         #[command(subcommand)]
@@ -88,7 +90,10 @@ impl Cli {
                 put("writer_listen", writer_listen);
                 put("ingest_listen", ingest_listen);
             }
-            Command::Migrate | Command::Loadgen(_) | Command::Token { .. } => {}
+            Command::Migrate
+            | Command::Loadgen(_)
+            | Command::Token { .. }
+            | Command::DemoApp(_) => {}
         }
         Value::Object(map)
     }
@@ -113,6 +118,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             app.run_until_stopped(shutdown).await
         }
         Command::All { .. } => run_all(settings).await,
+        Command::DemoApp(args) => {
+            let shutdown = shutdown_signal();
+            crate::demo::run(&settings, args, shutdown).await
+        }
         Command::Token { action } => token(&settings, action).await,
         Command::Loadgen(args) => loadgen::run(&settings, args).await,
     }

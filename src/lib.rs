@@ -3,4 +3,5 @@
 //! `auditline-ingest`, `auditline-writer`, `auditline-admin-api`).
 
 pub mod cli;
+pub mod demo;
 pub mod loadgen;

@@ -215,7 +215,14 @@ impl Application {
         let replayer = spool.clone().map(|spool| {
             let (publisher, metrics) = (publisher.clone(), metrics.clone());
             let chunk = settings.publisher.events_per_message * 10;
-            actix_web::rt::spawn(replay_forever(spool, publisher, metrics, chunk))
+            actix_web::rt::spawn(
+                spool.replay_forever(publisher, chunk, move |replayed, used| {
+                    metrics.replayed.inc_by(replayed as u64);
+                    metrics
+                        .spool_bytes
+                        .set(i64::try_from(used).unwrap_or(i64::MAX));
+                }),
+            )
         });
         let state = web::Data::new(State {
             publisher,
@@ -266,32 +273,6 @@ impl Application {
             replayer.abort();
         }
         outcome
-    }
-}
-
-/// Replays the spool whenever it holds events and the broker is reachable.
-async fn replay_forever(
-    spool: Arc<Spool>,
-    publisher: Publisher,
-    metrics: IngestMetrics,
-    chunk: usize,
-) {
-    loop {
-        metrics
-            .spool_bytes
-            .set(i64::try_from(spool.used_bytes()).unwrap_or(i64::MAX));
-        if !spool.is_empty() && publisher.is_connected().await {
-            match spool.replay(&publisher, chunk).await {
-                Ok(n) => metrics.replayed.inc_by(n as u64),
-                Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "spool replay interrupted; will retry")
-                }
-            }
-            metrics
-                .spool_bytes
-                .set(i64::try_from(spool.used_bytes()).unwrap_or(i64::MAX));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

@@ -6,11 +6,12 @@
 //! - [`gateway`] — the HTTP ingest gateway (`auditline ingest`), `POST /v1/events`.
 //!
 //! - [`spool`] — the durable, fsync'd local spool used while the broker is unreachable.
-//!
-//! The actix-web `AuditMiddleware` is still to come.
+//! - [`middleware`] — `AuditMiddleware`, auditing every request of an actix-web app.
 
 pub mod gateway;
+pub mod middleware;
 pub mod publisher;
 pub mod spool;
 
+pub use middleware::{AuditConfig, AuditMiddleware, AuditResources, AuditUser};
 pub use publisher::{PublishError, Publisher};

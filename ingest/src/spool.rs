@@ -218,4 +218,28 @@ impl Spool {
         }
         Ok(replayed)
     }
+
+    /// Replays whenever the spool holds events and the broker is reachable,
+    /// forever (abort the task to stop). `progress` gets the events replayed
+    /// in a round and the bytes still spooled.
+    pub async fn replay_forever(
+        self: std::sync::Arc<Self>,
+        publisher: Publisher,
+        chunk: usize,
+        progress: impl Fn(usize, u64),
+    ) {
+        loop {
+            if !self.is_empty() && publisher.is_connected().await {
+                match self.replay(&publisher, chunk).await {
+                    Ok(n) => progress(n, self.used_bytes()),
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "spool replay interrupted; will retry")
+                    }
+                }
+            } else {
+                progress(0, self.used_bytes());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
 }

@@ -4,4 +4,5 @@
 mod faults;
 mod helpers;
 mod ingest;
+mod middleware;
 mod storage;

@@ -1,0 +1,537 @@
+//! `AuditMiddleware`: one line to audit every request of an actix-web app.
+//!
+//! ```ignore
+//! let audit = AuditMiddleware::start(AuditConfig::new("files-api"), publisher, spool)?;
+//! App::new().wrap(audit.clone())   // outermost, so it sees the final status
+//! ```
+//!
+//! For each request it records the session id (header, then cookie; a new one
+//! is generated and returned in the header when absent or unusable), the user
+//! id (the [`AuditUser`] request extension the app's authentication sets), the
+//! client IP (the peer, or the right-most `X-Forwarded-For` address not in the
+//! trusted proxy list when the peer is a trusted proxy), the action type (route
+//! rules on the path), the route template, method, request and response
+//! sizes, response time, status, success, and the [`AuditResources`] the
+//! handler adds.
+//!
+//! It never blocks or fails the request: the observation goes into a bounded
+//! queue (the only work on the request path is copying a few strings); a
+//! background task turns observations into events and publishes them in
+//! batches. When the queue is full, or the broker cannot take them, events go
+//! to the durable spool and are replayed later: never dropped.
+
+use crate::{publisher::Publisher, spool::Spool};
+use actix_web::{
+    Error, HttpMessage,
+    body::{BodySize, MessageBody},
+    dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready},
+    http::header::{self, HeaderName, HeaderValue},
+};
+use auditline_shared::AuditEvent;
+use chrono::{DateTime, Utc};
+use futures_util::future::{LocalBoxFuture, Ready, ready};
+use serde_json::{Map, Value, json};
+use std::{
+    net::IpAddr,
+    rc::Rc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+use tokio::sync::mpsc;
+
+/// Set by the app's authentication (`req.extensions_mut().insert(AuditUser(..))`).
+#[derive(Debug, Clone)]
+pub struct AuditUser(pub String);
+
+/// Set by a handler to record what the request cost (`cpu_ms`, `quota_units`, …).
+#[derive(Debug, Clone, Default)]
+pub struct AuditResources(pub Map<String, Value>);
+
+/// A network given as `address/prefix`, or a single address.
+#[derive(Debug, Clone, Copy)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let network: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?} is not an IP address or CIDR"))?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{text:?}: bad prefix length"))?,
+            None => max,
+        };
+        Ok(Self { network, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.network, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// How requests are turned into audit events.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// The `service` of every event.
+    pub service: String,
+    /// Header carrying the session id (also set on the response when generated).
+    pub session_header: String,
+    /// Cookie read when the header is absent.
+    pub session_cookie: Option<String>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// `(path prefix, action type)`, first match wins; the rest is `other`.
+    pub rules: Vec<(String, String)>,
+    /// Observations waiting for the background publisher; beyond it they are spooled.
+    pub queue_capacity: usize,
+}
+
+impl AuditConfig {
+    /// Defaults: header `x-session-id`, cookie `session_id`, no trusted proxy,
+    /// and rules for file operations, code execution, admin and auth.
+    pub fn new(service: &str) -> Self {
+        let rules = [
+            ("/files", "file"),
+            ("/file", "file"),
+            ("/upload", "file"),
+            ("/download", "file"),
+            ("/code", "code_exec"),
+            ("/exec", "code_exec"),
+            ("/run", "code_exec"),
+            ("/notebooks", "code_exec"),
+            ("/admin", "admin"),
+            ("/auth", "auth"),
+            ("/login", "auth"),
+            ("/logout", "auth"),
+            ("/oauth", "auth"),
+            ("/session", "auth"),
+        ];
+        Self {
+            service: service.to_owned(),
+            session_header: "x-session-id".into(),
+            session_cookie: Some("session_id".into()),
+            trusted_proxies: Vec::new(),
+            rules: rules
+                .iter()
+                .map(|(p, a)| ((*p).to_owned(), (*a).to_owned()))
+                .collect(),
+            queue_capacity: 10_000,
+        }
+    }
+
+    /// The action type of a path.
+    pub fn action_type(&self, path: &str) -> &str {
+        self.rules
+            .iter()
+            .find(|(prefix, _)| {
+                path.strip_prefix(prefix.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
+            .map(|(_, action)| action.as_str())
+            .unwrap_or("other")
+    }
+}
+
+/// What the request path hands to the background task.
+#[derive(Debug)]
+struct Observed {
+    occurred_at: DateTime<Utc>,
+    session_id: String,
+    user_id: Option<String>,
+    client_ip: Option<IpAddr>,
+    action_type: String,
+    endpoint: String,
+    route: Option<String>,
+    method: String,
+    request_size: Option<u64>,
+    response_size: Option<u64>,
+    response_time_ms: f64,
+    status: u16,
+    resources: Option<Map<String, Value>>,
+}
+
+fn clip(text: &str, max: usize) -> String {
+    text.chars().filter(|c| !c.is_control()).take(max).collect()
+}
+
+impl Observed {
+    fn into_event(self, service: &str) -> Result<AuditEvent, String> {
+        let method =
+            if self.method.len() <= 10 && self.method.chars().all(|c| c.is_ascii_uppercase()) {
+                self.method
+            } else {
+                "OTHER".to_owned()
+            };
+        let value = json!({
+            "occurred_at": self.occurred_at,
+            "service": service,
+            "session_id": self.session_id,
+            "user_id": self.user_id.map(|u| clip(&u, 255)).filter(|u| !u.is_empty()),
+            "client_ip": self.client_ip,
+            "action_type": self.action_type,
+            "endpoint": clip(&self.endpoint, 255),
+            "route": self.route.map(|r| clip(&r, 255)).filter(|r| !r.is_empty()),
+            "http_method": method,
+            "request_size": self.request_size,
+            "response_size": self.response_size,
+            "response_time_ms": self.response_time_ms,
+            "status_code": self.status,
+            "success": self.status < 400,
+            "resource_usage": self.resources,
+        });
+        AuditEvent::from_value(value, Utc::now()).map_err(|e| e.to_string())
+    }
+}
+
+struct Shared {
+    config: AuditConfig,
+    queue: mpsc::Sender<Observed>,
+    spool: Arc<Spool>,
+    spilled: AtomicU64,
+}
+
+/// The middleware (cheap to clone; clones share the queue and background task).
+#[derive(Clone)]
+pub struct AuditMiddleware {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AuditMiddleware {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditMiddleware")
+            .field("service", &self.shared.config.service)
+            .finish()
+    }
+}
+
+impl AuditMiddleware {
+    /// Starts the background publisher and spool replayer; call inside a
+    /// tokio (actix) runtime.
+    pub fn start(
+        config: AuditConfig,
+        publisher: Publisher,
+        spool: Arc<Spool>,
+    ) -> anyhow::Result<Self> {
+        if !config
+            .service
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            || config.service.is_empty()
+        {
+            anyhow::bail!(
+                "service {:?} must be 1-64 ASCII letters, digits, '-' or '_'",
+                config.service
+            );
+        }
+        let (queue, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let shared = Arc::new(Shared {
+            config,
+            queue,
+            spool: spool.clone(),
+            spilled: AtomicU64::new(0),
+        });
+        tokio::spawn(publish_loop(
+            rx,
+            publisher.clone(),
+            spool.clone(),
+            shared.config.service.clone(),
+        ));
+        tokio::spawn(spool.replay_forever(publisher, 1_000, |_, _| {}));
+        Ok(Self { shared })
+    }
+
+    /// Observations that went to the spool because the queue was full.
+    pub fn spilled(&self) -> u64 {
+        self.shared.spilled.load(Ordering::Relaxed)
+    }
+
+    fn record(&self, observed: Observed) {
+        match self.shared.queue.try_send(observed) {
+            Ok(()) => {}
+            Err(
+                mpsc::error::TrySendError::Full(observed)
+                | mpsc::error::TrySendError::Closed(observed),
+            ) => {
+                self.shared.spilled.fetch_add(1, Ordering::Relaxed);
+                let (spool, service) = (
+                    self.shared.spool.clone(),
+                    self.shared.config.service.clone(),
+                );
+                // The fsync runs off the request path.
+                tokio::task::spawn_blocking(move || match observed.into_event(&service) {
+                    Ok(event) => {
+                        if let Err(e) = spool.append(std::slice::from_ref(&event)) {
+                            tracing::error!(error = %e, event_id = %event.event_id, "audit event could not be queued or spooled");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "request could not be turned into an audit event")
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn publish_loop(
+    mut rx: mpsc::Receiver<Observed>,
+    publisher: Publisher,
+    spool: Arc<Spool>,
+    service: String,
+) {
+    let mut batch = Vec::with_capacity(500);
+    while rx.recv_many(&mut batch, 500).await > 0 {
+        let events: Vec<AuditEvent> = batch
+            .drain(..)
+            .filter_map(|o| {
+                o.into_event(&service)
+                    .inspect_err(|e| tracing::error!(error = %e, "request could not be turned into an audit event"))
+                    .ok()
+            })
+            .collect();
+        // While the spool holds events, new ones queue behind them (order).
+        let published = spool.is_empty() && publisher.publish_batch(&events).await.is_ok();
+        if !published {
+            let spool = spool.clone();
+            let appended = tokio::task::spawn_blocking(move || spool.append(&events)).await;
+            if !matches!(appended, Ok(Ok(()))) {
+                tracing::error!("audit events could be neither published nor spooled");
+            }
+        }
+    }
+}
+
+impl<S, B> Transform<S, ServiceRequest> for AuditMiddleware
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<B>;
+    type Error = Error;
+    type Transform = AuditService<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(AuditService {
+            service: Rc::new(service),
+            middleware: self.clone(),
+        }))
+    }
+}
+
+/// The per-worker service [`AuditMiddleware`] wraps around the app.
+pub struct AuditService<S> {
+    service: Rc<S>,
+    middleware: AuditMiddleware,
+}
+
+impl<S> std::fmt::Debug for AuditService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditService").finish_non_exhaustive()
+    }
+}
+
+fn usable_session(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && !id.chars().any(char::is_control)
+}
+
+impl<S, B> Service<ServiceRequest> for AuditService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<B>;
+    type Error = Error;
+    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    forward_ready!(service);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        let started = Instant::now();
+        let occurred_at = Utc::now();
+        let config = &self.middleware.shared.config;
+        let from_header = req
+            .headers()
+            .get(config.session_header.as_str())
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| usable_session(s))
+            .map(str::to_owned);
+        let from_cookie = || {
+            config
+                .session_cookie
+                .as_deref()
+                .and_then(|name| cookie(&req, name))
+                .filter(|s| usable_session(s))
+        };
+        let (session_id, generated) = match from_header.or_else(from_cookie) {
+            Some(id) => (id, false),
+            None => (uuid::Uuid::new_v4().simple().to_string(), true),
+        };
+        let client_ip = client_ip(&req, &config.trusted_proxies);
+        let endpoint = match req.query_string() {
+            "" => req.path().to_owned(),
+            q => format!("{}?{q}", req.path()),
+        };
+        let action_type = config.action_type(req.path()).to_owned();
+        let method = req.method().as_str().to_owned();
+        let request_size = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let session_header = HeaderName::try_from(config.session_header.as_str()).ok();
+        let middleware = self.middleware.clone();
+        let service = self.service.clone();
+        Box::pin(async move {
+            let result = service.call(req).await;
+            let (status, route, user_id, resources, response_size) = match &result {
+                Ok(res) => {
+                    let request = res.request();
+                    let extensions = request.extensions();
+                    let response_size = match res.response().body().size() {
+                        BodySize::Sized(n) => Some(n),
+                        BodySize::None => Some(0),
+                        BodySize::Stream => None,
+                    };
+                    (
+                        res.status().as_u16(),
+                        request.match_pattern(),
+                        extensions.get::<AuditUser>().map(|u| u.0.clone()),
+                        extensions
+                            .get::<AuditResources>()
+                            .map(|r| r.0.clone())
+                            .filter(|m| !m.is_empty()),
+                        response_size,
+                    )
+                }
+                Err(e) => (
+                    e.as_response_error().status_code().as_u16(),
+                    None,
+                    None,
+                    None,
+                    None,
+                ),
+            };
+            middleware.record(Observed {
+                occurred_at,
+                session_id: session_id.clone(),
+                user_id,
+                client_ip,
+                action_type,
+                endpoint,
+                route,
+                method,
+                request_size,
+                response_size,
+                response_time_ms: started.elapsed().as_secs_f64() * 1000.0,
+                status,
+                resources,
+            });
+            let mut res = result?;
+            if generated
+                && let (Some(name), Ok(value)) =
+                    (session_header, HeaderValue::from_str(&session_id))
+            {
+                res.headers_mut().insert(name, value);
+            }
+            Ok(res)
+        })
+    }
+}
+
+/// The value of cookie `name` (`Cookie: a=1; b=2`).
+fn cookie(req: &ServiceRequest, name: &str) -> Option<String> {
+    req.headers()
+        .get_all(header::COOKIE)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"').to_owned())
+}
+
+fn client_ip(req: &ServiceRequest, trusted: &[Cidr]) -> Option<IpAddr> {
+    let peer = req.peer_addr().map(|a| a.ip())?;
+    if !trusted.iter().any(|c| c.contains(peer)) {
+        return Some(peer);
+    }
+    // Walk X-Forwarded-For from the right: the first address that is not a
+    // trusted proxy is the client as far as can be trusted.
+    let forwarded: Vec<IpAddr> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    forwarded
+        .iter()
+        .rev()
+        .find(|ip| !trusted.iter().any(|c| c.contains(**ip)))
+        .or(forwarded.first())
+        .copied()
+        .or(Some(peer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_matching() {
+        let net = Cidr::parse("10.0.0.0/8").expect("cidr");
+        assert!(net.contains("10.2.3.4".parse().expect("ip")));
+        assert!(!net.contains("11.0.0.1".parse().expect("ip")));
+        let one = Cidr::parse("::1").expect("cidr");
+        assert!(one.contains("::1".parse().expect("ip")));
+        assert!(!one.contains("127.0.0.1".parse().expect("ip")));
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .expect("cidr")
+                .contains("8.8.8.8".parse().expect("ip"))
+        );
+    }
+
+    #[test]
+    fn default_rules_pick_action_types_by_path() {
+        let config = AuditConfig::new("svc");
+        assert_eq!(config.action_type("/files/42"), "file");
+        assert_eq!(config.action_type("/filesystem"), "other");
+        assert_eq!(config.action_type("/code/run"), "code_exec");
+        assert_eq!(config.action_type("/admin/users/1/roles"), "admin");
+        assert_eq!(config.action_type("/login"), "auth");
+        assert_eq!(config.action_type("/health"), "other");
+    }
+}

@@ -1,0 +1,233 @@
+//! `AuditMiddleware` on the demo app: every request becomes exactly one stored
+//! event carrying what happened.
+
+use crate::helpers::{InProcessWriter, TestEnv};
+use actix_web::{App, dev::Service, test};
+use auditline::demo;
+use auditline_ingest::{AuditConfig, AuditMiddleware, middleware::Cidr, spool::Spool};
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+struct Expected {
+    route: &'static str,
+    action: &'static str,
+    method: &'static str,
+    status: i16,
+    request_size: i64,
+    response_size: i64,
+    user: Option<String>,
+    session: String,
+    client_ip: &'static str,
+    cpu_ms: bool,
+}
+
+#[actix_web::test]
+async fn ten_thousand_requests_become_ten_thousand_faithful_events() {
+    let env = TestEnv::new().await;
+    let writer = InProcessWriter::start(&env).await;
+    let spool = Arc::new(
+        Spool::open(format!("{}-mw", env.settings.ingest.spool_dir), 1 << 30).expect("spool"),
+    );
+    let mut config = AuditConfig::new("demo-app");
+    config.trusted_proxies = vec![Cidr::parse("10.0.0.0/8").expect("cidr")];
+    let audit = AuditMiddleware::start(config, env.publisher().await, spool).expect("middleware");
+    let app = test::init_service(
+        App::new()
+            .wrap_fn(|req, srv| {
+                demo::authenticate(&req);
+                srv.call(req)
+            })
+            .wrap(audit.clone())
+            .configure(demo::routes),
+    )
+    .await;
+
+    let mut expected: HashMap<String, Expected> = HashMap::new();
+    for i in 0..10_000usize {
+        let user = (i % 7 != 0).then(|| {
+            if i % 11 == 0 {
+                "admin".to_owned()
+            } else {
+                format!("user-{}", i % 13)
+            }
+        });
+        let (method, path, route, action, body): (&str, String, &str, &str, Vec<u8>) = match i % 6 {
+            0 => (
+                "GET",
+                format!("/files/{}?n={i}", i % 4000),
+                "/files/{id}",
+                "file",
+                Vec::new(),
+            ),
+            1 => (
+                "PUT",
+                format!("/files/{}?n={i}", i % 4000 + 1),
+                "/files/{id}",
+                "file",
+                vec![b'a'; i % 300],
+            ),
+            2 => (
+                "POST",
+                format!("/code/run?n={i}"),
+                "/code/run",
+                "code_exec",
+                if i % 12 == 2 {
+                    b"crash".to_vec()
+                } else {
+                    b"print(1)".to_vec()
+                },
+            ),
+            3 => (
+                "POST",
+                format!("/admin/users/u{i}/roles?n={i}"),
+                "/admin/users/{id}/roles",
+                "admin",
+                Vec::new(),
+            ),
+            4 => (
+                "POST",
+                format!("/auth/login?n={i}"),
+                "/auth/login",
+                "auth",
+                if i % 8 == 4 {
+                    Vec::new()
+                } else {
+                    b"pw".to_vec()
+                },
+            ),
+            _ => (
+                "GET",
+                format!("/health?n={i}"),
+                "/health",
+                "other",
+                Vec::new(),
+            ),
+        };
+        let (peer, forwarded, client_ip) = match i % 3 {
+            0 => (
+                "10.1.1.1:5000",
+                Some("203.0.113.7, 10.2.2.2"),
+                "203.0.113.7",
+            ),
+            1 => ("198.51.100.9:5000", Some("1.2.3.4"), "198.51.100.9"),
+            _ => ("192.0.2.44:5000", None, "192.0.2.44"),
+        };
+        let mut req = test::TestRequest::default()
+            .method(method.parse().expect("method"))
+            .uri(&path)
+            .peer_addr(peer.parse().expect("addr"))
+            .insert_header(("content-length", body.len().to_string()))
+            .set_payload(body.clone());
+        if let Some(user) = &user {
+            req = req.insert_header(("x-demo-user", user.as_str()));
+        }
+        if let Some(f) = forwarded {
+            req = req.insert_header(("x-forwarded-for", f));
+        }
+        let sent_session = (i % 5 != 0).then(|| format!("sess-{}", i % 50));
+        if let Some(s) = &sent_session {
+            req = req.insert_header(("x-session-id", s.as_str()));
+        }
+        let resp = test::call_service(&app, req.to_request()).await;
+        let status = resp.status().as_u16() as i16;
+        let returned_session = resp
+            .headers()
+            .get("x-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let session = match (&sent_session, returned_session) {
+            (Some(s), None) => s.clone(),
+            (None, Some(generated)) => generated,
+            other => panic!(
+                "request {i}: a session id is returned exactly when none was sent: {other:?}"
+            ),
+        };
+        let response = test::read_body(resp).await;
+        expected.insert(
+            path.clone(),
+            Expected {
+                route,
+                action,
+                method,
+                status,
+                request_size: body.len() as i64,
+                response_size: response.len() as i64,
+                user,
+                session,
+                client_ip,
+                cpu_ms: route == "/code/run",
+            },
+        );
+    }
+
+    env.wait_for_rows(10_000, Duration::from_secs(120)).await;
+    assert_eq!(
+        audit.spilled(),
+        0,
+        "the queue never overflowed in this test"
+    );
+    type Row = (
+        String,
+        Option<String>,
+        String,
+        String,
+        Option<i16>,
+        Option<i64>,
+        Option<i64>,
+        Option<String>,
+        String,
+        Option<String>,
+        bool,
+        Option<serde_json::Value>,
+        Option<f64>,
+        String,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT endpoint, route, action_type, http_method, status_code, request_size, response_size, user_id, \
+                session_id, host(client_ip), success, resource_usage, response_time_ms, service \
+         FROM auditline.events",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .expect("rows");
+    assert_eq!(rows.len(), 10_000);
+    for (
+        endpoint,
+        route,
+        action,
+        method,
+        status,
+        req_size,
+        resp_size,
+        user,
+        session,
+        ip,
+        success,
+        usage,
+        millis,
+        service,
+    ) in rows
+    {
+        let want = expected
+            .get(&endpoint)
+            .unwrap_or_else(|| panic!("unexpected endpoint {endpoint}"));
+        assert_eq!(route.as_deref(), Some(want.route), "{endpoint}");
+        assert_eq!(action, want.action, "{endpoint}");
+        assert_eq!(method, want.method, "{endpoint}");
+        assert_eq!(status, Some(want.status), "{endpoint}");
+        assert_eq!(success, want.status < 400, "{endpoint}");
+        assert_eq!(req_size, Some(want.request_size), "{endpoint}");
+        assert_eq!(resp_size, Some(want.response_size), "{endpoint}");
+        assert_eq!(user, want.user, "{endpoint}");
+        assert_eq!(session, want.session, "{endpoint}");
+        assert_eq!(ip.as_deref(), Some(want.client_ip), "{endpoint}");
+        assert_eq!(service, "demo-app");
+        assert!(millis.is_some_and(|m| m >= 0.0), "{endpoint}");
+        assert_eq!(
+            usage.as_ref().and_then(|u| u.get("cpu_ms")).is_some(),
+            want.cpu_ms,
+            "{endpoint}: {usage:?}"
+        );
+    }
+    writer.stop().await;
+    env.cleanup().await;
+}
