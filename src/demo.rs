@@ -5,11 +5,7 @@
 //!
 //! Authentication is pretend: the `x-demo-user` header names the user.
 
-use actix_web::{
-    App, HttpMessage, HttpRequest, HttpResponse, HttpServer,
-    dev::{Service, ServiceResponse},
-    web,
-};
+use actix_web::{App, HttpMessage, HttpRequest, HttpResponse, HttpServer, dev::Service, web};
 use anyhow::Context;
 use auditline_ingest::{
     AuditConfig, AuditMiddleware, AuditResources, AuditUser, Publisher, spool::Spool,
@@ -34,6 +30,9 @@ pub struct DemoArgs {
     /// Requests per second the demo sends to itself (0: none).
     #[arg(long, default_value_t = 0)]
     pub traffic: u32,
+    /// Serve without AuditMiddleware (the benchmark's baseline).
+    #[arg(long)]
+    pub no_audit: bool,
 }
 
 /// The demo's routes (also used by the tests and the benchmark).
@@ -123,31 +122,44 @@ pub async fn run(
     args: DemoArgs,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let publisher = Publisher::new(settings, "auditline-demo-app");
-    let spool = Arc::new(Spool::open(
-        &args.spool_dir,
-        settings.ingest.spool_max_bytes,
-    )?);
-    let audit = AuditMiddleware::start(AuditConfig::new(&args.service), publisher, spool)?;
-    let server = HttpServer::new(move || {
-        App::new()
-            .wrap_fn(|req, srv| {
-                authenticate(&req);
-                let fut = srv.call(req);
-                async move {
-                    let res: ServiceResponse = fut.await?;
-                    Ok(res)
-                }
-            })
-            .wrap(audit.clone())
-            .configure(routes)
-    })
-    .workers(2)
-    .disable_signals()
-    .bind(&args.listen)
-    .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let port = server.addrs().first().map(|a| a.port()).unwrap_or(0);
-    let server = server.run();
+    let (server, port) = if args.no_audit {
+        let server = HttpServer::new(|| {
+            App::new()
+                .wrap_fn(|req, srv| {
+                    authenticate(&req);
+                    srv.call(req)
+                })
+                .configure(routes)
+        })
+        .workers(2)
+        .disable_signals()
+        .bind(&args.listen)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let port = server.addrs().first().map(|a| a.port()).unwrap_or(0);
+        (server.run(), port)
+    } else {
+        let publisher = Publisher::new(settings, "auditline-demo-app");
+        let spool = Arc::new(Spool::open(
+            &args.spool_dir,
+            settings.ingest.spool_max_bytes,
+        )?);
+        let audit = AuditMiddleware::start(AuditConfig::new(&args.service), publisher, spool)?;
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap_fn(|req, srv| {
+                    authenticate(&req);
+                    srv.call(req)
+                })
+                .wrap(audit.clone())
+                .configure(routes)
+        })
+        .workers(2)
+        .disable_signals()
+        .bind(&args.listen)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let port = server.addrs().first().map(|a| a.port()).unwrap_or(0);
+        (server.run(), port)
+    };
     let handle = server.handle();
     println!(
         "demo app on http://127.0.0.1:{port} (service {:?})",

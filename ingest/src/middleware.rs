@@ -27,10 +27,13 @@ use actix_web::{
     dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready},
     http::header::{self, HeaderName, HeaderValue},
 };
-use auditline_shared::AuditEvent;
-use chrono::{DateTime, Utc};
+use auditline_shared::{
+    AuditEvent,
+    event::{MAX_ACTION_TYPE_LEN, MAX_RESOURCE_USAGE_BYTES, object_within},
+};
+use chrono::{DateTime, SubsecRound, Utc};
 use futures_util::future::{LocalBoxFuture, Ready, ready};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use std::{
     net::IpAddr,
     rc::Rc,
@@ -185,31 +188,50 @@ fn clip(text: &str, max: usize) -> String {
 }
 
 impl Observed {
-    fn into_event(self, service: &str) -> Result<AuditEvent, String> {
-        let method =
-            if self.method.len() <= 10 && self.method.chars().all(|c| c.is_ascii_uppercase()) {
-                self.method
-            } else {
-                "OTHER".to_owned()
-            };
-        let value = json!({
-            "occurred_at": self.occurred_at,
-            "service": service,
-            "session_id": self.session_id,
-            "user_id": self.user_id.map(|u| clip(&u, 255)).filter(|u| !u.is_empty()),
-            "client_ip": self.client_ip,
-            "action_type": self.action_type,
-            "endpoint": clip(&self.endpoint, 255),
-            "route": self.route.map(|r| clip(&r, 255)).filter(|r| !r.is_empty()),
-            "http_method": method,
-            "request_size": self.request_size,
-            "response_size": self.response_size,
-            "response_time_ms": self.response_time_ms,
-            "status_code": self.status,
-            "success": self.status < 400,
-            "resource_usage": self.resources,
+    /// Builds the event directly: the middleware is a boundary of its own, and
+    /// everything it takes from the request is clipped or replaced to fit the
+    /// event's rules (a test checks the result against the validator).
+    fn into_event(self, service: &str) -> AuditEvent {
+        let method = if !self.method.is_empty()
+            && self.method.len() <= 10
+            && self.method.chars().all(|c| c.is_ascii_uppercase())
+        {
+            self.method
+        } else {
+            "OTHER".to_owned()
+        };
+        let endpoint = clip(&self.endpoint, 255);
+        let resource_usage = self.resources.filter(|usage| {
+            object_within(usage, MAX_RESOURCE_USAGE_BYTES)
+                .inspect_err(|e| tracing::warn!(error = %e, "resource usage not recorded"))
+                .is_ok()
         });
-        AuditEvent::from_value(value, Utc::now()).map_err(|e| e.to_string())
+        AuditEvent {
+            event_id: uuid::Uuid::now_v7(),
+            occurred_at: self.occurred_at.trunc_subsecs(6),
+            service: service.to_owned(),
+            session_id: self.session_id,
+            user_id: self
+                .user_id
+                .map(|u| clip(&u, 255))
+                .filter(|u| !u.is_empty()),
+            client_ip: self.client_ip,
+            action_type: self.action_type,
+            endpoint: if endpoint.is_empty() {
+                "/".to_owned()
+            } else {
+                endpoint
+            },
+            route: self.route.map(|r| clip(&r, 255)).filter(|r| !r.is_empty()),
+            http_method: method,
+            request_size: self.request_size.map(|n| n.min(i64::MAX as u64)),
+            response_size: self.response_size.map(|n| n.min(i64::MAX as u64)),
+            response_time_ms: Some(self.response_time_ms).filter(|ms| ms.is_finite() && *ms >= 0.0),
+            status_code: Some(self.status).filter(|s| (100..=599).contains(s)),
+            success: self.status < 400,
+            resource_usage,
+            metadata: None,
+        }
     }
 }
 
@@ -253,6 +275,18 @@ impl AuditMiddleware {
                 config.service
             );
         }
+        for (prefix, action) in &config.rules {
+            let valid = !action.is_empty()
+                && action.len() <= MAX_ACTION_TYPE_LEN
+                && action
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.');
+            if !valid {
+                anyhow::bail!(
+                    "rule {prefix:?}: action type {action:?} must be 1-50 of a-z, 0-9, '_' and '.'"
+                );
+            }
+        }
         let (queue, rx) = mpsc::channel(config.queue_capacity.max(1));
         let shared = Arc::new(Shared {
             config,
@@ -288,14 +322,10 @@ impl AuditMiddleware {
                     self.shared.config.service.clone(),
                 );
                 // The fsync runs off the request path.
-                tokio::task::spawn_blocking(move || match observed.into_event(&service) {
-                    Ok(event) => {
-                        if let Err(e) = spool.append(std::slice::from_ref(&event)) {
-                            tracing::error!(error = %e, event_id = %event.event_id, "audit event could not be queued or spooled");
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "request could not be turned into an audit event")
+                tokio::task::spawn_blocking(move || {
+                    let event = observed.into_event(&service);
+                    if let Err(e) = spool.append(std::slice::from_ref(&event)) {
+                        tracing::error!(error = %e, event_id = %event.event_id, "audit event could not be queued or spooled");
                     }
                 });
             }
@@ -311,14 +341,7 @@ async fn publish_loop(
 ) {
     let mut batch = Vec::with_capacity(500);
     while rx.recv_many(&mut batch, 500).await > 0 {
-        let events: Vec<AuditEvent> = batch
-            .drain(..)
-            .filter_map(|o| {
-                o.into_event(&service)
-                    .inspect_err(|e| tracing::error!(error = %e, "request could not be turned into an audit event"))
-                    .ok()
-            })
-            .collect();
+        let events: Vec<AuditEvent> = batch.drain(..).map(|o| o.into_event(&service)).collect();
         // While the spool holds events, new ones queue behind them (order).
         let published = spool.is_empty() && publisher.publish_batch(&events).await.is_ok();
         if !published {
@@ -522,6 +545,33 @@ mod tests {
                 .expect("cidr")
                 .contains("8.8.8.8".parse().expect("ip"))
         );
+    }
+
+    #[test]
+    fn events_built_from_odd_requests_pass_the_validator() {
+        let mut usage = Map::new();
+        usage.insert("cpu_ms".into(), Value::from(3));
+        let observed = Observed {
+            occurred_at: Utc::now(),
+            session_id: "s".into(),
+            user_id: Some(format!("{}\u{7}bell", "u".repeat(300))),
+            client_ip: None,
+            action_type: "file".into(),
+            endpoint: "/x".repeat(300),
+            route: Some(String::new()),
+            method: "mkcol-lower".into(),
+            request_size: Some(u64::MAX),
+            response_size: None,
+            response_time_ms: f64::NAN,
+            status: 404,
+            resources: Some(usage),
+        };
+        let event = observed.into_event("svc");
+        let reparsed = AuditEvent::parse(&event.to_json())
+            .expect("the validator accepts what the middleware builds");
+        assert_eq!(reparsed.http_method, "OTHER");
+        assert_eq!(reparsed.endpoint.chars().count(), 255);
+        assert!(!reparsed.success);
     }
 
     #[test]

@@ -397,7 +397,9 @@ fn charset(value: &str, allowed: &str, ok: impl Fn(char) -> bool) -> Result<(), 
     }
 }
 
-fn object_within(object: &Map<String, Value>, max_bytes: usize) -> Result<(), String> {
+/// Whether a JSON object may be stored as `metadata` / `resource_usage`:
+/// at most `max_bytes` as JSON and no U+0000 anywhere.
+pub fn object_within(object: &Map<String, Value>, max_bytes: usize) -> Result<(), String> {
     let serialized = serde_json::to_string(object).map_err(|e| e.to_string())?;
     if serialized.len() > max_bytes {
         return Err(format!(
