@@ -333,6 +333,10 @@ impl AuditMiddleware {
     }
 }
 
+/// How long the background publisher waits for more observations after the
+/// first of a batch: the bound on the delay it adds.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+
 async fn publish_loop(
     mut rx: mpsc::Receiver<Observed>,
     publisher: Publisher,
@@ -341,6 +345,18 @@ async fn publish_loop(
 ) {
     let mut batch = Vec::with_capacity(500);
     while rx.recv_many(&mut batch, 500).await > 0 {
+        if batch.len() < 500 {
+            // Linger a moment so that a busy app hands over hundreds of
+            // observations per wake-up instead of waking this task (a
+            // cross-thread wake-up) for every request.
+            tokio::time::sleep(LINGER).await;
+            while batch.len() < 500 {
+                match rx.try_recv() {
+                    Ok(observed) => batch.push(observed),
+                    Err(_) => break,
+                }
+            }
+        }
         let events: Vec<AuditEvent> = batch.drain(..).map(|o| o.into_event(&service)).collect();
         // While the spool holds events, new ones queue behind them (order).
         let published = spool.is_empty() && publisher.publish_batch(&events).await.is_ok();

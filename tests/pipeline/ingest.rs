@@ -499,3 +499,55 @@ async fn the_token_cli_prints_the_secret_once_and_revokes() {
     assert!(!String::from_utf8_lossy(&stored).contains(secret.split('_').nth(2).unwrap_or("")));
     env.cleanup().await;
 }
+
+#[actix_web::test]
+async fn auditline_all_takes_a_post_through_to_storage() {
+    let env = TestEnv::new().await;
+    let token = env.token(&[Scope::Publish], Some("billing")).await;
+    let port = crate::helpers::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut all = Process::spawn_with(
+        &env,
+        &["all"],
+        &[("AUDITLINE_INGEST_LISTEN", listen.as_str())],
+    );
+    let up = wait_until(Duration::from_secs(30), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+            && crate::helpers::http_get(port, "/readyz").await.0 == 200
+    })
+    .await;
+    assert!(up, "the gateway inside `auditline all` is ready");
+    let auth = format!("Bearer {token}");
+    let (status, _, body) = crate::helpers::http(
+        port,
+        "POST",
+        "/v1/events",
+        &[
+            ("Content-Type", "application/x-ndjson"),
+            ("Authorization", &auth),
+        ],
+        &ndjson(&(0..20).map(event).collect::<Vec<_>>()),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    env.wait_for_rows(20, Duration::from_secs(30)).await;
+    // One registry serves every service of the process.
+    let counted = wait_until(Duration::from_secs(10), || async {
+        let (status, metrics) = crate::helpers::http_get(port, "/metrics").await;
+        status == 200
+            && metrics.contains("auditline_ingest_events_accepted_total 20")
+            && metrics.contains("auditline_writer_rows_written_total 20")
+    })
+    .await;
+    assert!(
+        counted,
+        "ingest and writer metrics on the gateway's /metrics"
+    );
+    all.signal("TERM");
+    assert_eq!(
+        all.wait(Duration::from_secs(30)).await,
+        Some(0),
+        "clean exit"
+    );
+    env.cleanup().await;
+}
