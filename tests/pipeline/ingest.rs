@@ -512,7 +512,9 @@ async fn auditline_all_takes_a_post_through_to_storage() {
         &[("AUDITLINE_INGEST_LISTEN", listen.as_str())],
     );
     let up = wait_until(Duration::from_secs(30), || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
             && crate::helpers::http_get(port, "/readyz").await.0 == 200
     })
     .await;
