@@ -237,6 +237,7 @@ impl Observed {
 
 struct Shared {
     config: AuditConfig,
+    session_header: HeaderName,
     queue: mpsc::Sender<Observed>,
     spool: Arc<Spool>,
     spilled: AtomicU64,
@@ -287,9 +288,14 @@ impl AuditMiddleware {
                 );
             }
         }
+        let session_header =
+            HeaderName::try_from(config.session_header.as_str()).map_err(|_| {
+                anyhow::anyhow!("{:?} is not a valid header name", config.session_header)
+            })?;
         let (queue, rx) = mpsc::channel(config.queue_capacity.max(1));
         let shared = Arc::new(Shared {
             config,
+            session_header,
             queue,
             spool: spool.clone(),
             spilled: AtomicU64::new(0),
@@ -422,7 +428,7 @@ where
         let config = &self.middleware.shared.config;
         let from_header = req
             .headers()
-            .get(config.session_header.as_str())
+            .get(&self.middleware.shared.session_header)
             .and_then(|v| v.to_str().ok())
             .filter(|s| usable_session(s))
             .map(str::to_owned);
@@ -449,7 +455,7 @@ where
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        let session_header = HeaderName::try_from(config.session_header.as_str()).ok();
+        let session_header = self.middleware.shared.session_header.clone();
         let middleware = self.middleware.clone();
         let service = self.service.clone();
         Box::pin(async move {
@@ -498,11 +504,8 @@ where
                 resources,
             });
             let mut res = result?;
-            if generated
-                && let (Some(name), Ok(value)) =
-                    (session_header, HeaderValue::from_str(&session_id))
-            {
-                res.headers_mut().insert(name, value);
+            if generated && let Ok(value) = HeaderValue::from_str(&session_id) {
+                res.headers_mut().insert(session_header, value);
             }
             Ok(res)
         })
