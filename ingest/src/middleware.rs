@@ -340,8 +340,14 @@ impl AuditMiddleware {
 }
 
 /// How long the background publisher waits for more observations after the
-/// first of a batch: the bound on the delay it adds.
+/// first of a small batch: the bound on the delay it adds.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+/// Batches smaller than this linger first.
+const LINGER_BELOW: usize = 500;
+/// The most observations published in one batch. Large enough that the loop
+/// keeps ahead of a busy app (one batch in flight at a time): falling behind
+/// would overflow the queue into the spool, which fsyncs.
+const MAX_BATCH: usize = 5_000;
 
 async fn publish_loop(
     mut rx: mpsc::Receiver<Observed>,
@@ -349,14 +355,14 @@ async fn publish_loop(
     spool: Arc<Spool>,
     service: String,
 ) {
-    let mut batch = Vec::with_capacity(500);
-    while rx.recv_many(&mut batch, 500).await > 0 {
-        if batch.len() < 500 {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if batch.len() < LINGER_BELOW {
             // Linger a moment so that a busy app hands over hundreds of
             // observations per wake-up instead of waking this task (a
             // cross-thread wake-up) for every request.
             tokio::time::sleep(LINGER).await;
-            while batch.len() < 500 {
+            while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(observed) => batch.push(observed),
                     Err(_) => break,
