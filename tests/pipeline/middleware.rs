@@ -231,3 +231,46 @@ async fn ten_thousand_requests_become_ten_thousand_faithful_events() {
     writer.stop().await;
     env.cleanup().await;
 }
+
+#[actix_web::test]
+async fn a_full_queue_and_an_absent_broker_lose_nothing() {
+    let env = TestEnv::new().await;
+    let writer = InProcessWriter::start(&env).await;
+    let proxy = crate::helpers::Proxy::start("127.0.0.1:5672").await;
+    let mut through_proxy = env.settings.clone();
+    through_proxy.amqp_url = auditline_shared::settings::SecretUrl::new(format!(
+        "amqp://guest:guest@127.0.0.1:{}/%2f",
+        proxy.port
+    ));
+    through_proxy.publisher.publish_timeout_ms = 300;
+    proxy.set_up(false);
+    let spool = Arc::new(
+        Spool::open(format!("{}-mw", env.settings.ingest.spool_dir), 1 << 30).expect("spool"),
+    );
+    let mut config = AuditConfig::new("demo-app");
+    config.queue_capacity = 1;
+    let publisher = auditline_ingest::Publisher::new(&through_proxy, "test-mw");
+    let audit = AuditMiddleware::start(config, publisher, spool).expect("middleware");
+    let app = test::init_service(App::new().wrap(audit.clone()).configure(demo::routes)).await;
+    for i in 0..300 {
+        let req = test::TestRequest::get()
+            .uri(&format!("/health?n={i}"))
+            .peer_addr("192.0.2.1:1000".parse().expect("addr"))
+            .to_request();
+        let resp = test::call_service(&app, req).await;
+        assert_eq!(resp.status(), 200, "auditing never fails a request");
+    }
+    assert!(
+        audit.spilled() > 0,
+        "a one-slot queue overflowed into the spool"
+    );
+    proxy.set_up(true);
+    env.wait_for_rows(300, Duration::from_secs(60)).await;
+    let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT endpoint) FROM auditline.events")
+        .fetch_one(&env.pool)
+        .await
+        .expect("count");
+    assert_eq!(distinct, 300, "every request is stored once");
+    writer.stop().await;
+    env.cleanup().await;
+}
