@@ -314,27 +314,26 @@ impl Drop for Process {
     }
 }
 
-/// The writer running inside the test's actix system (port 0).
-pub struct InProcessWriter {
+/// A service running inside the test's actix system until stopped.
+pub struct InProcess {
     pub port: u16,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-impl InProcessWriter {
-    pub async fn start(env: &TestEnv) -> Self {
-        Self::start_with(env.settings.clone()).await
-    }
-
-    pub async fn start_with(settings: Settings) -> Self {
-        let app = auditline_writer::Application::build(settings)
-            .await
-            .expect("writer builds");
-        let port = app.port();
+impl InProcess {
+    /// Runs `run_until_stopped`-style `run` with a shutdown future.
+    fn spawn<Fut>(
+        port: u16,
+        run: impl FnOnce(std::pin::Pin<Box<dyn Future<Output = ()>>>) -> Fut,
+    ) -> Self
+    where
+        Fut: Future<Output = anyhow::Result<()>> + 'static,
+    {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let done = actix::spawn(app.run_until_stopped(async move {
+        let done = actix::spawn(run(Box::pin(async move {
             let _ = rx.await;
-        }));
+        })));
         Self {
             port,
             stop: Some(tx),
@@ -342,15 +341,31 @@ impl InProcessWriter {
         }
     }
 
-    /// Graceful stop: drains, acks, closes.
+    /// Graceful stop; fails the test if the service did not stop cleanly.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         (&mut self.done)
             .await
-            .expect("writer task")
-            .expect("writer stops cleanly");
+            .expect("service task")
+            .expect("service stops cleanly");
+    }
+}
+
+/// The writer in-process (port 0).
+pub struct InProcessWriter;
+
+impl InProcessWriter {
+    pub async fn start(env: &TestEnv) -> InProcess {
+        Self::start_with(env.settings.clone()).await
+    }
+
+    pub async fn start_with(settings: Settings) -> InProcess {
+        let app = auditline_writer::Application::build(settings)
+            .await
+            .expect("writer builds");
+        InProcess::spawn(app.port(), |stop| app.run_until_stopped(stop))
     }
 }
 
@@ -494,41 +509,20 @@ impl Proxy {
     }
 }
 
-/// The ingest gateway running inside the test's actix system (port 0).
-pub struct InProcessIngest {
-    pub port: u16,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
+/// The ingest gateway in-process (port 0).
+pub struct InProcessIngest;
 
 impl InProcessIngest {
-    pub async fn start_with(mut settings: Settings) -> Self {
+    pub async fn start_with(mut settings: Settings) -> InProcess {
         settings.ingest_listen = "127.0.0.1:0".into();
         let app = auditline_ingest::gateway::Application::build(settings)
             .await
             .expect("gateway builds");
-        let port = app.port();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let done = actix::spawn(app.run_until_stopped(async move {
-            let _ = rx.await;
-        }));
-        Self {
-            port,
-            stop: Some(tx),
-            done,
-        }
+        InProcess::spawn(app.port(), |stop| app.run_until_stopped(stop))
     }
+}
 
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        (&mut self.done)
-            .await
-            .expect("gateway task")
-            .expect("gateway stops cleanly");
-    }
-
+impl InProcess {
     /// POSTs to /v1/events; returns status, headers and the JSON body.
     pub async fn post(
         &self,
