@@ -29,7 +29,7 @@ use actix_web::{
 };
 use auditline_shared::{
     AuditEvent,
-    event::{MAX_ACTION_TYPE_LEN, MAX_RESOURCE_USAGE_BYTES, object_within},
+    event::{MAX_RESOURCE_USAGE_BYTES, check_action_type, check_service, object_within},
 };
 use chrono::{DateTime, SubsecRound, Utc};
 use futures_util::future::{LocalBoxFuture, Ready, ready};
@@ -265,28 +265,11 @@ impl AuditMiddleware {
         publisher: Publisher,
         spool: Arc<Spool>,
     ) -> anyhow::Result<Self> {
-        if !config
-            .service
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            || config.service.is_empty()
-        {
-            anyhow::bail!(
-                "service {:?} must be 1-64 ASCII letters, digits, '-' or '_'",
-                config.service
-            );
-        }
+        check_service(&config.service)
+            .map_err(|e| anyhow::anyhow!("service {:?} {e}", config.service))?;
         for (prefix, action) in &config.rules {
-            let valid = !action.is_empty()
-                && action.len() <= MAX_ACTION_TYPE_LEN
-                && action
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.');
-            if !valid {
-                anyhow::bail!(
-                    "rule {prefix:?}: action type {action:?} must be 1-50 of a-z, 0-9, '_' and '.'"
-                );
-            }
+            check_action_type(action)
+                .map_err(|e| anyhow::anyhow!("rule {prefix:?}: action type {action:?} {e}"))?;
         }
         let session_header =
             HeaderName::try_from(config.session_header.as_str()).map_err(|_| {
@@ -597,6 +580,20 @@ mod tests {
         assert_eq!(reparsed.http_method, "OTHER");
         assert_eq!(reparsed.endpoint.chars().count(), 255);
         assert!(!reparsed.success);
+    }
+
+    #[tokio::test]
+    async fn a_service_or_rule_the_events_could_not_carry_is_refused_at_start() {
+        let dir =
+            std::env::temp_dir().join(format!("auditline-mw-{}", uuid::Uuid::new_v4().simple()));
+        let spool = Arc::new(Spool::open(&dir, 1 << 20).expect("spool"));
+        let publisher = Publisher::new(&auditline_shared::Settings::default(), "test");
+        let long = AuditConfig::new(&"s".repeat(65));
+        assert!(AuditMiddleware::start(long, publisher.clone(), spool.clone()).is_err());
+        let mut bad_rule = AuditConfig::new("svc");
+        bad_rule.rules.push(("/x".into(), "Not Valid".into()));
+        assert!(AuditMiddleware::start(bad_rule, publisher, spool).is_err());
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

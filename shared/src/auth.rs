@@ -144,14 +144,8 @@ pub async fn create(pool: &PgPool, new: NewToken) -> anyhow::Result<(TokenInfo, 
         let Some(service) = new.service.as_deref() else {
             anyhow::bail!("a publish token needs --service: the service whose events it publishes");
         };
-        let valid = !service.is_empty()
-            && service.len() <= crate::event::MAX_SERVICE_LEN
-            && service
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !valid {
-            anyhow::bail!("service {service:?} must be 1-64 ASCII letters, digits, '-' or '_'");
-        }
+        crate::event::check_service(service)
+            .map_err(|e| anyhow::anyhow!("service {service:?} {e}"))?;
     }
     let mut random = [0u8; 6 + 32];
     rand::rng().fill_bytes(&mut random);

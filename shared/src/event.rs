@@ -227,28 +227,12 @@ impl AuditEvent {
                 Err("leap seconds (second 60) are not supported".into()),
             );
         }
-        check(
-            "service",
-            text(&wire.service, MAX_SERVICE_LEN).and_then(|()| {
-                charset(&wire.service, "ASCII letters, digits, '-' and '_'", |c| {
-                    c.is_ascii_alphanumeric() || c == '-' || c == '_'
-                })
-            }),
-        );
+        check("service", check_service(&wire.service));
         check("session_id", text(&wire.session_id, MAX_SESSION_ID_LEN));
         if let Some(user_id) = &wire.user_id {
             check("user_id", text(user_id, MAX_USER_ID_LEN));
         }
-        check(
-            "action_type",
-            text(&wire.action_type, MAX_ACTION_TYPE_LEN).and_then(|()| {
-                charset(
-                    &wire.action_type,
-                    "lower-case letters, digits, '_' and '.'",
-                    |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.',
-                )
-            }),
-        );
+        check("action_type", check_action_type(&wire.action_type));
         check("endpoint", text(&wire.endpoint, MAX_ENDPOINT_LEN));
         if let Some(route) = &wire.route {
             check("route", text(route, MAX_ROUTE_LEN));
@@ -374,6 +358,25 @@ fn strip_position(message: &str) -> String {
         Some(i) => message[..i].to_owned(),
         None => message.to_owned(),
     }
+}
+
+/// The rule for `service` (also a routing-key segment, hence no `.`), for
+/// every place that names a service: events, publish tokens, the middleware.
+pub fn check_service(service: &str) -> Result<(), String> {
+    text(service, MAX_SERVICE_LEN).and_then(|()| {
+        charset(service, "ASCII letters, digits, '-' and '_'", |c| {
+            c.is_ascii_alphanumeric() || c == '-' || c == '_'
+        })
+    })
+}
+
+/// The rule for `action_type`.
+pub fn check_action_type(action: &str) -> Result<(), String> {
+    text(action, MAX_ACTION_TYPE_LEN).and_then(|()| {
+        charset(action, "lower-case letters, digits, '_' and '.'", |c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.'
+        })
+    })
 }
 
 fn text(value: &str, max: usize) -> Result<(), String> {
