@@ -48,7 +48,13 @@ pub enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
-    /// Run every service in one process (today: the writer and the ingest gateway).
+    /// Run the admin HTTP service (search, users, metrics, OpenAPI).
+    Admin {
+        /// Listen address (overrides AUDITLINE_ADMIN_LISTEN).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Run every service in one process: the writer, the ingest gateway and the admin service.
     All {
         /// Listen address of the writer's /metrics (overrides AUDITLINE_WRITER_LISTEN).
         #[arg(long)]
@@ -56,6 +62,9 @@ pub enum Command {
         /// Listen address of the ingest gateway (overrides AUDITLINE_INGEST_LISTEN).
         #[arg(long)]
         ingest_listen: Option<String>,
+        /// Listen address of the admin service (overrides AUDITLINE_ADMIN_LISTEN).
+        #[arg(long)]
+        admin_listen: Option<String>,
     },
     /// Run the demo actix-web app, audited by `AuditMiddleware`.
     DemoApp(crate::demo::DemoArgs),
@@ -83,12 +92,15 @@ impl Cli {
         match &self.command {
             Command::Writer { listen } => put("writer_listen", listen),
             Command::Ingest { listen } => put("ingest_listen", listen),
+            Command::Admin { listen } => put("admin_listen", listen),
             Command::All {
                 writer_listen,
                 ingest_listen,
+                admin_listen,
             } => {
                 put("writer_listen", writer_listen);
                 put("ingest_listen", ingest_listen);
+                put("admin_listen", admin_listen);
             }
             Command::Migrate
             | Command::Loadgen(_)
@@ -117,6 +129,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(port = app.port(), "ingest gateway listening");
             app.run_until_stopped(shutdown).await
         }
+        Command::Admin { .. } => {
+            let shutdown = shutdown_signal();
+            let app = auditline_admin_api::Application::build(settings).await?;
+            tracing::info!(port = app.port(), "admin service listening");
+            app.run_until_stopped(shutdown).await
+        }
         Command::All { .. } => run_all(settings).await,
         Command::DemoApp(args) => {
             let shutdown = shutdown_signal();
@@ -135,11 +153,16 @@ async fn run_all(settings: Settings) -> anyhow::Result<()> {
     let writer =
         auditline_writer::Application::build_with_registry(settings.clone(), registry.clone())
             .await?;
-    let ingest =
-        auditline_ingest::gateway::Application::build_with_registry(settings, registry).await?;
+    let ingest = auditline_ingest::gateway::Application::build_with_registry(
+        settings.clone(),
+        registry.clone(),
+    )
+    .await?;
+    let admin = auditline_admin_api::Application::build_with_registry(settings, registry).await?;
     tracing::info!(
         writer_port = writer.port(),
         ingest_port = ingest.port(),
+        admin_port = admin.port(),
         "auditline all: services listening"
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -154,7 +177,8 @@ async fn run_all(settings: Settings) -> anyhow::Result<()> {
     tokio::try_join!(
         signal,
         writer.run_until_stopped(wait(stopped.clone())),
-        ingest.run_until_stopped(wait(stopped)),
+        ingest.run_until_stopped(wait(stopped.clone())),
+        admin.run_until_stopped(wait(stopped)),
     )?;
     Ok(())
 }

@@ -1,13 +1,23 @@
-//! The Auditline admin service (not built yet: the admin issue brings it).
+//! The admin HTTP service (`auditline admin`, also inside `auditline all`):
+//! search over the stored audit events, per-user summaries, real-time
+//! metrics and the OpenAPI document. Every request under `/admin/audit` is
+//! itself audited (action type `admin`, the token's name as user, the query
+//! in metadata) through `AuditMiddleware` and the pipeline.
 //!
-//! It will own, on `admin_listen`, behind bearer tokens with scopes:
-//! - `GET /admin/audit/logs[/{event_id}]`: filtered search with keyset cursors;
-//! - `GET /admin/audit/users[/{user_id}]`: per-user summaries from rollups;
-//! - `GET /admin/audit/metrics`: real-time audit metrics as JSON;
-//! - `GET /admin/audit/export`, `/exports`, `/export-schedules`: streamed and
-//!   asynchronous exports (CSV / JSON / NDJSON, zstd) into storage;
-//! - `GET /admin/audit/stream`: the websocket live stream;
-//! - `GET /admin/`: the dashboard; `/metrics`, `/healthz`, `/readyz`.
-//!
-//! Until then this crate is empty on purpose, so that `auditline all` runs
-//! only what exists.
+//! - [`app`] — `Application` (routes, state, start and stop).
+//! - [`search`] — `GET /admin/audit/logs[/{event_id}]`, filters, signed keyset cursors.
+//! - [`users`] — `GET /admin/audit/users[/{user_id}]` from the rollups.
+//! - [`realtime`] — `GET /admin/audit/metrics` from the minute rollups.
+//! - [`params`] — query-string parsing with errors that name the parameter.
+//! - [`openapi`] — the OpenAPI 3 document of the admin and ingest APIs.
+//! - [`error`] — `ApiError` and its JSON answers.
+
+pub mod app;
+pub mod error;
+pub mod openapi;
+pub mod params;
+pub mod realtime;
+pub mod search;
+pub mod users;
+
+pub use app::Application;

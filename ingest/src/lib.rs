@@ -13,5 +13,5 @@ pub mod middleware;
 pub mod publisher;
 pub mod spool;
 
-pub use middleware::{AuditConfig, AuditMiddleware, AuditResources, AuditUser};
+pub use middleware::{AuditConfig, AuditMetadata, AuditMiddleware, AuditResources, AuditUser};
 pub use publisher::{PublishError, Publisher};

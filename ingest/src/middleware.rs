@@ -29,7 +29,10 @@ use actix_web::{
 };
 use auditline_shared::{
     AuditEvent,
-    event::{MAX_RESOURCE_USAGE_BYTES, check_action_type, check_service, object_within},
+    event::{
+        MAX_METADATA_BYTES, MAX_RESOURCE_USAGE_BYTES, check_action_type, check_service,
+        object_within,
+    },
 };
 use chrono::{DateTime, SubsecRound, Utc};
 use futures_util::future::{LocalBoxFuture, Ready, ready};
@@ -52,6 +55,11 @@ pub struct AuditUser(pub String);
 /// Set by a handler to record what the request cost (`cpu_ms`, `quota_units`, …).
 #[derive(Debug, Clone, Default)]
 pub struct AuditResources(pub Map<String, Value>);
+
+/// Set by the app to attach metadata to the request's audit event (at most
+/// 16 KiB serialized; larger metadata is left out with a warning).
+#[derive(Debug, Clone, Default)]
+pub struct AuditMetadata(pub Map<String, Value>);
 
 /// A network given as `address/prefix`, or a single address.
 #[derive(Debug, Clone, Copy)]
@@ -181,6 +189,7 @@ struct Observed {
     response_time_ms: f64,
     status: u16,
     resources: Option<Map<String, Value>>,
+    metadata: Option<Map<String, Value>>,
 }
 
 fn clip(text: &str, max: usize) -> String {
@@ -230,7 +239,11 @@ impl Observed {
             status_code: Some(self.status).filter(|s| (100..=599).contains(s)),
             success: self.status < 400,
             resource_usage,
-            metadata: None,
+            metadata: self.metadata.filter(|metadata| {
+                object_within(metadata, MAX_METADATA_BYTES)
+                    .inspect_err(|e| tracing::warn!(error = %e, "audit metadata not recorded"))
+                    .is_ok()
+            }),
         }
     }
 }
@@ -449,7 +462,7 @@ where
         let service = self.service.clone();
         Box::pin(async move {
             let result = service.call(req).await;
-            let (status, route, user_id, resources, response_size) = match &result {
+            let (status, route, user_id, resources, metadata, response_size) = match &result {
                 Ok(res) => {
                     let request = res.request();
                     let extensions = request.extensions();
@@ -466,11 +479,16 @@ where
                             .get::<AuditResources>()
                             .map(|r| r.0.clone())
                             .filter(|m| !m.is_empty()),
+                        extensions
+                            .get::<AuditMetadata>()
+                            .map(|m| m.0.clone())
+                            .filter(|m| !m.is_empty()),
                         response_size,
                     )
                 }
                 Err(e) => (
                     e.as_response_error().status_code().as_u16(),
+                    None,
                     None,
                     None,
                     None,
@@ -491,6 +509,7 @@ where
                 response_time_ms: started.elapsed().as_secs_f64() * 1000.0,
                 status,
                 resources,
+                metadata,
             });
             let mut res = result?;
             if generated && let Ok(value) = HeaderValue::from_str(&session_id) {

@@ -7,6 +7,7 @@
 //! - [`amqp`] — RabbitMQ topology and connections.
 //! - [`db`] — PostgreSQL pool, migrations and partition upkeep.
 //! - [`metrics`] — the Prometheus registry and `/metrics` handler.
+//! - [`rollup`] — per-minute/hour/day aggregates behind summaries and metrics.
 //! - [`error`] — the JSON error body every HTTP service answers with.
 
 pub mod amqp;
@@ -15,6 +16,7 @@ pub mod db;
 pub mod error;
 pub mod event;
 pub mod metrics;
+pub mod rollup;
 pub mod settings;
 pub mod telemetry;
 

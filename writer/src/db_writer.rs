@@ -31,7 +31,7 @@ use crate::{
     partitions::{EnsureDays, Forget, PartitionKeeper},
 };
 use actix::prelude::*;
-use auditline_shared::{amqp::REASON_HEADER, db, settings::SecretUrl};
+use auditline_shared::{amqp::REASON_HEADER, db, rollup::RollupBatch, settings::SecretUrl};
 use chrono::NaiveDate;
 use futures_util::future::join_all;
 use lapin::{
@@ -425,17 +425,33 @@ impl Core {
             return Err(e.into());
         }
         let copied = copy.finish().await?;
+        let mut rollup = RollupBatch::default();
         let inserted = if dedup {
             self.config.metrics.dedup_batches.inc();
-            sqlx::query(
-                "INSERT INTO auditline.events SELECT * FROM pg_temp.auditline_staging ON CONFLICT DO NOTHING",
+            let stored: HashSet<Uuid> = sqlx::query_scalar(
+                "INSERT INTO auditline.events SELECT * FROM pg_temp.auditline_staging \
+                 ON CONFLICT DO NOTHING RETURNING event_id",
             )
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?
-            .rows_affected()
+            .into_iter()
+            .collect();
+            // A message can carry the same event twice; it is stored (and
+            // counted) once.
+            let mut counted = HashSet::with_capacity(stored.len());
+            for event in messages.iter().flat_map(|m| &m.events) {
+                if stored.contains(&event.event_id) && counted.insert(event.event_id) {
+                    rollup.add(event);
+                }
+            }
+            stored.len() as u64
         } else {
+            for event in messages.iter().flat_map(|m| &m.events) {
+                rollup.add(event);
+            }
             copied
         };
+        rollup.upsert(&mut tx).await?;
         sqlx::query(
             "INSERT INTO auditline.batches \
              (batch_id, writer_id, message_count, event_count, inserted_count, first_event_id, last_event_id) \

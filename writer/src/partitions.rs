@@ -44,8 +44,21 @@ impl PartitionKeeper {
         if created > 0 {
             tracing::info!(created, "partitions created ahead");
         }
+        prune_minute_rollups(pool).await?;
         Ok(())
     }
+}
+
+/// Minute rollups feed only the real-time metrics (the last 15 minutes); a
+/// day's worth is kept for a look back, older rows are deleted.
+async fn prune_minute_rollups(pool: &PgPool) -> anyhow::Result<()> {
+    for statement in [
+        "DELETE FROM auditline.rollups WHERE grain = 'm' AND bucket < now() - interval '1 day'",
+        "DELETE FROM auditline.rollup_latency WHERE grain = 'm' AND bucket < now() - interval '1 day'",
+    ] {
+        sqlx::query(statement).execute(pool).await?;
+    }
+    Ok(())
 }
 
 impl Actor for PartitionKeeper {

@@ -1,0 +1,186 @@
+//! The admin HTTP service: routes, shared state, start and stop.
+
+use std::{future::Future, net::TcpListener, sync::Arc, time::Duration};
+
+use actix_web::{
+    App, HttpMessage, HttpRequest, HttpResponse, HttpServer,
+    dev::{Server, Service},
+    http::StatusCode,
+    web,
+};
+use anyhow::Context;
+use auditline_ingest::{
+    AuditConfig, AuditMetadata, AuditMiddleware, AuditUser, Publisher, spool::Spool,
+};
+use auditline_shared::{
+    Settings, auth::Caller, auth::TokenStore, db, error::ErrorBody, metrics::metrics_handler,
+};
+use prometheus::Registry;
+use serde_json::{Map, Value, json};
+use sqlx::PgPool;
+use utoipa::OpenApi;
+
+use crate::{openapi::ApiDoc, realtime, search, users};
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct State {
+    pub pool: PgPool,
+    pub cursor_key: search::CursorKey,
+}
+
+/// Names the caller on the request's own audit event.
+pub fn identify(req: &HttpRequest, caller: &Caller) {
+    req.extensions_mut()
+        .insert(AuditUser(caller.0.name.clone()));
+}
+
+/// The query string as audit metadata: `{"query": {"name": "value" | ["v1", "v2"]}}`,
+/// each value clipped to 256 characters.
+fn query_metadata(query: &str) -> Map<String, Value> {
+    let mut params = Map::new();
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        let value: String = value.chars().take(256).collect();
+        match params.get_mut(name.as_ref()) {
+            Some(Value::Array(values)) => values.push(Value::String(value)),
+            Some(first) => *first = json!([first.take(), value]),
+            None => {
+                params.insert(name.chars().take(64).collect(), Value::String(value));
+            }
+        }
+    }
+    let mut metadata = Map::new();
+    if !params.is_empty() {
+        metadata.insert("query".into(), Value::Object(params));
+    }
+    metadata
+}
+
+/// A built, not yet running admin service.
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Binds `admin_listen`.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with_registry(settings, Registry::new()).await
+    }
+
+    /// [`Application::build`] with a registry shared with other services of
+    /// the same process (`auditline all`).
+    pub async fn build_with_registry(
+        settings: Settings,
+        registry: Registry,
+    ) -> anyhow::Result<Self> {
+        let pool = db::pool(&settings.database_url, 8)?;
+        let cursor_key = search::CursorKey::load(&pool)
+            .await
+            .context("cannot read the cursor key (did `auditline migrate` run?)")?;
+        // The admin service's own requests are audit events, published like
+        // any app's; they spool beside the gateway's spool while the broker is away.
+        let publisher = Publisher::new(&settings, "auditline-admin");
+        let spool = Arc::new(Spool::open(
+            format!("{}-admin", settings.ingest.spool_dir.trim_end_matches('/')),
+            settings.ingest.spool_max_bytes,
+        )?);
+        let audit = AuditMiddleware::start(AuditConfig::new("auditline-admin"), publisher, spool)?;
+        let state = web::Data::new(State {
+            pool: pool.clone(),
+            cursor_key,
+        });
+        let tokens = web::Data::new(TokenStore(pool));
+        let registry = web::Data::new(registry);
+        let openapi = web::Data::new(
+            ApiDoc::openapi()
+                .to_pretty_json()
+                .context("cannot render the OpenAPI document")?,
+        );
+        let listener = TcpListener::bind(&settings.admin_listen)
+            .with_context(|| format!("cannot listen on {}", settings.admin_listen))?;
+        let port = listener.local_addr()?.port();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(tokens.clone())
+                .app_data(registry.clone())
+                .app_data(openapi.clone())
+                .route("/admin/openapi.json", web::get().to(openapi_json))
+                .service(
+                    web::scope("/admin/audit")
+                        .wrap_fn(|req, srv| {
+                            let metadata = query_metadata(req.query_string());
+                            if !metadata.is_empty() {
+                                req.extensions_mut().insert(AuditMetadata(metadata));
+                            }
+                            srv.call(req)
+                        })
+                        .wrap(audit.clone())
+                        .route("/logs", web::get().to(search::search))
+                        .route("/logs/{event_id}", web::get().to(search::event))
+                        .route("/users", web::get().to(users::users))
+                        .route("/users/{user_id}", web::get().to(users::user))
+                        .route("/metrics", web::get().to(realtime::metrics))
+                        .default_service(web::to(not_found)),
+                )
+                .route("/metrics", web::get().to(metrics_handler))
+                .route("/healthz", web::get().to(healthz))
+                .route("/readyz", web::get().to(readyz))
+                .default_service(web::to(not_found))
+        })
+        .disable_signals()
+        .listen(listener)?
+        .run();
+        Ok(Self { port, server })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `shutdown` resolves, then finishes requests in flight.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let server = self.server;
+        tokio::select! {
+            result = server => result.context("admin HTTP server failed"),
+            () = shutdown => { handle.stop(true).await; Ok(()) }
+        }
+    }
+}
+
+async fn openapi_json(doc: web::Data<String>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(doc.get_ref().clone())
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn readyz(state: web::Data<State>) -> HttpResponse {
+    let ping = sqlx::query("SELECT 1").execute(&state.pool);
+    match tokio::time::timeout(Duration::from_secs(2), ping).await {
+        Ok(Ok(_)) => HttpResponse::Ok().json(json!({"status": "ready"})),
+        _ => ErrorBody::new("not_ready", "the database is unreachable")
+            .response(StatusCode::SERVICE_UNAVAILABLE),
+    }
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    ErrorBody::new(
+        "not_found",
+        format!("no route for {} {}", req.method(), req.path()),
+    )
+    .response(StatusCode::NOT_FOUND)
+}

@@ -1,0 +1,140 @@
+//! The OpenAPI 3 document of the admin API and of the ingest gateway's
+//! `POST /v1/events`, generated from the handlers' annotations (utoipa) and,
+//! for the event itself, from the JSON Schema the event type derives.
+
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::{
+    Modify, OpenApi, ToSchema,
+    openapi::{
+        RefOr, Schema,
+        security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    },
+};
+
+use crate::{realtime, search, users};
+
+/// The error body of every failed request.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorEnvelope {
+    pub error: ErrorObject,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorObject {
+    /// Machine-readable, e.g. `invalid_parameter`, `unauthorized`.
+    pub code: String,
+    pub message: String,
+    /// Per-item details, e.g. `{"parameter": "from", "message": "…"}`.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub details: Option<Vec<Value>>,
+}
+
+/// The 202 answer of the ingest gateway.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    /// How many events were accepted.
+    pub accepted: u64,
+    /// The ids of the accepted events, in the order sent.
+    pub event_ids: Vec<uuid::Uuid>,
+    /// True when the broker was unreachable and the events wait in the durable spool.
+    pub spooled: bool,
+}
+
+/// Publish audit events (served by the ingest listener, `AUDITLINE_INGEST_LISTEN`).
+///
+/// One event, a JSON array of events, or NDJSON (`application/x-ndjson`).
+/// Accepted whole (202, after the broker confirmed or the spool made them
+/// durable) or refused whole (400, every invalid item named by index or line
+/// and field). Needs a `publish` token; its service is stamped on the events.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "ingest",
+    security(("bearer" = [])),
+    request_body(
+        description = "An event, an array of events, or NDJSON",
+        content(
+            (Value = "application/json"),
+            (String = "application/x-ndjson"),
+        ),
+    ),
+    responses(
+        (status = 202, description = "Every event is confirmed by the broker or durably spooled", body = Accepted),
+        (status = 400, description = "Malformed or invalid; nothing was published", body = ErrorEnvelope),
+        (status = 401, description = "Missing, unknown, expired or revoked token", body = ErrorEnvelope),
+        (status = 403, description = "The token lacks the `publish` scope, or an event claims another service", body = ErrorEnvelope),
+        (status = 413, description = "Over the body size or event count limit", body = ErrorEnvelope),
+        (status = 415, description = "Not JSON or NDJSON", body = ErrorEnvelope),
+        (status = 503, description = "Neither the broker nor the spool can take the events; retry after `Retry-After`", body = ErrorEnvelope),
+    )
+)]
+#[allow(dead_code)]
+fn post_events() {}
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "Auditline",
+        description = "Admin API (`/admin/...`, on AUDITLINE_ADMIN_LISTEN) and ingest API \
+                       (`/v1/events`, on AUDITLINE_INGEST_LISTEN). Authenticate with \
+                       `Authorization: Bearer <token>`; tokens carry scopes (`read` for the \
+                       admin routes here, `publish` for ingest)."
+    ),
+    paths(
+        search::search,
+        search::event,
+        users::users,
+        users::user,
+        realtime::metrics,
+        post_events,
+    ),
+    components(schemas(ErrorEnvelope, ErrorObject, Accepted)),
+    modifiers(&Security, &EventSchema),
+    tags(
+        (name = "search", description = "Find audit events"),
+        (name = "users", description = "Per-user activity summaries"),
+        (name = "metrics", description = "Real-time audit metrics"),
+        (name = "ingest", description = "Publish audit events over HTTP"),
+    )
+)]
+pub struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("alt_<id>_<secret>")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Adds the event's JSON Schema (the one shipped in `shared/schema`) as the
+/// `WireEvent` component.
+struct EventSchema;
+
+impl Modify for EventSchema {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let mut schema = auditline_shared::event::json_schema();
+        if let Some(object) = schema.as_object_mut() {
+            object.remove("$schema");
+        }
+        match serde_json::from_value::<Schema>(schema) {
+            Ok(schema) => {
+                let components = openapi.components.get_or_insert_with(Default::default);
+                components
+                    .schemas
+                    .insert("WireEvent".into(), RefOr::T(schema));
+            }
+            Err(e) => tracing::warn!(error = %e, "event schema not added to the OpenAPI document"),
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Query-string parsing shared by the admin routes: unknown or repeated
+//! parameters, NUL characters and malformed values are refused with a 400
+//! that names the parameter, before anything reaches the database.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SubsecRound, Utc};
+
+use crate::error::ApiError;
+
+/// The parsed query string of one request.
+#[derive(Debug)]
+pub struct Params {
+    values: BTreeMap<String, Vec<String>>,
+}
+
+impl Params {
+    /// Parses `query`, refusing parameters not in `known`.
+    pub fn parse(query: &str, known: &[&str]) -> Result<Self, ApiError> {
+        let mut values: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            if !known.contains(&name.as_ref()) {
+                return Err(ApiError::param(
+                    &name,
+                    format!("unknown parameter; known: {}", known.join(", ")),
+                ));
+            }
+            if value.contains('\0') {
+                return Err(ApiError::param(&name, "must not contain NUL characters"));
+            }
+            values
+                .entry(name.into_owned())
+                .or_default()
+                .push(value.into_owned());
+        }
+        Ok(Self { values })
+    }
+
+    /// The value of a parameter that may appear once; empty means absent.
+    pub fn one(&self, name: &str) -> Result<Option<&str>, ApiError> {
+        match self.values.get(name).map(Vec::as_slice) {
+            None => Ok(None),
+            Some([value]) => Ok(Some(value.as_str()).filter(|v| !v.is_empty())),
+            Some(_) => Err(ApiError::param(name, "may be given only once")),
+        }
+    }
+
+    /// Every value of a repeatable parameter ("any of"), empty ones skipped.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.values
+            .get(name)
+            .map(|v| {
+                v.iter()
+                    .map(String::as_str)
+                    .filter(|v| !v.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn text(&self, name: &str, max_chars: usize) -> Result<Option<String>, ApiError> {
+        self.one(name)?
+            .map(|v| check_len(name, v, max_chars).map(|()| v.to_owned()))
+            .transpose()
+    }
+
+    pub fn time(&self, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
+        self.one(name)?
+            .map(|v| {
+                DateTime::parse_from_rfc3339(v)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|e| {
+                        ApiError::param(
+                            name,
+                            format!("{v:?} is not an RFC 3339 timestamp ({e}), e.g. 2026-11-28T09:00:00Z"),
+                        )
+                    })
+            })
+            .transpose()
+    }
+
+    pub fn integer(&self, name: &str, min: i64, max: i64) -> Result<Option<i64>, ApiError> {
+        self.one(name)?
+            .map(|v| {
+                v.parse::<i64>()
+                    .ok()
+                    .filter(|n| (min..=max).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::param(
+                            name,
+                            format!("{v:?} is not an integer from {min} to {max}"),
+                        )
+                    })
+            })
+            .transpose()
+    }
+
+    pub fn number(&self, name: &str) -> Result<Option<f64>, ApiError> {
+        self.one(name)?
+            .map(|v| {
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|n| n.is_finite() && *n >= 0.0)
+                    .ok_or_else(|| ApiError::param(name, format!("{v:?} is not a number ≥ 0")))
+            })
+            .transpose()
+    }
+
+    pub fn boolean(&self, name: &str) -> Result<Option<bool>, ApiError> {
+        self.one(name)?
+            .map(|v| match v {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err(ApiError::param(
+                    name,
+                    format!("{v:?} is not `true` or `false`"),
+                )),
+            })
+            .transpose()
+    }
+
+    /// `asc` or `desc` (default).
+    pub fn descending(&self, name: &str) -> Result<bool, ApiError> {
+        match self.one(name)? {
+            None | Some("desc") => Ok(true),
+            Some("asc") => Ok(false),
+            Some(v) => Err(ApiError::param(
+                name,
+                format!("{v:?} is not `asc` or `desc`"),
+            )),
+        }
+    }
+}
+
+pub fn check_len(name: &str, value: &str, max_chars: usize) -> Result<(), ApiError> {
+    if value.chars().count() > max_chars {
+        Err(ApiError::param(
+            name,
+            format!("longer than {max_chars} characters"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// The time range of a request: `from`/`to`, by default the `default` span
+/// ending now; `from` must be before `to`.
+pub fn time_range(
+    params: &Params,
+    default: chrono::TimeDelta,
+) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
+    let to = params.time("to")?;
+    let from = params.time("from")?;
+    // Microseconds: the precision of stored times and of cursors.
+    let to = to.unwrap_or_else(Utc::now).trunc_subsecs(6);
+    let from = from.map_or(to - default, |t| t.trunc_subsecs(6));
+    if from >= to {
+        return Err(ApiError::param("from", "must be before `to`"));
+    }
+    Ok((from, to))
+}

@@ -1,0 +1,53 @@
+-- Rollups for the admin API: per-user summaries and real-time metrics that
+-- stay fast however large auditline.events grows. The writer upserts them in
+-- the same transaction that stores the events, from the rows it actually
+-- inserted, so they always agree with the raw table.
+
+-- Counts per grain ('m' minute, 'h' hour, 'd' day, all UTC), bucket start,
+-- user (NULL: events without a user) and action type. Outcome is folded into
+-- the failures column.
+CREATE TABLE auditline.rollups (
+    grain        "char"           NOT NULL CHECK (grain IN ('m', 'h', 'd')),
+    bucket       timestamptz      NOT NULL,
+    user_id      text,
+    action_type  text             NOT NULL,
+    events       bigint           NOT NULL,
+    failures     bigint           NOT NULL,
+    -- Response-time sum and count over the events that reported one.
+    rt_count     bigint           NOT NULL,
+    rt_sum       double precision NOT NULL,
+    first_at     timestamptz      NOT NULL,
+    last_at      timestamptz      NOT NULL,
+    CONSTRAINT rollups_key UNIQUE NULLS NOT DISTINCT (grain, bucket, user_id, action_type)
+);
+-- One user's timeline.
+CREATE INDEX rollups_user_idx ON auditline.rollups (grain, user_id, bucket);
+
+-- Response-time histograms: hist[b + 1] counts responses in bucket b, where
+-- bucket 0 is [0, 1] ms and bucket b > 0 is (2^((b-1)/4), 2^(b/4)] ms, the
+-- last bucket open-ended. Grains 'h' and 'd' hold one row per user (events
+-- without a user are not summarized per user); grain 'm' holds one row per
+-- minute over all events (user_id NULL), for the real-time metrics.
+CREATE TABLE auditline.rollup_latency (
+    grain    "char"      NOT NULL CHECK (grain IN ('m', 'h', 'd')),
+    bucket   timestamptz NOT NULL,
+    user_id  text,
+    hist     integer[]   NOT NULL,
+    CONSTRAINT rollup_latency_key UNIQUE NULLS NOT DISTINCT (grain, bucket, user_id)
+);
+CREATE INDEX rollup_latency_user_idx ON auditline.rollup_latency (grain, user_id, bucket);
+
+-- Element-wise sum of two histograms (same length; a shorter one is padded).
+CREATE FUNCTION auditline.hist_add(a integer[], b integer[]) RETURNS integer[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT array_agg(coalesce(x, 0) + coalesce(y, 0) ORDER BY i)
+    FROM unnest(a, b) WITH ORDINALITY AS t(x, y, i)
+$$;
+
+-- Installation-wide secrets shared by every admin instance (e.g. the key that
+-- signs search cursors), created on first use.
+CREATE TABLE auditline.secrets (
+    name        text        PRIMARY KEY,
+    value       bytea       NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);

@@ -1,0 +1,314 @@
+//! Rollups: per-minute, per-hour and per-day aggregates of the stored events
+//! (`auditline.rollups`, `auditline.rollup_latency`), written by the writer in
+//! the transaction that stores the events and read by the admin API's user
+//! summaries and real-time metrics.
+//!
+//! Response times are kept as log-scale histograms: bucket 0 is `[0, 1]` ms,
+//! bucket `b > 0` is `(2^((b-1)/4), 2^(b/4)]` ms, so a percentile read from a
+//! histogram is the upper bound of the bucket it falls in, at most 19% above
+//! the exact value.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use sqlx::PgConnection;
+
+use crate::AuditEvent;
+
+/// Histogram length; the last bucket is open-ended (above 2^(95/4) ms ≈ 3.8 h).
+pub const LATENCY_BUCKETS: usize = 96;
+
+/// The histogram bucket of a response time in milliseconds.
+pub fn latency_bucket(ms: f64) -> usize {
+    if ms.is_nan() || ms <= 1.0 {
+        return 0;
+    }
+    let b = (4.0 * ms.log2()).ceil();
+    if b >= (LATENCY_BUCKETS - 1) as f64 {
+        LATENCY_BUCKETS - 1
+    } else {
+        b as usize
+    }
+}
+
+/// The inclusive upper bound of a bucket, in milliseconds.
+pub fn bucket_upper_ms(bucket: usize) -> f64 {
+    2f64.powf(bucket as f64 / 4.0)
+}
+
+/// The exclusive lower bound of a bucket, in milliseconds (0 for bucket 0).
+pub fn bucket_lower_ms(bucket: usize) -> f64 {
+    if bucket == 0 {
+        0.0
+    } else {
+        2f64.powf((bucket - 1) as f64 / 4.0)
+    }
+}
+
+/// The `q` quantile (0 < q ≤ 1) of a histogram: the upper bound of the bucket
+/// holding the `ceil(q·n)`-th smallest value. `None` when it is empty.
+pub fn quantile(hist: &[i64], q: f64) -> Option<f64> {
+    let total: i64 = hist.iter().sum();
+    if total <= 0 {
+        return None;
+    }
+    let rank = ((q * total as f64).ceil() as i64).clamp(1, total);
+    let mut seen = 0;
+    for (bucket, count) in hist.iter().enumerate() {
+        seen += count;
+        if seen >= rank {
+            return Some(bucket_upper_ms(bucket));
+        }
+    }
+    Some(bucket_upper_ms(hist.len().saturating_sub(1)))
+}
+
+/// Adds `other` into `into`, element by element.
+pub fn merge(into: &mut Vec<i64>, other: &[i32]) {
+    if into.len() < other.len() {
+        into.resize(other.len(), 0);
+    }
+    for (a, b) in into.iter_mut().zip(other) {
+        *a += i64::from(*b);
+    }
+}
+
+/// The grains rollups are kept at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Grain {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Grain {
+    pub const ALL: [Grain; 3] = [Grain::Minute, Grain::Hour, Grain::Day];
+
+    /// The value of the `grain` column.
+    pub fn code(self) -> &'static str {
+        match self {
+            Grain::Minute => "m",
+            Grain::Hour => "h",
+            Grain::Day => "d",
+        }
+    }
+
+    pub fn span(self) -> TimeDelta {
+        match self {
+            Grain::Minute => TimeDelta::minutes(1),
+            Grain::Hour => TimeDelta::hours(1),
+            Grain::Day => TimeDelta::days(1),
+        }
+    }
+
+    /// The start of the bucket holding `at`.
+    pub fn floor(self, at: DateTime<Utc>) -> DateTime<Utc> {
+        at.duration_trunc(self.span()).unwrap_or(at)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Counts {
+    events: i64,
+    failures: i64,
+    rt_count: i64,
+    rt_sum: f64,
+    first_at: Option<DateTime<Utc>>,
+    last_at: Option<DateTime<Utc>>,
+}
+
+type CountKey = (Grain, DateTime<Utc>, Option<String>, String);
+type LatencyKey = (Grain, DateTime<Utc>, Option<String>);
+
+/// The rollup rows of one batch of inserted events. Keys are kept sorted, so
+/// every writer upserts rows in the same order and concurrent batches cannot
+/// deadlock on each other's row locks.
+#[derive(Debug, Default)]
+pub struct RollupBatch {
+    counts: BTreeMap<CountKey, Counts>,
+    latency: BTreeMap<LatencyKey, Vec<i32>>,
+}
+
+impl RollupBatch {
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    pub fn add(&mut self, event: &AuditEvent) {
+        let bucket = event.response_time_ms.map(latency_bucket);
+        for grain in Grain::ALL {
+            let start = grain.floor(event.occurred_at);
+            let counts = self
+                .counts
+                .entry((
+                    grain,
+                    start,
+                    event.user_id.clone(),
+                    event.action_type.clone(),
+                ))
+                .or_default();
+            counts.events += 1;
+            counts.failures += i64::from(!event.success);
+            if let Some(ms) = event.response_time_ms {
+                counts.rt_count += 1;
+                counts.rt_sum += ms;
+            }
+            counts.first_at = Some(
+                counts
+                    .first_at
+                    .map_or(event.occurred_at, |t| t.min(event.occurred_at)),
+            );
+            counts.last_at = Some(
+                counts
+                    .last_at
+                    .map_or(event.occurred_at, |t| t.max(event.occurred_at)),
+            );
+            let Some(bucket) = bucket else { continue };
+            // Minutes keep one histogram over everyone; hours and days one per user.
+            let user = match grain {
+                Grain::Minute => None,
+                Grain::Hour | Grain::Day => match &event.user_id {
+                    Some(user) => Some(user.clone()),
+                    None => continue,
+                },
+            };
+            let hist = self
+                .latency
+                .entry((grain, start, user))
+                .or_insert_with(|| vec![0; LATENCY_BUCKETS]);
+            hist[bucket] += 1;
+        }
+    }
+
+    /// Upserts the rows; call inside the transaction that inserted the events.
+    pub async fn upsert(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if self.counts.is_empty() {
+            return Ok(());
+        }
+        let n = self.counts.len();
+        let (mut grains, mut buckets, mut users, mut actions) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut events, mut failures, mut rt_counts, mut rt_sums, mut firsts, mut lasts) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for ((grain, bucket, user, action), c) in &self.counts {
+            grains.push(grain.code());
+            buckets.push(*bucket);
+            users.push(user.as_deref());
+            actions.push(action.as_str());
+            events.push(c.events);
+            failures.push(c.failures);
+            rt_counts.push(c.rt_count);
+            rt_sums.push(c.rt_sum);
+            firsts.push(c.first_at.unwrap_or(*bucket));
+            lasts.push(c.last_at.unwrap_or(*bucket));
+        }
+        sqlx::query(
+            r#"INSERT INTO auditline.rollups AS r
+                   (grain, bucket, user_id, action_type, events, failures, rt_count, rt_sum, first_at, last_at)
+               SELECT g::"char", b, u, a, e, f, rc, rs, fa, la
+               FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::int8[],
+                           $6::int8[], $7::int8[], $8::float8[], $9::timestamptz[], $10::timestamptz[])
+                    AS t(g, b, u, a, e, f, rc, rs, fa, la)
+               ON CONFLICT ON CONSTRAINT rollups_key DO UPDATE SET
+                   events = r.events + excluded.events,
+                   failures = r.failures + excluded.failures,
+                   rt_count = r.rt_count + excluded.rt_count,
+                   rt_sum = r.rt_sum + excluded.rt_sum,
+                   first_at = least(r.first_at, excluded.first_at),
+                   last_at = greatest(r.last_at, excluded.last_at)"#,
+        )
+        .bind(&grains)
+        .bind(&buckets)
+        .bind(&users)
+        .bind(&actions)
+        .bind(&events)
+        .bind(&failures)
+        .bind(&rt_counts)
+        .bind(&rt_sums)
+        .bind(&firsts)
+        .bind(&lasts)
+        .execute(&mut *conn)
+        .await?;
+
+        if self.latency.is_empty() {
+            return Ok(());
+        }
+        let n = self.latency.len();
+        let (mut grains, mut buckets, mut users, mut hists) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for ((grain, bucket, user), hist) in &self.latency {
+            grains.push(grain.code());
+            buckets.push(*bucket);
+            users.push(user.as_deref());
+            // A two-dimensional array cannot be unnested row by row, so each
+            // histogram travels as an array literal.
+            let mut literal = String::with_capacity(hist.len() * 2 + 2);
+            literal.push('{');
+            for (i, count) in hist.iter().enumerate() {
+                if i > 0 {
+                    literal.push(',');
+                }
+                literal.push_str(&count.to_string());
+            }
+            literal.push('}');
+            hists.push(literal);
+        }
+        sqlx::query(
+            r#"INSERT INTO auditline.rollup_latency AS r (grain, bucket, user_id, hist)
+               SELECT g::"char", b, u, h::int4[]
+               FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[]) AS t(g, b, u, h)
+               ON CONFLICT ON CONSTRAINT rollup_latency_key DO UPDATE SET
+                   hist = auditline.hist_add(r.hist, excluded.hist)"#,
+        )
+        .bind(&grains)
+        .bind(&buckets)
+        .bind(&users)
+        .bind(&hists)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_hold_their_values() {
+        for ms in [0.0, 0.5, 1.0, 1.01, 2.0, 3.7, 12.5, 99.9, 1_000.0, 65_000.0] {
+            let b = latency_bucket(ms);
+            assert!(
+                ms <= bucket_upper_ms(b) * (1.0 + 1e-12),
+                "{ms} above bucket {b}"
+            );
+            assert!(ms > bucket_lower_ms(b) || b == 0, "{ms} below bucket {b}");
+        }
+        assert_eq!(latency_bucket(1e12), LATENCY_BUCKETS - 1);
+    }
+
+    #[test]
+    fn quantile_reads_the_bucket_of_the_rank() {
+        let mut hist = vec![0i64; LATENCY_BUCKETS];
+        for ms in 1..=100 {
+            hist[latency_bucket(f64::from(ms))] += 1;
+        }
+        let p95 = quantile(&hist, 0.95).unwrap();
+        assert!((95.0..=95.0 * 1.19).contains(&p95), "{p95}");
+        assert_eq!(quantile(&[0, 0], 0.5), None);
+    }
+}
