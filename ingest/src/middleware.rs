@@ -592,11 +592,16 @@ mod tests {
             response_time_ms: f64::NAN,
             status: 404,
             resources: Some(usage),
+            metadata: Some(Map::from_iter([(
+                "big".to_owned(),
+                Value::String("x".repeat(20_000)),
+            )])),
         };
         let event = observed.into_event("svc");
         let reparsed = AuditEvent::parse(&event.to_json())
             .expect("the validator accepts what the middleware builds");
         assert_eq!(reparsed.http_method, "OTHER");
+        assert_eq!(reparsed.metadata, None, "metadata over 16 KiB is left out");
         assert_eq!(reparsed.endpoint.chars().count(), 255);
         assert!(!reparsed.success);
     }

@@ -577,3 +577,54 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("free port")
 }
+
+/// The admin service in-process (port 0).
+pub struct InProcessAdmin;
+
+impl InProcessAdmin {
+    pub async fn start(env: &TestEnv) -> InProcess {
+        let mut settings = env.settings.clone();
+        settings.admin_listen = "127.0.0.1:0".into();
+        let app = auditline_admin_api::Application::build(settings)
+            .await
+            .expect("admin builds");
+        InProcess::spawn(app.port(), |stop| app.run_until_stopped(stop))
+    }
+}
+
+impl InProcess {
+    /// GET with a bearer token; returns status and the JSON body.
+    pub async fn get_json(&self, token: Option<&str>, path: &str) -> (u16, serde_json::Value) {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = Vec::new();
+        if let Some(auth) = auth.as_deref() {
+            headers.push(("Authorization", auth));
+        }
+        let (status, _, body) = http(self.port, "GET", path, &headers, &[]).await;
+        let json = serde_json::from_str(&body)
+            .unwrap_or_else(|_| panic!("JSON body expected from {path}, got {status}: {body:?}"));
+        (status, json)
+    }
+}
+
+impl TestEnv {
+    /// Creates a named token directly in the database; returns its secret.
+    pub async fn named_token(
+        &self,
+        name: &str,
+        scopes: &[auditline_shared::auth::Scope],
+    ) -> String {
+        let (_, secret) = auditline_shared::auth::create(
+            &self.pool,
+            auditline_shared::auth::NewToken {
+                name: name.into(),
+                scopes: scopes.to_vec(),
+                service: None,
+                expires_at: None,
+            },
+        )
+        .await
+        .expect("token created");
+        secret
+    }
+}

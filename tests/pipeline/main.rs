@@ -1,6 +1,7 @@
 //! Whole-system tests of the durable pipeline, against the real PostgreSQL and
 //! RabbitMQ. Each test owns a database and a broker namespace.
 
+mod admin;
 mod faults;
 mod helpers;
 mod ingest;
