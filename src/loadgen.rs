@@ -53,6 +53,10 @@ pub struct LoadgenArgs {
     /// Give up waiting when no new event was committed for this long.
     #[arg(long, default_value_t = 60)]
     pub stall_secs: u64,
+    /// Spread `occurred_at` uniformly over this many days before now (0: now),
+    /// e.g. to load a month of history for the admin benchmarks.
+    #[arg(long, default_value_t = 0)]
+    pub spread_days: u32,
     /// Measure the bare publish → consume → COPY reference loop instead of the writer.
     #[arg(long)]
     pub bare: bool,
@@ -215,6 +219,7 @@ pub async fn measure(settings: &Settings, args: &LoadgenArgs) -> anyhow::Result<
     for _ in 0..args.concurrency {
         let (publisher, next, service) = (publisher.clone(), next.clone(), service.clone());
         let (total, users, single) = (args.events, args.users, args.per_message <= 1);
+        let spread_secs = i64::from(args.spread_days) * 86_400;
         tasks.push(tokio::spawn(async move {
             loop {
                 let from = next.fetch_add(chunk, Ordering::Relaxed);
@@ -225,7 +230,15 @@ pub async fn measure(settings: &Settings, args: &LoadgenArgs) -> anyhow::Result<
                 let events: Vec<AuditEvent> = {
                     let mut rng = rand::rng();
                     (0..n)
-                        .map(|_| generate(&mut rng, &service, users))
+                        .map(|_| {
+                            let mut event = generate(&mut rng, &service, users);
+                            if spread_secs > 0 {
+                                event.occurred_at -= chrono::Duration::microseconds(
+                                    rng.random_range(0..spread_secs * 1_000_000),
+                                );
+                            }
+                            event
+                        })
                         .collect()
                 };
                 if single {
@@ -245,9 +258,20 @@ pub async fn measure(settings: &Settings, args: &LoadgenArgs) -> anyhow::Result<
         None => Progress::Batches,
     };
     let stall = Duration::from_secs(args.stall_secs);
-    wait_committed(&pool, &progress, &service, started_at, args.events, stall).await?;
+    let oldest = started_at - chrono::Duration::days(i64::from(args.spread_days));
+    wait_committed(
+        &pool,
+        &progress,
+        &service,
+        started_at,
+        oldest,
+        args.events,
+        stall,
+    )
+    .await?;
     let total_secs = started.elapsed().as_secs_f64();
-    let (p50, p99) = if bare.is_some() {
+    // Publish-to-commit latency means nothing for back-dated events.
+    let (p50, p99) = if bare.is_some() || args.spread_days > 0 {
         (None, None)
     } else {
         latency(&pool, &service, started_at).await?
@@ -304,6 +328,7 @@ async fn wait_committed(
     progress: &Progress,
     service: &str,
     since: DateTime<Utc>,
+    oldest: DateTime<Utc>,
     want: usize,
     stall: Duration,
 ) -> anyhow::Result<()> {
@@ -313,7 +338,7 @@ async fn wait_committed(
         let n = progress.committed(pool, since).await?;
         // The batch records may include other publishers' events: confirm with
         // an exact count before declaring the run complete.
-        if n >= want as i64 && stored(pool, service, since).await? >= want as i64 {
+        if n >= want as i64 && stored(pool, service, oldest).await? >= want as i64 {
             return Ok(());
         }
         if n != last {

@@ -13,7 +13,12 @@ use auditline_ingest::{
     AuditConfig, AuditMetadata, AuditMiddleware, AuditUser, Publisher, spool::Spool,
 };
 use auditline_shared::{
-    Settings, auth::Caller, auth::TokenStore, db, error::ErrorBody, metrics::metrics_handler,
+    Settings,
+    auth::Caller,
+    auth::TokenStore,
+    db,
+    error::{ErrorBody, single_method},
+    metrics::metrics_handler,
 };
 use prometheus::Registry;
 use serde_json::{Map, Value, json};
@@ -114,7 +119,7 @@ impl Application {
                 .app_data(tokens.clone())
                 .app_data(registry.clone())
                 .app_data(openapi.clone())
-                .route("/admin/openapi.json", web::get().to(openapi_json))
+                .service(get("/admin/openapi.json", web::get().to(openapi_json)))
                 .service(
                     web::scope("/admin/audit")
                         .wrap_fn(|req, srv| {
@@ -125,16 +130,16 @@ impl Application {
                             srv.call(req)
                         })
                         .wrap(audit.clone())
-                        .route("/logs", web::get().to(search::search))
-                        .route("/logs/{event_id}", web::get().to(search::event))
-                        .route("/users", web::get().to(users::users))
-                        .route("/users/{user_id}", web::get().to(users::user))
-                        .route("/metrics", web::get().to(realtime::metrics))
+                        .service(get("/logs", web::get().to(search::search)))
+                        .service(get("/logs/{event_id}", web::get().to(search::event)))
+                        .service(get("/users", web::get().to(users::users)))
+                        .service(get("/users/{user_id}", web::get().to(users::user)))
+                        .service(get("/metrics", web::get().to(realtime::metrics)))
                         .default_service(web::to(not_found)),
                 )
-                .route("/metrics", web::get().to(metrics_handler))
-                .route("/healthz", web::get().to(healthz))
-                .route("/readyz", web::get().to(readyz))
+                .service(get("/metrics", web::get().to(metrics_handler)))
+                .service(get("/healthz", web::get().to(healthz)))
+                .service(get("/readyz", web::get().to(readyz)))
                 .default_service(web::to(not_found))
         })
         .disable_signals()
@@ -156,6 +161,11 @@ impl Application {
             () = shutdown => { handle.stop(true).await; Ok(()) }
         }
     }
+}
+
+/// A GET-only resource: other methods get a 405 with `Allow: GET`.
+fn get(path: &str, route: actix_web::Route) -> actix_web::Resource {
+    single_method(path, "GET", route)
 }
 
 async fn openapi_json(doc: web::Data<String>) -> HttpResponse {

@@ -8,6 +8,7 @@ use utoipa::{
     Modify, OpenApi, ToSchema,
     openapi::{
         RefOr, Schema,
+        schema::{ArrayBuilder, OneOfBuilder, Ref},
         security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
     },
 };
@@ -133,6 +134,22 @@ impl Modify for EventSchema {
                 components
                     .schemas
                     .insert("WireEvent".into(), RefOr::T(schema));
+                // POST /v1/events takes one event or an array of them.
+                let event = || Ref::from_schema_name("WireEvent");
+                let body = OneOfBuilder::new()
+                    .item(event())
+                    .item(ArrayBuilder::new().items(event()))
+                    .build();
+                if let Some(content) = openapi
+                    .paths
+                    .paths
+                    .get_mut("/v1/events")
+                    .and_then(|item| item.post.as_mut())
+                    .and_then(|op| op.request_body.as_mut())
+                    .and_then(|body| body.content.get_mut("application/json"))
+                {
+                    content.schema = Some(RefOr::T(Schema::OneOf(body)));
+                }
             }
             Err(e) => tracing::warn!(error = %e, "event schema not added to the OpenAPI document"),
         }

@@ -40,22 +40,29 @@ impl Params {
     pub fn one(&self, name: &str) -> Result<Option<&str>, ApiError> {
         match self.values.get(name).map(Vec::as_slice) {
             None => Ok(None),
-            Some([value]) => Ok(Some(value.as_str()).filter(|v| !v.is_empty())),
+            Some([value]) if value.is_empty() => Err(ApiError::param(
+                name,
+                "must not be empty; leave the parameter out instead",
+            )),
+            Some([value]) => Ok(Some(value.as_str())),
             Some(_) => Err(ApiError::param(name, "may be given only once")),
         }
     }
 
-    /// Every value of a repeatable parameter ("any of"), empty ones skipped.
-    pub fn all(&self, name: &str) -> Vec<&str> {
-        self.values
+    /// Every value of a repeatable parameter ("any of").
+    pub fn all(&self, name: &str) -> Result<Vec<&str>, ApiError> {
+        let values: Vec<&str> = self
+            .values
             .get(name)
-            .map(|v| {
-                v.iter()
-                    .map(String::as_str)
-                    .filter(|v| !v.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default()
+            .map(|v| v.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        if values.iter().any(|v| v.is_empty()) {
+            return Err(ApiError::param(
+                name,
+                "must not be empty; leave the parameter out instead",
+            ));
+        }
+        Ok(values)
     }
 
     pub fn text(&self, name: &str, max_chars: usize) -> Result<Option<String>, ApiError> {
@@ -159,3 +166,19 @@ pub fn time_range(
     }
     Ok((from, to))
 }
+
+/// A non-empty text parameter, as the OpenAPI document describes it (the
+/// handlers refuse empty values: leave a parameter out instead).
+#[derive(Debug)]
+pub struct Text;
+
+impl utoipa::PartialSchema for Text {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .min_length(Some(1))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Text {}

@@ -27,7 +27,7 @@ use uuid::Uuid;
 use crate::{
     app::{State, identify},
     error::ApiError,
-    params::{Params, time_range},
+    params::{Params, Text, time_range},
 };
 
 /// An event as stored, with the time it was received.
@@ -87,21 +87,29 @@ pub struct Window {
 #[allow(dead_code)]
 pub struct SearchParams {
     /// Any of these users (repeatable).
+    #[param(value_type = Option<Vec<Text>>)]
     user_id: Option<Vec<String>>,
     /// Any of these sessions (repeatable).
+    #[param(value_type = Option<Vec<Text>>)]
     session_id: Option<Vec<String>>,
     /// Any of these services (repeatable).
+    #[param(value_type = Option<Vec<Text>>)]
     service: Option<Vec<String>>,
     /// Any of these action types (repeatable), e.g. `file`, `code_exec`.
+    #[param(value_type = Option<Vec<Text>>)]
     action_type: Option<Vec<String>>,
     /// Endpoint prefix, e.g. `/files/`.
+    #[param(min_length = 1)]
     endpoint: Option<String>,
     /// Any of these methods (repeatable), e.g. `GET`.
+    #[param(value_type = Option<Vec<Text>>)]
     http_method: Option<Vec<String>>,
     /// Any of these statuses (repeatable): a code (`404`) or a class (`5xx`).
+    #[param(value_type = Option<Vec<Text>>)]
     status: Option<Vec<String>>,
     success: Option<bool>,
     /// An address or a CIDR network, e.g. `10.0.0.0/8`.
+    #[param(min_length = 1)]
     client_ip: Option<String>,
     /// Start of the window (inclusive); default `to` minus 24 hours.
     from: Option<DateTime<Utc>>,
@@ -110,6 +118,7 @@ pub struct SearchParams {
     #[param(minimum = 0)]
     min_response_time_ms: Option<f64>,
     /// Free text, case-insensitive, over the endpoint and the metadata.
+    #[param(min_length = 1, max_length = 200)]
     q: Option<String>,
     /// `desc` (newest first, default) or `asc`.
     #[param(pattern = "^(asc|desc)$")]
@@ -117,6 +126,7 @@ pub struct SearchParams {
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(min_length = 1)]
     cursor: Option<String>,
 }
 
@@ -158,7 +168,7 @@ pub struct Filters {
 }
 
 fn many(params: &Params, name: &str, max_chars: usize) -> Result<Vec<String>, ApiError> {
-    let values = params.all(name);
+    let values = params.all(name)?;
     if values.len() > 100 {
         return Err(ApiError::param(name, "at most 100 values"));
     }

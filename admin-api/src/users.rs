@@ -195,8 +195,8 @@ fn sort_expression(sort: &str) -> Option<&'static str> {
     Some(match sort {
         "total" => "total",
         "failures" => "failures",
-        "failure_rate" => "failures::float8 / total",
-        "avg_response_time_ms" => "rt_sum / nullif(rt_count, 0)",
+        "failure_rate" => "sum(failures)::float8 / sum(events)",
+        "avg_response_time_ms" => "sum(rt_sum) / nullif(sum(rt_count), 0)",
         "last_seen" => "last_seen",
         "user_id" => "user_id",
         _ => return None,

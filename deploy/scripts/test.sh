@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 deploy/scripts/ensure-services.sh
+# The OpenAPI conformance test runs schemathesis against the real service.
+SCHEMATHESIS=$(deploy/scripts/ensure-schemathesis.sh)
+export SCHEMATHESIS
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

@@ -23,7 +23,7 @@ use auditline_shared::{
     AuditEvent, Settings,
     auth::{AuthError, Caller, Scope, TokenStore},
     db,
-    error::ErrorBody,
+    error::{ErrorBody, single_method},
     metrics::{metrics_handler, register},
     settings::IngestSettings,
 };
@@ -240,10 +240,18 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(tokens.clone())
                 .app_data(registry.clone())
-                .route("/v1/events", web::post().to(post_events))
-                .route("/metrics", web::get().to(metrics_handler))
-                .route("/healthz", web::get().to(healthz))
-                .route("/readyz", web::get().to(readyz))
+                .service(single_method(
+                    "/v1/events",
+                    "POST",
+                    web::post().to(post_events),
+                ))
+                .service(single_method(
+                    "/metrics",
+                    "GET",
+                    web::get().to(metrics_handler),
+                ))
+                .service(single_method("/healthz", "GET", web::get().to(healthz)))
+                .service(single_method("/readyz", "GET", web::get().to(readyz)))
                 .default_service(web::to(not_found))
         })
         .disable_signals()

@@ -42,3 +42,32 @@ impl ErrorBody {
         builder.json(Envelope { error: self })
     }
 }
+
+/// A resource answering one method; any other method gets a 405 with this
+/// body and `Allow`.
+pub fn single_method(
+    path: &str,
+    method: &'static str,
+    route: actix_web::Route,
+) -> actix_web::Resource {
+    actix_web::web::resource(path)
+        .route(route)
+        .default_service(actix_web::web::to(
+            move |req: actix_web::HttpRequest| async move {
+                let mut response = ErrorBody::new(
+                    "method_not_allowed",
+                    format!(
+                        "{} is not allowed on {}; use {method}",
+                        req.method(),
+                        req.path()
+                    ),
+                )
+                .response(StatusCode::METHOD_NOT_ALLOWED);
+                response.headers_mut().insert(
+                    actix_web::http::header::ALLOW,
+                    actix_web::http::header::HeaderValue::from_static(method),
+                );
+                response
+            },
+        ))
+}
