@@ -4,8 +4,9 @@
 -- inserted, so they always agree with the raw table.
 
 -- Counts per grain ('m' minute, 'h' hour, 'd' day, all UTC), bucket start,
--- user (NULL: events without a user) and action type. Outcome is folded into
--- the failures column.
+-- user and action type. Outcome is folded into the failures column. Hours and
+-- days are per user (NULL: events without a user); minutes are over everyone
+-- (user_id always NULL) and only feed the real-time metrics.
 CREATE TABLE auditline.rollups (
     grain        "char"           NOT NULL CHECK (grain IN ('m', 'h', 'd')),
     bucket       timestamptz      NOT NULL,
@@ -51,3 +52,36 @@ CREATE TABLE auditline.secrets (
     value       bytea       NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
+
+-- ensure_partition() checked for the partition again after taking its
+-- advisory lock, but a catalog snapshot taken before the lock could miss a
+-- partition another session had just created, and CREATE TABLE then failed
+-- (the writer retried and succeeded, after a warning). A duplicate is now
+-- simply "already there".
+CREATE OR REPLACE FUNCTION auditline.ensure_partition(day date) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    part text := 'events_' || to_char(day, 'YYYYMMDD');
+    lower_bound timestamptz := day::timestamp AT TIME ZONE 'UTC';
+    upper_bound timestamptz := (day + 1)::timestamp AT TIME ZONE 'UTC';
+BEGIN
+    IF to_regclass(format('auditline.%I', part)) IS NOT NULL THEN
+        RETURN false;
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtext('auditline.ensure_partition'));
+    IF to_regclass(format('auditline.%I', part)) IS NOT NULL THEN
+        RETURN false;
+    END IF;
+    BEGIN
+        EXECUTE format('CREATE TABLE auditline.%I PARTITION OF auditline.events FOR VALUES FROM (%L) TO (%L)',
+                       part, lower_bound, upper_bound);
+    EXCEPTION WHEN duplicate_table THEN
+        RETURN false;
+    END;
+    -- Statement triggers are not cloned onto partitions; TRUNCATE of a single
+    -- partition must be refused as well.
+    EXECUTE format('CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON auditline.%I '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION auditline.refuse_change()', part);
+    RETURN true;
+END
+$$;

@@ -46,7 +46,8 @@ pub struct MetricsSnapshot {
     /// lies 0, 4 and 14 minutes back, so the current minute always counts;
     /// rates divide by the time actually elapsed.
     pub windows: Vec<WindowStats>,
-    /// The ten most active users of the 15-minute window.
+    /// The ten most active users of the current and the previous hour
+    /// (from the hourly rollups: minutes are not kept per user).
     pub top_users: Vec<Ranked>,
     /// The ten most frequent action types of the 15-minute window.
     pub top_action_types: Vec<Ranked>,
@@ -123,12 +124,13 @@ pub async fn metrics(
         })
         .collect();
 
-    let top = |column: &'static str| {
+    let previous_hour = Grain::Hour.floor(now) - TimeDelta::hours(1);
+    let top = |column: &'static str, since: DateTime<Utc>| {
         let sql = match column {
             "user_id" => {
                 "SELECT user_id, sum(events)::int8 AS n FROM auditline.rollups \
-                 WHERE grain = 'm' AND bucket >= $1 AND user_id IS NOT NULL \
-                 GROUP BY 1 ORDER BY n DESC, 1 LIMIT 10"
+                 WHERE grain = 'h' AND bucket >= $1 \
+                 AND user_id IS NOT NULL GROUP BY 1 ORDER BY n DESC, 1 LIMIT 10"
             }
             _ => {
                 "SELECT action_type, sum(events)::int8 AS n FROM auditline.rollups \
@@ -137,7 +139,7 @@ pub async fn metrics(
         };
         let pool = state.pool.clone();
         async move {
-            let rows: Vec<(String, i64)> = sqlx::query_as(sql).bind(start).fetch_all(&pool).await?;
+            let rows: Vec<(String, i64)> = sqlx::query_as(sql).bind(since).fetch_all(&pool).await?;
             Ok::<_, ApiError>(
                 rows.into_iter()
                     .map(|(name, events)| Ranked { name, events })
@@ -148,7 +150,7 @@ pub async fn metrics(
     Ok(HttpResponse::Ok().json(MetricsSnapshot {
         as_of: now,
         windows,
-        top_users: top("user_id").await?,
-        top_action_types: top("action_type").await?,
+        top_users: top("user_id", previous_hour).await?,
+        top_action_types: top("action_type", start).await?,
     }))
 }
