@@ -5,7 +5,7 @@
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::{
-    Modify, OpenApi, ToSchema,
+    IntoResponses, Modify, OpenApi, ToSchema,
     openapi::{
         RefOr, Schema,
         schema::{ArrayBuilder, OneOfBuilder, Ref},
@@ -29,6 +29,21 @@ pub struct ErrorObject {
     /// Per-item details, e.g. `{"parameter": "from", "message": "…"}`.
     #[schema(value_type = Option<Vec<Object>>)]
     pub details: Option<Vec<Value>>,
+}
+
+/// The refusals every admin read route can answer (documentation only).
+#[derive(Debug, IntoResponses)]
+#[allow(dead_code)]
+pub enum ReadErrors {
+    /// A parameter is invalid; the error names it
+    #[response(status = 400)]
+    BadRequest(ErrorEnvelope),
+    /// Missing, unknown, expired or revoked token
+    #[response(status = 401)]
+    Unauthorized(ErrorEnvelope),
+    /// The token lacks the `read` scope
+    #[response(status = 403)]
+    Forbidden(ErrorEnvelope),
 }
 
 /// The 202 answer of the ingest gateway.

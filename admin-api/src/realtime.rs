@@ -61,9 +61,7 @@ pub struct MetricsSnapshot {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The current figures", body = MetricsSnapshot),
-        (status = 400, description = "Unexpected query parameters", body = crate::openapi::ErrorEnvelope),
-        (status = 401, description = "Missing, unknown, expired or revoked token", body = crate::openapi::ErrorEnvelope),
-        (status = 403, description = "The token lacks the `read` scope", body = crate::openapi::ErrorEnvelope),
+        crate::openapi::ReadErrors,
     )
 )]
 pub async fn metrics(
@@ -124,33 +122,38 @@ pub async fn metrics(
         })
         .collect();
 
-    let previous_hour = Grain::Hour.floor(now) - TimeDelta::hours(1);
-    let top = |column: &'static str, since: DateTime<Utc>| {
-        let sql = match column {
-            "user_id" => {
-                "SELECT user_id, sum(events)::int8 AS n FROM auditline.rollups \
-                 WHERE grain = 'h' AND bucket >= $1 \
-                 AND user_id IS NOT NULL GROUP BY 1 ORDER BY n DESC, 1 LIMIT 10"
-            }
-            _ => {
-                "SELECT action_type, sum(events)::int8 AS n FROM auditline.rollups \
-                 WHERE grain = 'm' AND bucket >= $1 GROUP BY 1 ORDER BY n DESC, 1 LIMIT 10"
-            }
-        };
-        let pool = state.pool.clone();
-        async move {
-            let rows: Vec<(String, i64)> = sqlx::query_as(sql).bind(since).fetch_all(&pool).await?;
-            Ok::<_, ApiError>(
-                rows.into_iter()
-                    .map(|(name, events)| Ranked { name, events })
-                    .collect::<Vec<_>>(),
-            )
-        }
-    };
+    let top_users = ranked(
+        &state.pool,
+        "SELECT user_id, sum(events)::int8 AS n FROM auditline.rollups \
+         WHERE grain = 'h' AND bucket >= $1 AND user_id IS NOT NULL \
+         GROUP BY 1 ORDER BY n DESC, 1 LIMIT 10",
+        Grain::Hour.floor(now) - TimeDelta::hours(1),
+    )
+    .await?;
+    let top_action_types = ranked(
+        &state.pool,
+        "SELECT action_type, sum(events)::int8 AS n FROM auditline.rollups \
+         WHERE grain = 'm' AND bucket >= $1 GROUP BY 1 ORDER BY n DESC, 1 LIMIT 10",
+        start,
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(MetricsSnapshot {
         as_of: now,
         windows,
-        top_users: top("user_id", previous_hour).await?,
-        top_action_types: top("action_type", start).await?,
+        top_users,
+        top_action_types,
     }))
+}
+
+/// `(name, count)` rows of a ranking query whose one parameter is its start.
+async fn ranked(
+    pool: &sqlx::PgPool,
+    sql: &'static str,
+    since: DateTime<Utc>,
+) -> Result<Vec<Ranked>, ApiError> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(sql).bind(since).fetch_all(pool).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, events)| Ranked { name, events })
+        .collect())
 }

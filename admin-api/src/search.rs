@@ -7,9 +7,8 @@
 //! filters, signed with an installation-wide HMAC key. A cursor that was
 //! altered, forged or reused with other filters is a 400.
 
-use std::net::IpAddr;
-
 use actix_web::{HttpRequest, HttpResponse, web};
+use auditline_ingest::middleware::Cidr;
 use auditline_shared::{
     auth::{Caller, Scope},
     event::check_action_type,
@@ -60,9 +59,14 @@ pub struct StoredEvent {
     pub metadata: Option<Value>,
 }
 
-pub const EVENT_COLUMNS: &str = "event_id, occurred_at, received_at, service, session_id, user_id, \
-     host(client_ip) AS client_ip, action_type, endpoint, route, http_method, request_size, \
-     response_size, response_time_ms, status_code, success, resource_usage, metadata";
+/// The columns of a [`StoredEvent`], as a literal for `concat!`.
+macro_rules! event_columns {
+    () => {
+        "event_id, occurred_at, received_at, service, session_id, user_id, \
+         host(client_ip) AS client_ip, action_type, endpoint, route, http_method, request_size, \
+         response_size, response_time_ms, status_code, success, resource_usage, metadata"
+    };
+}
 
 /// One page of search results.
 #[derive(Debug, Serialize, ToSchema)]
@@ -161,8 +165,7 @@ pub struct Filters {
     pub status_codes: Vec<i16>,
     pub status_classes: Vec<i16>,
     pub success: Option<bool>,
-    /// (network address, prefix length)
-    pub client_net: Option<(IpAddr, u8)>,
+    pub client_net: Option<Cidr>,
     pub min_response_time_ms: Option<f64>,
     pub q: Option<String>,
 }
@@ -176,37 +179,6 @@ fn many(params: &Params, name: &str, max_chars: usize) -> Result<Vec<String>, Ap
         .into_iter()
         .map(|v| crate::params::check_len(name, v, max_chars).map(|()| v.to_owned()))
         .collect()
-}
-
-fn parse_cidr(text: &str) -> Result<(IpAddr, u8), ApiError> {
-    let bad = || {
-        ApiError::param(
-            "client_ip",
-            format!("{text:?} is not an IP address or CIDR network (e.g. 10.0.0.0/8)"),
-        )
-    };
-    let (addr, prefix) = match text.split_once('/') {
-        Some((a, p)) => (a, Some(p)),
-        None => (text, None),
-    };
-    let addr: IpAddr = addr.parse().map_err(|_| bad())?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    let prefix = match prefix {
-        None => max,
-        Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
-    };
-    // The network address, so `10.1.2.3/8` means 10.0.0.0/8.
-    let network = match addr {
-        IpAddr::V4(a) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-            IpAddr::V4((u32::from(a) & mask).into())
-        }
-        IpAddr::V6(a) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-            IpAddr::V6((u128::from(a) & mask).into())
-        }
-    };
-    Ok((network, prefix))
 }
 
 impl Filters {
@@ -258,7 +230,17 @@ impl Filters {
             status_codes,
             status_classes,
             success: params.boolean("success")?,
-            client_net: params.one("client_ip")?.map(parse_cidr).transpose()?,
+            client_net: params
+                .one("client_ip")?
+                .map(|text| {
+                    Cidr::parse(text).map_err(|e| {
+                        ApiError::param(
+                            "client_ip",
+                            format!("{e} (e.g. 10.0.0.0/8 or 2001:db8::1)"),
+                        )
+                    })
+                })
+                .transpose()?,
             min_response_time_ms: params.number("min_response_time_ms")?,
             q: q.map(|q| q.to_lowercase()),
         })
@@ -288,10 +270,7 @@ impl Filters {
         put("status_code", &num(&self.status_codes));
         put("status_class", &num(&self.status_classes));
         put("success", &one(&self.success.map(|b| b.to_string())));
-        put(
-            "client_ip",
-            &one(&self.client_net.map(|(a, p)| format!("{a}/{p}"))),
-        );
+        put("client_ip", &one(&self.client_net.map(|c| c.to_string())));
         put(
             "min_response_time_ms",
             &one(&self.min_response_time_ms.map(|v| v.to_string())),
@@ -358,9 +337,9 @@ impl Filters {
         if let Some(success) = self.success {
             qb.push(" AND success = ").push_bind(success);
         }
-        if let Some((net, prefix)) = self.client_net {
+        if let Some(net) = self.client_net {
             qb.push(" AND client_ip <<= ")
-                .push_bind(format!("{net}/{prefix}"))
+                .push_bind(net.to_string())
                 .push("::inet");
         }
         if let Some(ms) = self.min_response_time_ms {
@@ -523,8 +502,10 @@ impl Search {
     }
 
     fn query(&self) -> QueryBuilder<Postgres> {
-        let mut qb = QueryBuilder::new(format!(
-            "SELECT {EVENT_COLUMNS} FROM auditline.events WHERE occurred_at >= "
+        let mut qb = QueryBuilder::new(concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM auditline.events WHERE occurred_at >= "
         ));
         qb.push_bind(self.from)
             .push(" AND occurred_at < ")
@@ -585,9 +566,7 @@ impl Search {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "One page of matching events", body = SearchPage),
-        (status = 400, description = "A parameter is invalid; the error names it", body = crate::openapi::ErrorEnvelope),
-        (status = 401, description = "Missing, unknown, expired or revoked token", body = crate::openapi::ErrorEnvelope),
-        (status = 403, description = "The token lacks the `read` scope", body = crate::openapi::ErrorEnvelope),
+        crate::openapi::ReadErrors,
     )
 )]
 pub async fn search(
@@ -612,9 +591,7 @@ pub async fn search(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The event", body = StoredEvent),
-        (status = 400, description = "The id is not a UUID", body = crate::openapi::ErrorEnvelope),
-        (status = 401, description = "Missing, unknown, expired or revoked token", body = crate::openapi::ErrorEnvelope),
-        (status = 403, description = "The token lacks the `read` scope", body = crate::openapi::ErrorEnvelope),
+        crate::openapi::ReadErrors,
         (status = 404, description = "No event has this id", body = crate::openapi::ErrorEnvelope),
     )
 )]
@@ -631,9 +608,11 @@ pub async fn event(
         .map_err(|_| ApiError::param("event_id", format!("{:?} is not a UUID", path.as_str())))?;
     // The same id could in theory be stored at two times (the key is
     // (event_id, occurred_at)); the earliest is the answer.
-    let event: Option<StoredEvent> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {EVENT_COLUMNS} FROM auditline.events WHERE event_id = $1 ORDER BY occurred_at LIMIT 1"
-    )))
+    let event: Option<StoredEvent> = sqlx::query_as(concat!(
+        "SELECT ",
+        event_columns!(),
+        " FROM auditline.events WHERE event_id = $1 ORDER BY occurred_at LIMIT 1"
+    ))
     .bind(id)
     .fetch_optional(&state.pool)
     .await?;

@@ -294,9 +294,7 @@ fn summary(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "One page of user summaries", body = UsersPage),
-        (status = 400, description = "A parameter is invalid; the error names it", body = crate::openapi::ErrorEnvelope),
-        (status = 401, description = "Missing, unknown, expired or revoked token", body = crate::openapi::ErrorEnvelope),
-        (status = 403, description = "The token lacks the `read` scope", body = crate::openapi::ErrorEnvelope),
+        crate::openapi::ReadErrors,
     )
 )]
 pub async fn users(
@@ -353,9 +351,7 @@ pub async fn users(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The user's activity", body = UserDetail),
-        (status = 400, description = "A parameter is invalid; the error names it", body = crate::openapi::ErrorEnvelope),
-        (status = 401, description = "Missing, unknown, expired or revoked token", body = crate::openapi::ErrorEnvelope),
-        (status = 403, description = "The token lacks the `read` scope", body = crate::openapi::ErrorEnvelope),
+        crate::openapi::ReadErrors,
         (status = 404, description = "No activity of this user in the range", body = crate::openapi::ErrorEnvelope),
     )
 )]
