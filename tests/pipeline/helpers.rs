@@ -187,6 +187,12 @@ impl TestEnv {
         let _ = std::fs::remove_dir_all(
             std::env::temp_dir().join(format!("auditline-test-{}", self.id)),
         );
+        // RabbitMQ 3.10 crashes the dead-letter worker of a quorum queue
+        // deleted while that worker is still checking in (just after the queue
+        // was declared); a burst of such crashes from fast tests kills its
+        // supervisor, and then every queue declaration fails until the broker
+        // restarts. A queue a second old is past that window.
+        tokio::time::sleep(Duration::from_secs(1)).await;
         if let Ok(conn) = amqp::connect(&self.settings.amqp_url, "test-cleanup").await
             && let Ok(channel) = conn.create_channel().await
         {
