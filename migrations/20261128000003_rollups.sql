@@ -1,7 +1,23 @@
 -- Rollups for the admin API: per-user summaries and real-time metrics that
--- stay fast however large auditline.events grows. The writer upserts them in
--- the same transaction that stores the events, from the rows it actually
--- inserted, so they always agree with the raw table.
+-- stay fast however large auditline.events grows.
+--
+-- They are kept off the write path: the writer's transaction only records
+-- its batch in auditline.rollup_pending; the writer's rollup keeper then
+-- takes pending batches (FOR UPDATE SKIP LOCKED, so several writers share
+-- the work), reads their rows by batch_id, upserts the rollups and deletes
+-- the pending rows in one transaction: every stored row is counted exactly
+-- once, and many batches are folded per upsert, where their keys collapse.
+
+-- A batch's rows (the rows it actually inserted: duplicates keep the batch_id
+-- of the batch that stored them first). Every row of a batch shares the key,
+-- so the index stays small and is appended at its right edge.
+CREATE INDEX events_batch_idx ON auditline.events (batch_id);
+
+-- Batches committed but not yet folded into the rollups.
+CREATE TABLE auditline.rollup_pending (
+    batch_id      uuid        PRIMARY KEY,
+    committed_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+);
 
 -- Counts per grain ('m' minute, 'h' hour, 'd' day, all UTC), bucket start,
 -- user and action type. Outcome is folded into the failures column. Hours and

@@ -1,7 +1,7 @@
 //! Rollups: per-minute, per-hour and per-day aggregates of the stored events
-//! (`auditline.rollups`, `auditline.rollup_latency`), written by the writer in
-//! the transaction that stores the events and read by the admin API's user
-//! summaries and real-time metrics.
+//! (`auditline.rollups`, `auditline.rollup_latency`), folded in from committed
+//! batches by [`fold_pending`] (off the writer's hot path, exactly once) and
+//! read by the admin API's user summaries and real-time metrics.
 //!
 //! Response times are kept as log-scale histograms: bucket 0 is `[0, 1]` ms,
 //! bucket `b > 0` is `(2^((b-1)/4), 2^(b/4)]` ms, so a percentile read from a
@@ -11,9 +11,9 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
-use sqlx::PgConnection;
-
-use crate::AuditEvent;
+use futures_util::TryStreamExt;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
 
 /// Histogram length; the last bucket is open-ended (above 2^(95/4) ms ≈ 3.8 h).
 pub const LATENCY_BUCKETS: usize = 96;
@@ -71,6 +71,70 @@ pub fn merge(into: &mut Vec<i64>, other: &[i32]) {
     for (a, b) in into.iter_mut().zip(other) {
         *a += i64::from(*b);
     }
+}
+
+/// What a rollup needs of a stored event.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RollupRow {
+    pub occurred_at: DateTime<Utc>,
+    pub user_id: Option<String>,
+    pub action_type: String,
+    pub success: bool,
+    pub response_time_ms: Option<f64>,
+}
+
+/// What one [`fold_pending`] call did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Folded {
+    pub batches: usize,
+    pub events: u64,
+}
+
+/// Folds up to `max_batches` pending batches into the rollups, in one
+/// transaction: takes them from `auditline.rollup_pending` (skipping batches
+/// another keeper holds), reads their rows by `batch_id`, upserts, deletes the
+/// pending rows, commits. A crash anywhere leaves the batches pending.
+pub async fn fold_pending(pool: &PgPool, max_batches: i64) -> Result<Folded, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let batches: Vec<Uuid> = sqlx::query_scalar(
+        "DELETE FROM auditline.rollup_pending WHERE batch_id IN \
+           (SELECT batch_id FROM auditline.rollup_pending ORDER BY committed_at \
+            LIMIT $1 FOR UPDATE SKIP LOCKED) \
+         RETURNING batch_id",
+    )
+    .bind(max_batches)
+    .fetch_all(&mut *tx)
+    .await?;
+    if batches.is_empty() {
+        return Ok(Folded::default());
+    }
+    let mut rollup = RollupBatch::default();
+    let mut events = 0;
+    {
+        let mut rows = sqlx::query_as::<_, RollupRow>(
+            "SELECT occurred_at, user_id, action_type, success, response_time_ms \
+             FROM auditline.events WHERE batch_id = ANY($1)",
+        )
+        .bind(&batches)
+        .fetch(&mut *tx);
+        while let Some(row) = rows.try_next().await? {
+            rollup.add(&row);
+            events += 1;
+        }
+    }
+    rollup.upsert(&mut tx).await?;
+    tx.commit().await?;
+    Ok(Folded {
+        batches: batches.len(),
+        events,
+    })
+}
+
+/// Batches committed but not yet folded into the rollups.
+pub async fn pending(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM auditline.rollup_pending")
+        .fetch_one(pool)
+        .await
 }
 
 /// The grains rollups are kept at.
@@ -134,42 +198,42 @@ impl RollupBatch {
         self.counts.is_empty()
     }
 
-    pub fn add(&mut self, event: &AuditEvent) {
-        let bucket = event.response_time_ms.map(latency_bucket);
+    pub fn add(&mut self, row: &RollupRow) {
+        let bucket = row.response_time_ms.map(latency_bucket);
         for grain in Grain::ALL {
-            let start = grain.floor(event.occurred_at);
+            let start = grain.floor(row.occurred_at);
             // Minutes are kept per action type over everyone: they feed the
             // real-time figures, and a row per user and minute would
-            // multiply the writer's work for nothing.
+            // multiply the work for nothing.
             let user = match grain {
                 Grain::Minute => None,
-                Grain::Hour | Grain::Day => event.user_id.clone(),
+                Grain::Hour | Grain::Day => row.user_id.clone(),
             };
             let counts = self
                 .counts
-                .entry((grain, start, user, event.action_type.clone()))
+                .entry((grain, start, user, row.action_type.clone()))
                 .or_default();
             counts.events += 1;
-            counts.failures += i64::from(!event.success);
-            if let Some(ms) = event.response_time_ms {
+            counts.failures += i64::from(!row.success);
+            if let Some(ms) = row.response_time_ms {
                 counts.rt_count += 1;
                 counts.rt_sum += ms;
             }
             counts.first_at = Some(
                 counts
                     .first_at
-                    .map_or(event.occurred_at, |t| t.min(event.occurred_at)),
+                    .map_or(row.occurred_at, |t| t.min(row.occurred_at)),
             );
             counts.last_at = Some(
                 counts
                     .last_at
-                    .map_or(event.occurred_at, |t| t.max(event.occurred_at)),
+                    .map_or(row.occurred_at, |t| t.max(row.occurred_at)),
             );
             let Some(bucket) = bucket else { continue };
             // Minutes keep one histogram over everyone; hours and days one per user.
             let user = match grain {
                 Grain::Minute => None,
-                Grain::Hour | Grain::Day => match &event.user_id {
+                Grain::Hour | Grain::Day => match &row.user_id {
                     Some(user) => Some(user.clone()),
                     None => continue,
                 },
@@ -182,7 +246,7 @@ impl RollupBatch {
         }
     }
 
-    /// Upserts the rows; call inside the transaction that inserted the events.
+    /// Upserts the rows (inside the transaction that takes their batches).
     pub async fn upsert(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         if self.counts.is_empty() {
             return Ok(());

@@ -100,6 +100,7 @@ async fn stored_set(env: &TestEnv) -> Stored {
         .expect("published");
     env.wait_for_rows(events.len() as i64, Duration::from_secs(60))
         .await;
+    env.wait_rollups().await;
     Stored {
         events,
         from,
@@ -646,6 +647,7 @@ async fn user_summaries_equal_sql_over_the_raw_events() {
         .await,
         "the duplicates were not processed"
     );
+    env.wait_rollups().await;
     let token = env.token(&[Scope::Read], None).await;
 
     // A range that starts and ends mid-day, so daily and hourly rollups both serve it.
@@ -841,6 +843,54 @@ async fn user_summaries_equal_sql_over_the_raw_events() {
 }
 
 #[actix_web::test]
+async fn two_writers_fold_every_stored_event_into_the_rollups_once() {
+    let env = TestEnv::new().await;
+    let (a, b) = (
+        InProcessWriter::start(&env).await,
+        InProcessWriter::start(&env).await,
+    );
+    let events = crate::helpers::events(20_000);
+    let publisher = env.publisher().await;
+    // Every event twice, concurrently: the duplicates must not be counted.
+    let (first, second) = tokio::join!(
+        publisher.publish_batch(&events),
+        publisher.publish_batch(&events)
+    );
+    first.expect("published");
+    second.expect("republished");
+    assert!(
+        wait_until(Duration::from_secs(90), || async {
+            env.processed().await >= 2 * events.len() as i64
+        })
+        .await,
+        "not everything was processed"
+    );
+    env.wait_for_rows(events.len() as i64, Duration::from_secs(10))
+        .await;
+    env.wait_rollups().await;
+    for grain in ["m", "h", "d"] {
+        let (rolled, failures): (i64, i64) = sqlx::query_as(
+            "SELECT coalesce(sum(events), 0)::int8, coalesce(sum(failures), 0)::int8 \
+             FROM auditline.rollups WHERE grain = $1::\"char\"",
+        )
+        .bind(grain)
+        .fetch_one(&env.pool)
+        .await
+        .expect("rollups");
+        let failed: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM auditline.events WHERE NOT success")
+                .fetch_one(&env.pool)
+                .await
+                .expect("failures");
+        assert_eq!(rolled, events.len() as i64, "grain {grain}");
+        assert_eq!(failures, failed, "grain {grain}");
+    }
+    a.stop().await;
+    b.stop().await;
+    env.cleanup().await;
+}
+
+#[actix_web::test]
 async fn admin_requests_are_recorded_as_admin_events() {
     let env = TestEnv::new().await;
     let writer = InProcessWriter::start(&env).await;
@@ -935,6 +985,7 @@ async fn real_time_metrics_count_the_last_minutes() {
         .expect("published");
     env.wait_for_rows(events.len() as i64, Duration::from_secs(30))
         .await;
+    env.wait_rollups().await;
     let admin = InProcessAdmin::start(&env).await;
     let token = env.token(&[Scope::Read], None).await;
     let (status, body) = admin.get_json(Some(&token), "/admin/audit/metrics").await;

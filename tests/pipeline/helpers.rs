@@ -107,6 +107,19 @@ impl TestEnv {
         assert_eq!(n, distinct, "an event is stored twice");
     }
 
+    /// Waits until the writers' rollup keepers have folded every committed batch.
+    pub async fn wait_rollups(&self) {
+        let done = wait_until(Duration::from_secs(30), || async {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM auditline.rollup_pending")
+                .fetch_one(&self.pool)
+                .await
+                .expect("pending")
+                == 0
+        })
+        .await;
+        assert!(done, "rollups did not catch up");
+    }
+
     /// Every id in `ids` is stored exactly once and nothing else is stored.
     pub async fn assert_exactly(&self, ids: &[Uuid]) {
         let (n, distinct) = self.count().await;

@@ -13,6 +13,7 @@ use crate::{
     db_writer::{DbWriter, DbWriterConfig},
     metrics::WriterMetrics,
     partitions::PartitionKeeper,
+    rollups::RollupKeeper,
 };
 use actix::prelude::*;
 use actix_web::{App, HttpResponse, HttpServer, dev::Server, web};
@@ -47,6 +48,7 @@ pub struct Application {
     slots: Vec<tokio::task::JoinHandle<()>>,
     stop: watch::Sender<bool>,
     _keeper: Addr<PartitionKeeper>,
+    _rollups: Addr<RollupKeeper>,
 }
 
 impl std::fmt::Debug for Application {
@@ -81,10 +83,11 @@ impl Application {
         registry: Registry,
     ) -> anyhow::Result<Self> {
         let metrics = WriterMetrics::new(&registry);
-        let pool = db::pool(&settings.database_url, 2)?;
+        let pool = db::pool(&settings.database_url, 3)?;
         PartitionKeeper::ensure_runway(&pool, &settings.partitions, &metrics)
             .await
             .context("cannot prepare partitions (has `auditline migrate` been run?)")?;
+        let rollups = RollupKeeper::new(pool.clone(), metrics.clone()).start();
         let keeper =
             PartitionKeeper::new(pool, settings.partitions.clone(), metrics.clone()).start();
 
@@ -135,6 +138,7 @@ impl Application {
             slots,
             stop,
             _keeper: keeper,
+            _rollups: rollups,
         })
     }
 

@@ -31,7 +31,7 @@ use crate::{
     partitions::{EnsureDays, Forget, PartitionKeeper},
 };
 use actix::prelude::*;
-use auditline_shared::{amqp::REASON_HEADER, db, rollup::RollupBatch, settings::SecretUrl};
+use auditline_shared::{amqp::REASON_HEADER, db, settings::SecretUrl};
 use chrono::NaiveDate;
 use futures_util::future::join_all;
 use lapin::{
@@ -425,37 +425,25 @@ impl Core {
             return Err(e.into());
         }
         let copied = copy.finish().await?;
-        let mut rollup = RollupBatch::default();
         let inserted = if dedup {
             self.config.metrics.dedup_batches.inc();
-            let stored: HashSet<Uuid> = sqlx::query_scalar(
-                "INSERT INTO auditline.events SELECT * FROM pg_temp.auditline_staging \
-                 ON CONFLICT DO NOTHING RETURNING event_id",
+            sqlx::query(
+                "INSERT INTO auditline.events SELECT * FROM pg_temp.auditline_staging ON CONFLICT DO NOTHING",
             )
-            .fetch_all(&mut *tx)
+            .execute(&mut *tx)
             .await?
-            .into_iter()
-            .collect();
-            // A message can carry the same event twice; it is stored (and
-            // counted) once.
-            let mut counted = HashSet::with_capacity(stored.len());
-            for event in messages.iter().flat_map(|m| &m.events) {
-                if stored.contains(&event.event_id) && counted.insert(event.event_id) {
-                    rollup.add(event);
-                }
-            }
-            stored.len() as u64
+            .rows_affected()
         } else {
-            for event in messages.iter().flat_map(|m| &m.events) {
-                rollup.add(event);
-            }
             copied
         };
-        rollup.upsert(&mut tx).await?;
+        // The batch row, and (when it stored anything) the note that the
+        // rollup keeper has to fold it in: one round trip.
         sqlx::query(
-            "INSERT INTO auditline.batches \
+            "WITH batch AS (INSERT INTO auditline.batches \
              (batch_id, writer_id, message_count, event_count, inserted_count, first_event_id, last_event_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING batch_id, inserted_count) \
+             INSERT INTO auditline.rollup_pending (batch_id) \
+             SELECT batch_id FROM batch WHERE inserted_count > 0",
         )
         .bind(batch_id)
         .bind(&self.config.writer_id)

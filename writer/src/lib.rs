@@ -10,6 +10,8 @@
 //! - [`db_writer`] — the `DbWriter` actor: dead letters, COPY into staging,
 //!   `INSERT … ON CONFLICT DO NOTHING`, COMMIT, then ack `multiple`.
 //! - [`partitions`] — the `PartitionKeeper` actor, partitions ahead and on demand.
+//! - [`rollups`] — the `RollupKeeper` actor, folding committed batches into the
+//!   admin API's rollups off the hot path.
 //! - [`app`] — [`Application`], the service with its pipelines and `/metrics`.
 //! - [`copy_row`] — the COPY text encoding; [`metrics`]: the writer's metrics.
 
@@ -20,5 +22,6 @@ pub mod copy_row;
 pub mod db_writer;
 pub mod metrics;
 pub mod partitions;
+pub mod rollups;
 
 pub use app::Application;

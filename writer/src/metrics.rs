@@ -20,6 +20,9 @@ pub struct WriterMetrics {
     pub pipelines_connected: IntGauge,
     pub partitions_ahead: IntGauge,
     pub partitions_created: IntCounter,
+    pub rollup_batches: IntCounter,
+    pub rollup_events: IntCounter,
+    pub rollup_pending: IntGauge,
 }
 
 impl WriterMetrics {
@@ -116,6 +119,22 @@ impl WriterMetrics {
             partitions_created: counter(
                 "auditline_partitions_created_total",
                 "Daily partitions created.",
+            ),
+            rollup_batches: counter(
+                "auditline_rollup_batches_total",
+                "Committed batches folded into the admin rollups.",
+            ),
+            rollup_events: counter(
+                "auditline_rollup_events_total",
+                "Stored events folded into the admin rollups.",
+            ),
+            rollup_pending: register(
+                registry,
+                IntGauge::new(
+                    "auditline_rollup_pending_batches",
+                    "Committed batches not yet folded into the rollups (after the keeper's last pass).",
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
             ),
         }
     }
