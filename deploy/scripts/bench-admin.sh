@@ -40,7 +40,10 @@ if [ "${FRESH:-0}" = 1 ] || [ "$have" -lt "$EVENTS" ]; then
   echo "loading $EVENTS events over $DAYS days for $USERS users..."
   start=$(date +%s)
   $bin loadgen --events "$EVENTS" --spread-days "$DAYS" --users "$USERS" --per-message 500 --concurrency 4 --stall-secs 120
-  echo "loaded in $(( $(date +%s) - start )) s"
+  echo "stored in $(( $(date +%s) - start )) s"
+  # The writer's rollup keeper folds committed batches in behind the writes.
+  while [ "$(psql_q "SELECT count(*) FROM auditline.rollup_pending")" -gt 0 ]; do sleep 5; done
+  echo "rolled up in $(( $(date +%s) - start )) s"
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
   psql_q "VACUUM ANALYZE" >/dev/null
 fi

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 /// How often the keeper looks for pending batches: the usual delay between a
 /// commit and its rollups.
-const INTERVAL: Duration = Duration::from_millis(200);
+const INTERVAL: Duration = Duration::from_secs(2);
 /// Batches folded per transaction (at most 5,000 events each by default).
 const MAX_BATCHES: i64 = 50;
 
