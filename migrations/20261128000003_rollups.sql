@@ -19,6 +19,9 @@ CREATE TABLE auditline.rollup_pending (
     committed_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 
+-- Both rollup tables are updated in place all day long: half-empty pages let
+-- those updates stay on their page (HOT) without touching the indexes.
+
 -- Counts per grain ('m' minute, 'h' hour, 'd' day, all UTC), bucket start,
 -- user and action type. Outcome is folded into the failures column. Hours and
 -- days are per user (NULL: events without a user); minutes are over everyone
@@ -36,7 +39,7 @@ CREATE TABLE auditline.rollups (
     first_at     timestamptz      NOT NULL,
     last_at      timestamptz      NOT NULL,
     CONSTRAINT rollups_key UNIQUE NULLS NOT DISTINCT (grain, bucket, user_id, action_type)
-);
+) WITH (fillfactor = 50);
 -- One user's timeline.
 CREATE INDEX rollups_user_idx ON auditline.rollups (grain, user_id, bucket);
 
@@ -51,7 +54,7 @@ CREATE TABLE auditline.rollup_latency (
     user_id  text,
     hist     integer[]   NOT NULL,
     CONSTRAINT rollup_latency_key UNIQUE NULLS NOT DISTINCT (grain, bucket, user_id)
-);
+) WITH (fillfactor = 50);
 CREATE INDEX rollup_latency_user_idx ON auditline.rollup_latency (grain, user_id, bucket);
 
 -- Element-wise sum of two histograms (same length; a shorter one is padded).

@@ -108,6 +108,7 @@ pub async fn fold_pending(pool: &PgPool, max_batches: i64) -> Result<Folded, sql
     if batches.is_empty() {
         return Ok(Folded::default());
     }
+    let started = std::time::Instant::now();
     let mut rollup = RollupBatch::default();
     let mut events = 0;
     {
@@ -122,8 +123,17 @@ pub async fn fold_pending(pool: &PgPool, max_batches: i64) -> Result<Folded, sql
             events += 1;
         }
     }
+    let read = started.elapsed();
     rollup.upsert(&mut tx).await?;
     tx.commit().await?;
+    tracing::debug!(
+        batches = batches.len(),
+        events,
+        keys = rollup.counts.len() + rollup.latency.len(),
+        read_ms = read.as_millis() as u64,
+        total_ms = started.elapsed().as_millis() as u64,
+        "rollups folded"
+    );
     Ok(Folded {
         batches: batches.len(),
         events,
