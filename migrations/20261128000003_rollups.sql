@@ -43,11 +43,16 @@ CREATE TABLE auditline.rollups (
 -- One user's timeline.
 CREATE INDEX rollups_user_idx ON auditline.rollups (grain, user_id, bucket);
 
--- Response-time histograms: hist[b + 1] counts responses in bucket b, where
--- bucket 0 is [0, 1] ms and bucket b > 0 is (2^((b-1)/4), 2^(b/4)] ms, the
--- last bucket open-ended. Grains 'h' and 'd' hold one row per user (events
--- without a user are not summarized per user); grain 'm' holds one row per
--- minute over all events (user_id NULL), for the real-time metrics.
+-- Response-time histograms. Bucket 0 is [0, 1] ms and bucket b > 0 is
+-- (2^((b-1)/4), 2^(b/4)] ms, the last (95) open-ended; hist[b + 1] counts
+-- bucket b. Arrays are trimmed to their first and last non-zero bucket (their
+-- lower bound says where they start): most user-hours hold a handful of
+-- events, and 96 mostly-zero integers per row would dominate the upserts.
+-- Grains 'h' and 'd' hold one row per user (events without a user are not
+-- summarized per user); grain 'm' holds one row per minute over all events
+-- (user_id NULL), for the real-time metrics. Readers take
+-- `array_lower(hist, 1) - 1` (the first bucket) and the 1-based slice
+-- `hist[array_lower(hist, 1):array_upper(hist, 1)]`.
 CREATE TABLE auditline.rollup_latency (
     grain    "char"      NOT NULL CHECK (grain IN ('m', 'h', 'd')),
     bucket   timestamptz NOT NULL,
@@ -57,11 +62,19 @@ CREATE TABLE auditline.rollup_latency (
 ) WITH (fillfactor = 50);
 CREATE INDEX rollup_latency_user_idx ON auditline.rollup_latency (grain, user_id, bucket);
 
--- Element-wise sum of two histograms (same length; a shorter one is padded).
+-- Element-wise sum of two trimmed histograms, over the union of their ranges.
 CREATE FUNCTION auditline.hist_add(a integer[], b integer[]) RETURNS integer[]
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT array_agg(coalesce(x, 0) + coalesce(y, 0) ORDER BY i)
-    FROM unnest(a, b) WITH ORDINALITY AS t(x, y, i)
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    lo integer := least(array_lower(a, 1), array_lower(b, 1));
+    hi integer := greatest(array_upper(a, 1), array_upper(b, 1));
+    sum integer[] := array_fill(0, ARRAY[hi - lo + 1], ARRAY[lo]);
+BEGIN
+    FOR i IN lo..hi LOOP
+        sum[i] := coalesce(a[i], 0) + coalesce(b[i], 0);
+    END LOOP;
+    RETURN sum;
+END
 $$;
 
 -- Installation-wide secrets shared by every admin instance (e.g. the key that

@@ -53,8 +53,8 @@ pub struct LoadgenArgs {
     /// Give up waiting when no new event was committed for this long.
     #[arg(long, default_value_t = 60)]
     pub stall_secs: u64,
-    /// Spread `occurred_at` uniformly over this many days before now (0: now),
-    /// e.g. to load a month of history for the admin benchmarks.
+    /// Spread `occurred_at` evenly, in order, over this many days before now
+    /// (0: now), e.g. to load a month of history for the admin benchmarks.
     #[arg(long, default_value_t = 0)]
     pub spread_days: u32,
     /// Measure the bare publish → consume → COPY reference loop instead of the writer.
@@ -230,12 +230,16 @@ pub async fn measure(settings: &Settings, args: &LoadgenArgs) -> anyhow::Result<
                 let events: Vec<AuditEvent> = {
                     let mut rng = rand::rng();
                     (0..n)
-                        .map(|_| {
+                        .map(|k| {
                             let mut event = generate(&mut rng, &service, users);
                             if spread_secs > 0 {
-                                event.occurred_at -= chrono::Duration::microseconds(
-                                    rng.random_range(0..spread_secs * 1_000_000),
-                                );
+                                // In time order, as history would have
+                                // arrived: event i of n lies (n - i)/n of
+                                // the span back.
+                                let back = spread_secs as f64
+                                    * 1e6
+                                    * (1.0 - (from + k) as f64 / total as f64);
+                                event.occurred_at -= chrono::Duration::microseconds(back as i64);
                             }
                             event
                         })

@@ -84,10 +84,11 @@ pub async fn metrics(
     .bind(start)
     .fetch_all(&state.pool)
     .await?;
-    let hists: Vec<(DateTime<Utc>, Vec<i32>)> = sqlx::query_as(
-        "SELECT bucket, hist FROM auditline.rollup_latency \
-         WHERE grain = 'm' AND user_id IS NULL AND bucket >= $1",
-    )
+    let hists: Vec<(DateTime<Utc>, i32, Vec<i32>)> = sqlx::query_as(concat!(
+        "SELECT bucket, ",
+        auditline_shared::hist_columns!(),
+        " FROM auditline.rollup_latency WHERE grain = 'm' AND user_id IS NULL AND bucket >= $1"
+    ))
     .bind(start)
     .fetch_all(&state.pool)
     .await?;
@@ -102,8 +103,8 @@ pub async fn metrics(
                 .range(begin..)
                 .fold((0, 0), |(e, f), (_, (de, df))| (e + de, f + df));
             let mut hist = Vec::new();
-            for (_, h) in hists.iter().filter(|(m, _)| *m >= begin) {
-                merge(&mut hist, h);
+            for (_, first, counts) in hists.iter().filter(|(m, _, _)| *m >= begin) {
+                merge(&mut hist, *first, counts);
             }
             let elapsed = (now - begin).as_seconds_f64().max(1.0);
             WindowStats {

@@ -250,15 +250,17 @@ async fn details(
             top.push(ActionCount { action_type, count });
         }
     }
-    let mut qb = QueryBuilder::new(
-        "SELECT user_id, hist FROM auditline.rollup_latency WHERE user_id = ANY(",
-    );
+    let mut qb = QueryBuilder::new(concat!(
+        "SELECT user_id, ",
+        auditline_shared::hist_columns!(),
+        " FROM auditline.rollup_latency WHERE user_id = ANY("
+    ));
     qb.push_bind(users.to_vec()).push(")");
     span.push(&mut qb);
-    let rows: Vec<(String, Vec<i32>)> = qb.build_query_as().fetch_all(pool).await?;
+    let rows: Vec<(String, i32, Vec<i32>)> = qb.build_query_as().fetch_all(pool).await?;
     let mut hists: HashMap<String, Vec<i64>> = HashMap::new();
-    for (user, hist) in rows {
-        merge(hists.entry(user).or_default(), &hist);
+    for (user, first, counts) in rows {
+        merge(hists.entry(user).or_default(), first, &counts);
     }
     Ok((actions, hists))
 }
@@ -397,17 +399,21 @@ pub async fn user(
     .bind(span.to)
     .fetch_all(&state.pool)
     .await?;
-    let hists: HashMap<DateTime<Utc>, Vec<i32>> = sqlx::query_as(
-        "SELECT bucket, hist FROM auditline.rollup_latency \
-         WHERE grain = 'h' AND user_id = $1 AND bucket >= $2 AND bucket < $3",
-    )
-    .bind(&user_id)
-    .bind(span.from)
-    .bind(span.to)
-    .fetch_all(&state.pool)
-    .await?
-    .into_iter()
-    .collect();
+    let hists: HashMap<DateTime<Utc>, (i32, Vec<i32>)> =
+        sqlx::query_as::<_, (DateTime<Utc>, i32, Vec<i32>)>(concat!(
+            "SELECT bucket, ",
+            auditline_shared::hist_columns!(),
+            " FROM auditline.rollup_latency \
+         WHERE grain = 'h' AND user_id = $1 AND bucket >= $2 AND bucket < $3"
+        ))
+        .bind(&user_id)
+        .bind(span.from)
+        .bind(span.to)
+        .fetch_all(&state.pool)
+        .await?
+        .into_iter()
+        .map(|(hour, first, counts)| (hour, (first, counts)))
+        .collect();
     let timeline = hours
         .into_iter()
         .map(|(hour, total, failures, rt_count, rt_sum)| HourActivity {
@@ -415,9 +421,9 @@ pub async fn user(
             total,
             failures,
             avg_response_time_ms: (rt_count > 0).then(|| rt_sum / rt_count as f64),
-            p95_response_time_ms: hists.get(&hour).and_then(|h| {
+            p95_response_time_ms: hists.get(&hour).and_then(|(first, counts)| {
                 let mut merged = Vec::new();
-                merge(&mut merged, h);
+                merge(&mut merged, *first, counts);
                 quantile(&merged, 0.95)
             }),
         })

@@ -63,12 +63,24 @@ pub fn quantile(hist: &[i64], q: f64) -> Option<f64> {
     Some(bucket_upper_ms(hist.len().saturating_sub(1)))
 }
 
-/// Adds `other` into `into`, element by element.
-pub fn merge(into: &mut Vec<i64>, other: &[i32]) {
-    if into.len() < other.len() {
-        into.resize(other.len(), 0);
+/// The select-list (a literal, for `concat!`) that reads a stored, trimmed
+/// histogram of `auditline.rollup_latency`: its first bucket and its counts
+/// from there, as [`merge`] takes them.
+#[macro_export]
+macro_rules! hist_columns {
+    () => {
+        "array_lower(hist, 1) - 1, hist[array_lower(hist, 1):array_upper(hist, 1)]"
+    };
+}
+
+/// Adds a histogram whose first count is bucket `first` into `into`.
+pub fn merge(into: &mut Vec<i64>, first: i32, counts: &[i32]) {
+    let first = usize::try_from(first).unwrap_or(0).min(LATENCY_BUCKETS);
+    let end = (first + counts.len()).min(LATENCY_BUCKETS);
+    if into.len() < end {
+        into.resize(end, 0);
     }
-    for (a, b) in into.iter_mut().zip(other) {
+    for (a, b) in into[first..end].iter_mut().zip(counts) {
         *a += i64::from(*b);
     }
 }
@@ -331,10 +343,12 @@ impl RollupBatch {
             buckets.push(*bucket);
             users.push(user.as_deref());
             // A two-dimensional array cannot be unnested row by row, so each
-            // histogram travels as an array literal.
-            let mut literal = String::with_capacity(hist.len() * 2 + 2);
-            literal.push('{');
-            for (i, count) in hist.iter().enumerate() {
+            // histogram travels as an array literal, trimmed to its non-zero
+            // buckets: `[lo:hi]={…}` (1-based, element b + 1 is bucket b).
+            let first = hist.iter().position(|c| *c != 0).unwrap_or(0);
+            let last = hist.iter().rposition(|c| *c != 0).unwrap_or(first);
+            let mut literal = format!("[{}:{}]={{", first + 1, last + 1);
+            for (i, count) in hist[first..=last].iter().enumerate() {
                 if i > 0 {
                     literal.push(',');
                 }
@@ -386,5 +400,17 @@ mod tests {
         let p95 = quantile(&hist, 0.95).expect("not empty");
         assert!((95.0..=95.0 * 1.19).contains(&p95), "{p95}");
         assert_eq!(quantile(&[0, 0], 0.5), None);
+    }
+
+    #[test]
+    fn trimmed_histograms_merge_at_their_first_bucket() {
+        let mut merged = vec![1, 1];
+        merge(&mut merged, 3, &[2, 5]);
+        merge(&mut merged, 0, &[1]);
+        assert_eq!(merged, vec![2, 1, 0, 2, 5]);
+        // Nothing lands past the last bucket, whatever a row claims.
+        merge(&mut merged, LATENCY_BUCKETS as i32 - 1, &[1, 9]);
+        assert_eq!(merged.len(), LATENCY_BUCKETS);
+        assert_eq!(merged[LATENCY_BUCKETS - 1], 1);
     }
 }
