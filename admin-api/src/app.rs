@@ -3,8 +3,8 @@
 use std::{future::Future, net::TcpListener, sync::Arc, time::Duration};
 
 use actix_web::{
-    App, HttpMessage, HttpRequest, HttpResponse, HttpServer,
-    dev::{Server, Service},
+    App, FromRequest, HttpMessage, HttpRequest, HttpResponse, HttpServer,
+    dev::{Payload, Server, Service},
     http::StatusCode,
     web,
 };
@@ -14,8 +14,8 @@ use auditline_ingest::{
 };
 use auditline_shared::{
     Settings,
-    auth::Caller,
     auth::TokenStore,
+    auth::{Caller, Scope},
     db,
     error::{ErrorBody, single_method},
     metrics::metrics_handler,
@@ -25,7 +25,8 @@ use serde_json::{Map, Value, json};
 use sqlx::PgPool;
 use utoipa::OpenApi;
 
-use crate::{openapi::ApiDoc, realtime, search, users};
+use crate::{error::ApiError, openapi::ApiDoc, realtime, search, users};
+use futures_util::future::LocalBoxFuture;
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -34,10 +35,27 @@ pub struct State {
     pub cursor_key: search::CursorKey,
 }
 
-/// Names the caller on the request's own audit event.
-pub fn identify(req: &HttpRequest, caller: &Caller) {
-    req.extensions_mut()
-        .insert(AuditUser(caller.0.name.clone()));
+/// An authenticated caller with the `read` scope (extractor). The token's
+/// name becomes the user of the request's own audit event, set before the
+/// scope is checked so that refusals are attributed too.
+#[derive(Debug)]
+pub struct Reader;
+
+impl FromRequest for Reader {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let caller = Caller::from_request(req, payload);
+        let req = req.clone();
+        Box::pin(async move {
+            let caller = caller.await?;
+            req.extensions_mut()
+                .insert(AuditUser(caller.0.name.clone()));
+            caller.require(Scope::Read)?;
+            Ok(Reader)
+        })
+    }
 }
 
 /// The query string as audit metadata: `{"query": {"name": "value" | ["v1", "v2"]}}`,

@@ -67,7 +67,6 @@ pub struct Accepted {
     post,
     path = "/v1/events",
     tag = "ingest",
-    security(("bearer" = [])),
     request_body(
         description = "An event, an array of events, or NDJSON",
         content(
@@ -107,6 +106,7 @@ fn post_events() {}
     ),
     components(schemas(ErrorEnvelope, ErrorObject, Accepted)),
     modifiers(&Security, &EventSchema),
+    security(("bearer" = [])),
     tags(
         (name = "search", description = "Find audit events"),
         (name = "users", description = "Per-user activity summaries"),
