@@ -432,12 +432,15 @@ impl BareLoop {
                             let delivery = delivery?;
                             last_tag = delivery.delivery_tag;
                             let now = Utc::now();
-                            let lines = if delivery.data.first() == Some(&b'{')
-                                && !delivery.data.contains(&b'\n')
-                            {
-                                vec![AuditEvent::parse_at(&delivery.data, now)]
+                            let encoding = delivery.properties.content_encoding().as_ref();
+                            let data =
+                                amqp::decode_body(&delivery.data, encoding.map(|e| e.as_str()))
+                                    .map_err(|e| anyhow::anyhow!(e))?
+                                    .unwrap_or(delivery.data);
+                            let lines = if data.first() == Some(&b'{') && !data.contains(&b'\n') {
+                                vec![AuditEvent::parse_at(&data, now)]
                             } else {
-                                parse_ndjson(&delivery.data, now)
+                                parse_ndjson(&data, now)
                                     .into_iter()
                                     .map(|l| l.result)
                                     .collect()

@@ -25,7 +25,10 @@ use actix_web::{
     Error, HttpMessage,
     body::{BodySize, MessageBody},
     dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready},
-    http::header::{self, HeaderName, HeaderValue},
+    http::{
+        Method,
+        header::{self, HeaderName, HeaderValue},
+    },
 };
 use auditline_shared::{
     AuditEvent,
@@ -136,6 +139,12 @@ pub struct AuditConfig {
     pub rules: Vec<(String, String)>,
     /// Observations waiting for the background publisher; beyond it they are spooled.
     pub queue_capacity: usize,
+    /// How long the publisher gathers observations before it publishes them:
+    /// the delay it adds to an event's arrival in return for fewer, larger
+    /// messages (on the broker, each message costs far more than its bytes).
+    pub linger: std::time::Duration,
+    /// Events per (zstd-compressed NDJSON) message.
+    pub events_per_message: usize,
 }
 
 impl AuditConfig {
@@ -168,19 +177,24 @@ impl AuditConfig {
                 .map(|(p, a)| ((*p).to_owned(), (*a).to_owned()))
                 .collect(),
             queue_capacity: 10_000,
+            linger: std::time::Duration::from_millis(25),
+            events_per_message: 500,
         }
     }
 
     /// The action type of a path.
     pub fn action_type(&self, path: &str) -> &str {
-        self.rules
-            .iter()
-            .find(|(prefix, _)| {
-                path.strip_prefix(prefix.as_str())
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-            })
-            .map(|(_, action)| action.as_str())
+        self.rule(path)
+            .map(|i| self.rules[i].1.as_str())
             .unwrap_or("other")
+    }
+
+    /// The index of the first rule matching `path`.
+    fn rule(&self, path: &str) -> Option<usize> {
+        self.rules.iter().position(|(prefix, _)| {
+            path.strip_prefix(prefix.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
     }
 }
 
@@ -191,10 +205,11 @@ struct Observed {
     session_id: String,
     user_id: Option<String>,
     client_ip: Option<IpAddr>,
-    action_type: String,
+    /// The index of the matching rule (`other` when none).
+    rule: Option<usize>,
     endpoint: String,
     route: Option<String>,
-    method: String,
+    method: Method,
     request_size: Option<u64>,
     response_size: Option<u64>,
     response_time_ms: f64,
@@ -203,7 +218,12 @@ struct Observed {
     metadata: Option<Map<String, Value>>,
 }
 
-fn clip(text: &str, max: usize) -> String {
+/// `text` without control characters, cut to `max` characters.
+fn clip(text: String, max: usize) -> String {
+    // The common case, already fine, is kept without copying.
+    if text.len() <= max && !text.chars().any(char::is_control) {
+        return text;
+    }
     text.chars().filter(|c| !c.is_control()).take(max).collect()
 }
 
@@ -211,16 +231,17 @@ impl Observed {
     /// Builds the event directly: the middleware is a boundary of its own, and
     /// everything it takes from the request is clipped or replaced to fit the
     /// event's rules (a test checks the result against the validator).
-    fn into_event(self, service: &str) -> AuditEvent {
-        let method = if !self.method.is_empty()
-            && self.method.len() <= 10
-            && self.method.chars().all(|c| c.is_ascii_uppercase())
+    fn into_event(self, config: &AuditConfig) -> AuditEvent {
+        let method = self.method.as_str();
+        let method = if !method.is_empty()
+            && method.len() <= 10
+            && method.chars().all(|c| c.is_ascii_uppercase())
         {
-            self.method
+            method.to_owned()
         } else {
             "OTHER".to_owned()
         };
-        let endpoint = clip(&self.endpoint, 255);
+        let endpoint = clip(self.endpoint, 255);
         let resource_usage = self.resources.filter(|usage| {
             object_within(usage, MAX_RESOURCE_USAGE_BYTES)
                 .inspect_err(|e| tracing::warn!(error = %e, "resource usage not recorded"))
@@ -229,20 +250,20 @@ impl Observed {
         AuditEvent {
             event_id: uuid::Uuid::now_v7(),
             occurred_at: self.occurred_at.trunc_subsecs(6),
-            service: service.to_owned(),
+            service: config.service.clone(),
             session_id: self.session_id,
-            user_id: self
-                .user_id
-                .map(|u| clip(&u, 255))
-                .filter(|u| !u.is_empty()),
+            user_id: self.user_id.map(|u| clip(u, 255)).filter(|u| !u.is_empty()),
             client_ip: self.client_ip,
-            action_type: self.action_type,
+            action_type: self
+                .rule
+                .map_or("other", |i| config.rules[i].1.as_str())
+                .to_owned(),
             endpoint: if endpoint.is_empty() {
                 "/".to_owned()
             } else {
                 endpoint
             },
-            route: self.route.map(|r| clip(&r, 255)).filter(|r| !r.is_empty()),
+            route: self.route.map(|r| clip(r, 255)).filter(|r| !r.is_empty()),
             http_method: method,
             request_size: self.request_size.map(|n| n.min(i64::MAX as u64)),
             response_size: self.response_size.map(|n| n.min(i64::MAX as u64)),
@@ -260,11 +281,12 @@ impl Observed {
 }
 
 struct Shared {
-    config: AuditConfig,
+    config: Arc<AuditConfig>,
     session_header: HeaderName,
     queue: mpsc::Sender<Observed>,
     spool: Arc<Spool>,
     spilled: AtomicU64,
+    overflow: std::sync::Mutex<Overflow>,
 }
 
 /// The middleware (cheap to clone; clones share the queue and background task).
@@ -301,19 +323,20 @@ impl AuditMiddleware {
             })?;
         let (queue, rx) = mpsc::channel(config.queue_capacity.max(1));
         let shared = Arc::new(Shared {
-            config,
+            config: Arc::new(config),
             session_header,
             queue,
             spool: spool.clone(),
             spilled: AtomicU64::new(0),
+            overflow: std::sync::Mutex::default(),
         });
         tokio::spawn(publish_loop(
             rx,
             publisher.clone(),
             spool.clone(),
-            shared.config.service.clone(),
+            shared.config.clone(),
         ));
-        tokio::spawn(spool.replay_forever(publisher, 1_000, |_, _| {}));
+        tokio::spawn(spool.replay_forever(publisher, MAX_BATCH, |_, _| {}));
         Ok(Self { shared })
     }
 
@@ -328,47 +351,75 @@ impl AuditMiddleware {
             Err(
                 mpsc::error::TrySendError::Full(observed)
                 | mpsc::error::TrySendError::Closed(observed),
-            ) => {
-                self.shared.spilled.fetch_add(1, Ordering::Relaxed);
-                let (spool, service) = (
-                    self.shared.spool.clone(),
-                    self.shared.config.service.clone(),
-                );
-                // The fsync runs off the request path.
-                tokio::task::spawn_blocking(move || {
-                    let event = observed.into_event(&service);
-                    if let Err(e) = spool.append(std::slice::from_ref(&event)) {
-                        tracing::error!(error = %e, event_id = %event.event_id, "audit event could not be queued or spooled");
+            ) => self.spill(observed),
+        }
+    }
+
+    /// Sends an observation the queue could not take to the spool. Spilled
+    /// observations are gathered and written by one blocking task, one fsync
+    /// for all that arrived meanwhile: a task and an fsync per request would
+    /// make a busy app slower the more it falls behind.
+    fn spill(&self, observed: Observed) {
+        let shared = &self.shared;
+        shared.spilled.fetch_add(1, Ordering::Relaxed);
+        let start_flusher = {
+            let mut overflow = shared.overflow.lock().unwrap_or_else(|p| p.into_inner());
+            overflow.waiting.push(observed);
+            !std::mem::replace(&mut overflow.flushing, true)
+        };
+        if start_flusher {
+            let shared = shared.clone();
+            tokio::task::spawn_blocking(move || {
+                loop {
+                    let waiting = {
+                        let mut overflow =
+                            shared.overflow.lock().unwrap_or_else(|p| p.into_inner());
+                        if overflow.waiting.is_empty() {
+                            overflow.flushing = false;
+                            return;
+                        }
+                        std::mem::take(&mut overflow.waiting)
+                    };
+                    let events: Vec<AuditEvent> = waiting
+                        .into_iter()
+                        .map(|o| o.into_event(&shared.config))
+                        .collect();
+                    if let Err(e) = shared.spool.append(&events) {
+                        tracing::error!(error = %e, events = events.len(), "audit events could be neither queued nor spooled");
                     }
-                });
-            }
+                }
+            });
         }
     }
 }
 
-/// How long the background publisher waits for more observations after the
-/// first of a small batch: the bound on the delay it adds.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
-/// Batches smaller than this linger first.
-const LINGER_BELOW: usize = 500;
-/// The most observations published in one batch. Large enough that the loop
-/// keeps ahead of a busy app (one batch in flight at a time): falling behind
-/// would overflow the queue into the spool, which fsyncs.
+/// Observations waiting for the spool, and whether a task is writing them.
+#[derive(Default)]
+struct Overflow {
+    waiting: Vec<Observed>,
+    flushing: bool,
+}
+
+/// The most observations published in one batch.
 const MAX_BATCH: usize = 5_000;
+/// Batches being published at once: the loop goes on taking observations
+/// while earlier batches wait for their confirms, so the broker's confirm
+/// latency does not let the queue fill up (and overflow into the spool).
+const IN_FLIGHT: usize = 4;
 
 async fn publish_loop(
     mut rx: mpsc::Receiver<Observed>,
     publisher: Publisher,
     spool: Arc<Spool>,
-    service: String,
+    config: Arc<AuditConfig>,
 ) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        if batch.len() < LINGER_BELOW {
-            // Linger a moment so that a busy app hands over hundreds of
-            // observations per wake-up instead of waking this task (a
-            // cross-thread wake-up) for every request.
-            tokio::time::sleep(LINGER).await;
+        if batch.len() < config.events_per_message {
+            // Linger so that a busy app hands over hundreds of observations
+            // per wake-up, and they leave in few messages.
+            tokio::time::sleep(config.linger).await;
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(observed) => batch.push(observed),
@@ -376,16 +427,31 @@ async fn publish_loop(
                 }
             }
         }
-        let events: Vec<AuditEvent> = batch.drain(..).map(|o| o.into_event(&service)).collect();
-        // While the spool holds events, new ones queue behind them (order).
-        let published = spool.is_empty() && publisher.publish_batch(&events).await.is_ok();
-        if !published {
-            let spool = spool.clone();
-            let appended = tokio::task::spawn_blocking(move || spool.append(&events)).await;
-            if !matches!(appended, Ok(Ok(()))) {
-                tracing::error!("audit events could be neither published nor spooled");
+        let events: Vec<AuditEvent> = batch.drain(..).map(|o| o.into_event(&config)).collect();
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let (publisher, spool) = (publisher.clone(), spool.clone());
+        let per_message = config.events_per_message;
+        tokio::spawn(async move {
+            // New events do not wait behind spooled ones: the spool is
+            // replayed alongside. Sending everything through the spool while
+            // it is not empty would make it the path of every event under
+            // load (an fsync, a read and a re-parse each), and the app could
+            // never catch up again. Order in the queue carries no meaning:
+            // every event has its `occurred_at`.
+            if publisher
+                .publish_batch_of(&events, per_message)
+                .await
+                .is_err()
+            {
+                let appended = tokio::task::spawn_blocking(move || spool.append(&events)).await;
+                if !matches!(appended, Ok(Ok(()))) {
+                    tracing::error!("audit events could be neither published nor spooled");
+                }
             }
-        }
+            drop(permit);
+        });
     }
 }
 
@@ -461,14 +527,18 @@ where
             "" => req.path().to_owned(),
             q => format!("{}?{q}", req.path()),
         };
-        let action_type = config.action_type(req.path()).to_owned();
-        let method = req.method().as_str().to_owned();
+        let rule = config.rule(req.path());
+        let method = req.method().clone();
         let request_size = req
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        let session_header = self.middleware.shared.session_header.clone();
+        // A generated session id is returned to the client in the header.
+        let new_session = generated
+            .then(|| HeaderValue::from_str(&session_id).ok())
+            .flatten()
+            .map(|value| (self.middleware.shared.session_header.clone(), value));
         let middleware = self.middleware.clone();
         let service = self.service.clone();
         Box::pin(async move {
@@ -508,10 +578,10 @@ where
             };
             middleware.record(Observed {
                 occurred_at,
-                session_id: session_id.clone(),
+                session_id,
                 user_id,
                 client_ip,
-                action_type,
+                rule,
                 endpoint,
                 route,
                 method,
@@ -523,8 +593,8 @@ where
                 metadata,
             });
             let mut res = result?;
-            if generated && let Ok(value) = HeaderValue::from_str(&session_id) {
-                res.headers_mut().insert(session_header, value);
+            if let Some((name, value)) = new_session {
+                res.headers_mut().insert(name, value);
             }
             Ok(res)
         })
@@ -594,10 +664,10 @@ mod tests {
             session_id: "s".into(),
             user_id: Some(format!("{}\u{7}bell", "u".repeat(300))),
             client_ip: None,
-            action_type: "file".into(),
+            rule: Some(0),
             endpoint: "/x".repeat(300),
             route: Some(String::new()),
-            method: "mkcol-lower".into(),
+            method: Method::from_bytes(b"mkcol-lower").expect("method"),
             request_size: Some(u64::MAX),
             response_size: None,
             response_time_ms: f64::NAN,
@@ -608,7 +678,7 @@ mod tests {
                 Value::String("x".repeat(20_000)),
             )])),
         };
-        let event = observed.into_event("svc");
+        let event = observed.into_event(&AuditConfig::new("svc"));
         let reparsed = AuditEvent::parse(&event.to_json())
             .expect("the validator accepts what the middleware builds");
         assert_eq!(reparsed.http_method, "OTHER");

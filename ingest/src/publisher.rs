@@ -162,9 +162,20 @@ impl Publisher {
     /// confirmed. The routing key is `<service>.<action_type>` when the chunk
     /// shares one, otherwise `<service>.mixed` (or `mixed.mixed`).
     pub async fn publish_batch(&self, events: &[AuditEvent]) -> Result<Vec<Uuid>, PublishError> {
+        self.publish_batch_of(events, self.inner.settings.events_per_message)
+            .await
+    }
+
+    /// [`Self::publish_batch`] with `per_message` events per message.
+    pub async fn publish_batch_of(
+        &self,
+        events: &[AuditEvent],
+        per_message: usize,
+    ) -> Result<Vec<Uuid>, PublishError> {
+        let compress = self.inner.settings.compress;
         let messages = events
-            .chunks(self.inner.settings.events_per_message)
-            .map(batch_message)
+            .chunks(per_message.max(1))
+            .map(|chunk| batch_message(chunk, compress))
             .collect();
         self.send(messages).await?;
         Ok(events.iter().map(|e| e.event_id).collect())
@@ -344,7 +355,7 @@ fn single_message(event: &AuditEvent) -> Message {
     }
 }
 
-fn batch_message(events: &[AuditEvent]) -> Message {
+fn batch_message(events: &[AuditEvent], compress: bool) -> Message {
     let first = &events[0];
     let same_service = events.iter().all(|e| e.service == first.service);
     let same_action = events.iter().all(|e| e.action_type == first.action_type);
@@ -353,13 +364,21 @@ fn batch_message(events: &[AuditEvent]) -> Message {
         (true, false) => format!("{}.mixed", first.service),
         _ => "mixed.mixed".to_owned(),
     };
+    let body = to_ndjson(events);
+    let mut properties = BasicProperties::default()
+        .with_content_type("application/x-ndjson".into())
+        .with_delivery_mode(2)
+        .with_message_id(Uuid::now_v7().to_string().as_str().into())
+        .with_timestamp(timestamp_now());
+    let body = if compress {
+        properties = properties.with_content_encoding(amqp::ZSTD.into());
+        amqp::compress(&body)
+    } else {
+        body
+    };
     Message {
         routing_key,
-        body: to_ndjson(events),
-        properties: BasicProperties::default()
-            .with_content_type("application/x-ndjson".into())
-            .with_delivery_mode(2)
-            .with_message_id(Uuid::now_v7().to_string().as_str().into())
-            .with_timestamp(timestamp_now()),
+        body,
+        properties,
     }
 }

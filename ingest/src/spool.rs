@@ -186,31 +186,24 @@ impl Spool {
             if seq >= sealed_below {
                 break;
             }
-            let bytes =
-                fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            let ends_clean = bytes.last() == Some(&b'\n');
-            let lines: Vec<&[u8]> = bytes
-                .split(|b| *b == b'\n')
-                .filter(|l| !l.is_empty())
-                .collect();
-            let mut events = Vec::with_capacity(lines.len());
-            for (i, line) in lines.iter().enumerate() {
-                match AuditEvent::parse(line) {
-                    Ok(event) => events.push(event),
-                    // A torn last write was never acknowledged to anyone.
-                    Err(_) if i + 1 == lines.len() && !ends_clean => {}
-                    Err(e) => {
-                        tracing::error!(segment = %path.display(), line = i + 1, error = %e, "unreadable spool line skipped");
-                    }
-                }
-            }
+            // Reading and parsing up to a segment's 16 MiB is blocking work:
+            // off the runtime, whose thread may be an app's or a publisher's.
+            let (events, size) = {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || read_segment(&path)).await??
+            };
             for part in events.chunks(chunk.max(1)) {
                 publisher.publish_batch(part).await?;
             }
-            fs::remove_file(&path)?;
-            File::open(&self.dir)?.sync_all()?;
+            let dir = self.dir.clone();
+            let removed = path.clone();
+            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                fs::remove_file(&removed)?;
+                File::open(&dir)?.sync_all()
+            })
+            .await??;
             self.used.fetch_sub(
-                (bytes.len() as u64).min(self.used_bytes()),
+                size.min(self.used_bytes()),
                 std::sync::atomic::Ordering::SeqCst,
             );
             replayed += events.len();
@@ -242,4 +235,26 @@ impl Spool {
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         }
     }
+}
+
+/// The events of a sealed segment, and its size in bytes.
+fn read_segment(path: &Path) -> anyhow::Result<(Vec<AuditEvent>, u64)> {
+    let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let ends_clean = bytes.last() == Some(&b'\n');
+    let lines: Vec<&[u8]> = bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut events = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        match AuditEvent::parse(line) {
+            Ok(event) => events.push(event),
+            // A torn last write was never acknowledged to anyone.
+            Err(_) if i + 1 == lines.len() && !ends_clean => {}
+            Err(e) => {
+                tracing::error!(segment = %path.display(), line = i + 1, error = %e, "unreadable spool line skipped");
+            }
+        }
+    }
+    Ok((events, bytes.len() as u64))
 }

@@ -107,6 +107,7 @@ pub struct WireEvent {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AuditEvent {
     pub event_id: Uuid,
+    #[serde(serialize_with = "rfc3339")]
     pub occurred_at: DateTime<Utc>,
     pub service: String,
     pub session_id: String,
@@ -123,6 +124,14 @@ pub struct AuditEvent {
     pub success: bool,
     pub resource_usage: Option<Map<String, Value>>,
     pub metadata: Option<Map<String, Value>>,
+}
+
+/// The text chrono's own `Serialize` writes (RFC 3339, `Z`, as many fraction
+/// digits as needed), formatted once: chrono's impl goes through
+/// `collect_str`, and serde_json escapes each of its many small writes, which
+/// made timestamps the largest part of serializing an event.
+fn rfc3339<S: serde::Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
 }
 
 /// One broken rule: which field, and what is wrong with it.
@@ -461,4 +470,31 @@ pub fn to_ndjson(events: &[AuditEvent]) -> Vec<u8> {
 /// The JSON Schema of [`WireEvent`], as checked in under `shared/schema/`.
 pub fn json_schema() -> Value {
     serde_json::to_value(schemars::schema_for!(WireEvent)).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn occurred_at_is_written_as_chrono_writes_it() {
+        let at: DateTime<Utc> = "2026-11-28T21:45:49Z".parse().expect("time");
+        for nanos in [0, 120_000_000, 123_456_000, 1_000] {
+            let at = at + chrono::Duration::nanoseconds(nanos);
+            let event = AuditEvent::parse(
+                format!(
+                    r#"{{"occurred_at":"{}","service":"s","session_id":"x","action_type":"other","endpoint":"/","http_method":"GET","success":true}}"#,
+                    at.to_rfc3339()
+                )
+                .as_bytes(),
+            )
+            .expect("a valid event");
+            assert_eq!(event.occurred_at, at);
+            let json: Value = serde_json::from_slice(&event.to_json()).expect("json");
+            assert_eq!(
+                json["occurred_at"],
+                serde_json::to_value(at).expect("chrono")
+            );
+        }
+    }
 }

@@ -226,6 +226,9 @@ pub struct PublisherSettings {
     /// How long a publish may keep retrying (reconnecting) before it fails.
     #[serde(default = "default_publish_timeout_ms")]
     pub publish_timeout_ms: u64,
+    /// Compress NDJSON batch messages with zstd (`content_encoding: zstd`).
+    #[serde(default = "default_true")]
+    pub compress: bool,
 }
 
 fn default_database_url() -> SecretUrl {
@@ -318,6 +321,7 @@ impl Default for PublisherSettings {
         Self {
             events_per_message: default_events_per_message(),
             publish_timeout_ms: default_publish_timeout_ms(),
+            compress: true,
         }
     }
 }

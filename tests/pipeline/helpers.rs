@@ -162,6 +162,15 @@ impl TestEnv {
 
     /// Publishes raw bodies to `<ns>.events`, confirmed.
     pub async fn publish_raw(&self, messages: &[(&str, Vec<u8>)]) {
+        let plain: Vec<_> = messages
+            .iter()
+            .map(|(content_type, body)| (*content_type, None, body.clone()))
+            .collect();
+        self.publish_encoded(&plain).await;
+    }
+
+    /// Publishes raw bodies with a content type and content encoding, confirmed.
+    pub async fn publish_encoded(&self, messages: &[(&str, Option<&str>, Vec<u8>)]) {
         let conn = amqp::connect(&self.settings.amqp_url, "test-raw")
             .await
             .expect("amqp");
@@ -170,7 +179,13 @@ impl TestEnv {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .expect("confirms");
-        for (content_type, body) in messages {
+        for (content_type, encoding, body) in messages {
+            let mut properties = BasicProperties::default()
+                .with_content_type((*content_type).into())
+                .with_delivery_mode(2);
+            if let Some(encoding) = encoding {
+                properties = properties.with_content_encoding((*encoding).into());
+            }
             let confirm = channel
                 .basic_publish(
                     format!("{}.events", self.settings.namespace)
@@ -182,9 +197,7 @@ impl TestEnv {
                         ..Default::default()
                     },
                     body,
-                    BasicProperties::default()
-                        .with_content_type((*content_type).into())
-                        .with_delivery_mode(2),
+                    properties,
                 )
                 .await
                 .expect("publish")

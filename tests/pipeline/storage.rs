@@ -62,6 +62,53 @@ async fn fifty_thousand_events_land_once_and_a_republish_adds_nothing() {
 }
 
 #[actix_web::test]
+async fn zstd_batches_are_stored_and_undecodable_ones_dead_lettered_as_they_came() {
+    let env = TestEnv::new().await;
+    let writer = InProcessWriter::start(&env).await;
+    let good = events(30);
+    let packed = auditline_shared::amqp::compress(&auditline_shared::event::to_ndjson(&good));
+    let garbage = b"\x28\xb5\x2f\xfd but not really zstd".to_vec();
+    env.publish_encoded(&[
+        ("application/x-ndjson", Some("zstd"), packed),
+        ("application/x-ndjson", Some("zstd"), garbage.clone()),
+        ("application/x-ndjson", Some("br"), b"{}".to_vec()),
+    ])
+    .await;
+    env.wait_for_rows(30, Duration::from_secs(30)).await;
+    let mut ids: Vec<_> = good.iter().map(|e| e.event_id).collect();
+    ids.sort();
+    env.assert_exactly(&ids).await;
+    let mut dead = Vec::new();
+    for _ in 0..100 {
+        dead.extend(env.dead_letters().await);
+        if dead.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let reasons: Vec<String> = dead.iter().filter_map(|(_, r)| r.clone()).collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("cannot decode the zstd body")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("unsupported content encoding \"br\"")),
+        "{reasons:?}"
+    );
+    assert!(
+        dead.iter().any(|(body, _)| *body == garbage),
+        "the undecodable body is kept as it arrived"
+    );
+    writer.stop().await;
+    env.cleanup().await;
+}
+
+#[actix_web::test]
 async fn malformed_messages_go_to_dead_letters_with_a_reason_and_valid_ones_are_stored() {
     let env = TestEnv::new().await;
     let writer = InProcessWriter::start(&env).await;

@@ -4,7 +4,7 @@
 
 use crate::{batcher::Batcher, metrics::WriterMetrics};
 use actix::prelude::*;
-use auditline_shared::{AuditEvent, event::parse_ndjson};
+use auditline_shared::{AuditEvent, amqp::decode_body, event::parse_ndjson};
 use chrono::{DateTime, Utc};
 use lapin::message::Delivery;
 use tokio::sync::oneshot;
@@ -14,6 +14,9 @@ use tokio::sync::oneshot;
 pub struct DeadLetter {
     pub body: Vec<u8>,
     pub content_type: String,
+    /// Set when the body is kept as it arrived, still encoded (it could not
+    /// be decoded).
+    pub content_encoding: Option<String>,
     pub routing_key: String,
     pub message_id: Option<String>,
     pub reason: String,
@@ -28,8 +31,8 @@ pub struct Incoming {
     pub routing_key: String,
     pub content_type: String,
     pub message_id: Option<String>,
-    /// The raw body, kept so the whole message can be dead-lettered if the
-    /// database refuses its rows for good.
+    /// The body (decoded), kept so the whole message can be dead-lettered if
+    /// the database refuses its rows for good.
     pub body: Vec<u8>,
     pub events: Vec<AuditEvent>,
     pub dead: Vec<DeadLetter>,
@@ -50,18 +53,37 @@ impl Incoming {
         let message_id = props.message_id().as_ref().map(|m| m.as_str().to_owned());
         let routing_key = delivery.routing_key.as_str().to_owned();
         let redelivered = delivery.redelivered;
-        let body = delivery.data;
+        let encoding = props
+            .content_encoding()
+            .as_ref()
+            .map(|e| e.as_str().to_owned());
         let mut events = Vec::new();
         let mut dead = Vec::new();
         let dead_letter = |body: Vec<u8>, content_type: &str, reason: String| DeadLetter {
             body,
             content_type: content_type.to_owned(),
+            content_encoding: None,
             routing_key: routing_key.clone(),
             message_id: message_id.clone(),
             reason,
         };
+        let raw = delivery.data;
+        let body = match decode_body(&raw, encoding.as_deref()) {
+            Ok(None) => raw,
+            Ok(Some(decoded)) => decoded,
+            Err(reason) => {
+                // Kept as it arrived, with its encoding, for whoever looks.
+                dead.push(DeadLetter {
+                    content_encoding: encoding.clone(),
+                    ..dead_letter(raw, &content_type, reason)
+                });
+                Vec::new()
+            }
+        };
         let base_type = content_type.split(';').next().unwrap_or("").trim();
+        let decoded = dead.is_empty();
         match base_type {
+            _ if !decoded => {}
             "application/x-ndjson" => {
                 let lines = parse_ndjson(&body, now);
                 if lines.is_empty() {

@@ -325,6 +325,7 @@ impl Core {
             let dead = DeadLetter {
                 body: message.body.clone(),
                 content_type: message.content_type.clone(),
+                content_encoding: None,
                 routing_key: message.routing_key.clone(),
                 message_id: message.message_id.clone(),
                 reason: format!("refused by the database: {reason}"),
@@ -519,6 +520,9 @@ impl Core {
                 .with_content_type(letter.content_type.as_str().into())
                 .with_delivery_mode(2)
                 .with_headers(headers);
+            if let Some(encoding) = &letter.content_encoding {
+                properties = properties.with_content_encoding(encoding.as_str().into());
+            }
             if let Some(id) = &letter.message_id {
                 properties = properties.with_message_id(id.as_str().into());
             }
