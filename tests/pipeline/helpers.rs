@@ -160,6 +160,19 @@ impl TestEnv {
         out
     }
 
+    /// Takes dead letters until `n` arrived or 10 s passed.
+    pub async fn wait_dead_letters(&self, n: usize) -> Vec<(Vec<u8>, Option<String>)> {
+        let mut dead = Vec::new();
+        for _ in 0..100 {
+            dead.extend(self.dead_letters().await);
+            if dead.len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        dead
+    }
+
     /// Publishes raw bodies to `<ns>.events`, confirmed.
     pub async fn publish_raw(&self, messages: &[(&str, Vec<u8>)]) {
         let plain: Vec<_> = messages

@@ -78,14 +78,7 @@ async fn zstd_batches_are_stored_and_undecodable_ones_dead_lettered_as_they_came
     let mut ids: Vec<_> = good.iter().map(|e| e.event_id).collect();
     ids.sort();
     env.assert_exactly(&ids).await;
-    let mut dead = Vec::new();
-    for _ in 0..100 {
-        dead.extend(env.dead_letters().await);
-        if dead.len() >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let dead = env.wait_dead_letters(2).await;
     assert_eq!(dead.len(), 2, "{dead:?}");
     let reasons: Vec<String> = dead.iter().filter_map(|(_, r)| r.clone()).collect();
     assert!(
@@ -140,14 +133,7 @@ async fn malformed_messages_go_to_dead_letters_with_a_reason_and_valid_ones_are_
     ids.sort();
     env.assert_exactly(&ids).await;
 
-    let mut dead = Vec::new();
-    for _ in 0..100 {
-        dead.extend(env.dead_letters().await);
-        if dead.len() >= 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let dead = env.wait_dead_letters(4).await;
     assert_eq!(
         dead.len(),
         4,
