@@ -25,7 +25,7 @@ use serde_json::{Map, Value, json};
 use sqlx::PgPool;
 use utoipa::OpenApi;
 
-use crate::{error::ApiError, openapi::ApiDoc, realtime, search, users};
+use crate::{error::ApiError, export, openapi::ApiDoc, realtime, search, users};
 use futures_util::future::LocalBoxFuture;
 
 /// What every handler shares.
@@ -35,9 +35,26 @@ pub struct State {
     pub cursor_key: search::CursorKey,
 }
 
-/// An authenticated caller with the `read` scope (extractor). The token's
-/// name becomes the user of the request's own audit event, set before the
-/// scope is checked so that refusals are attributed too.
+/// Authenticates the caller, names it as the user of the request's own audit
+/// event (before the scope is checked, so that refusals are attributed too),
+/// then requires `scope`.
+fn authorize(
+    req: &HttpRequest,
+    payload: &mut Payload,
+    scope: Scope,
+) -> LocalBoxFuture<'static, Result<(), ApiError>> {
+    let caller = Caller::from_request(req, payload);
+    let req = req.clone();
+    Box::pin(async move {
+        let caller = caller.await?;
+        req.extensions_mut()
+            .insert(AuditUser(caller.0.name.clone()));
+        caller.require(scope)?;
+        Ok(())
+    })
+}
+
+/// An authenticated caller with the `read` scope (extractor).
 #[derive(Debug)]
 pub struct Reader;
 
@@ -46,14 +63,31 @@ impl FromRequest for Reader {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let caller = Caller::from_request(req, payload);
+        let authorized = authorize(req, payload, Scope::Read);
+        Box::pin(async move { authorized.await.map(|()| Reader) })
+    }
+}
+
+/// An authenticated caller with the `export` scope (extractor); the token's
+/// name is returned, as exports record who asked for them.
+#[derive(Debug)]
+pub struct Exporter(pub String);
+
+impl FromRequest for Exporter {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let authorized = authorize(req, payload, Scope::Export);
         let req = req.clone();
         Box::pin(async move {
-            let caller = caller.await?;
-            req.extensions_mut()
-                .insert(AuditUser(caller.0.name.clone()));
-            caller.require(Scope::Read)?;
-            Ok(Reader)
+            authorized.await?;
+            let name = req
+                .extensions()
+                .get::<AuditUser>()
+                .map(|u| u.0.clone())
+                .unwrap_or_default();
+            Ok(Exporter(name))
         })
     }
 }
@@ -153,6 +187,7 @@ impl Application {
                         .service(get("/users", web::get().to(users::users)))
                         .service(get("/users/{user_id}", web::get().to(users::user)))
                         .service(get("/metrics", web::get().to(realtime::metrics)))
+                        .service(get("/export", web::get().to(export::export)))
                         .default_service(web::to(not_found)),
                 )
                 .service(get("/metrics", web::get().to(metrics_handler)))

@@ -7,6 +7,7 @@
 //! - [`app`] — `Application` (routes, state, start and stop).
 //! - [`search`] — `GET /admin/audit/logs[/{event_id}]`, filters, signed keyset cursors.
 //! - [`users`] — `GET /admin/audit/users[/{user_id}]` from the rollups.
+//! - [`export`] — `GET /admin/audit/export`: streamed CSV / JSON / NDJSON, zstd.
 //! - [`realtime`] — `GET /admin/audit/metrics` from the minute rollups.
 //! - [`params`] — query-string parsing with errors that name the parameter.
 //! - [`openapi`] — the OpenAPI 3 document of the admin and ingest APIs.
@@ -14,6 +15,7 @@
 
 pub mod app;
 pub mod error;
+pub mod export;
 pub mod openapi;
 pub mod params;
 pub mod realtime;

@@ -13,7 +13,7 @@ use utoipa::{
     },
 };
 
-use crate::{realtime, search, users};
+use crate::{export, realtime, search, users};
 
 /// The error body of every failed request.
 #[derive(Debug, Serialize, ToSchema)]
@@ -41,7 +41,7 @@ pub enum ReadErrors {
     /// Missing, unknown, expired or revoked token
     #[response(status = 401)]
     Unauthorized(ErrorEnvelope),
-    /// The token lacks the `read` scope
+    /// The token lacks the scope the route needs (`read`; `export` for exports)
     #[response(status = 403)]
     Forbidden(ErrorEnvelope),
 }
@@ -94,7 +94,7 @@ fn post_events() {}
         description = "Admin API (`/admin/...`, on AUDITLINE_ADMIN_LISTEN) and ingest API \
                        (`/v1/events`, on AUDITLINE_INGEST_LISTEN). Authenticate with \
                        `Authorization: Bearer <token>`; tokens carry scopes (`read` for the \
-                       admin routes here, `publish` for ingest)."
+                       admin routes here, `export` for exports, `publish` for ingest)."
     ),
     paths(
         search::search,
@@ -102,6 +102,7 @@ fn post_events() {}
         users::users,
         users::user,
         realtime::metrics,
+        export::export,
         post_events,
     ),
     components(schemas(ErrorEnvelope, ErrorObject, Accepted)),
@@ -111,6 +112,7 @@ fn post_events() {}
         (name = "search", description = "Find audit events"),
         (name = "users", description = "Per-user activity summaries"),
         (name = "metrics", description = "Real-time audit metrics"),
+        (name = "export", description = "Export audit events (scope `export`)"),
         (name = "ingest", description = "Publish audit events over HTTP"),
     )
 )]

@@ -28,7 +28,7 @@ const STATUSES: [u16; 6] = [200, 201, 404, 500, 503, 302];
 
 /// 300 events, one every 10 minutes over 50 hours ending before the current
 /// hour (so the admin service's own events, stamped now, never fall inside).
-fn known_events() -> (Vec<AuditEvent>, DateTime<Utc>, DateTime<Utc>) {
+pub(crate) fn known_events() -> (Vec<AuditEvent>, DateTime<Utc>, DateTime<Utc>) {
     let hour = Utc::now()
         .duration_trunc(TimeDelta::hours(1))
         .expect("hour");
@@ -73,24 +73,24 @@ fn known_events() -> (Vec<AuditEvent>, DateTime<Utc>, DateTime<Utc>) {
     (events, start, hour)
 }
 
-struct Stored {
-    events: Vec<AuditEvent>,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    admin: InProcess,
+pub(crate) struct Stored {
+    pub events: Vec<AuditEvent>,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub admin: InProcess,
     /// Keeps running: the admin service's own events go through it.
-    writer: InProcess,
+    pub writer: InProcess,
 }
 
 impl Stored {
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.admin.stop().await;
         self.writer.stop().await;
     }
 }
 
 /// Publishes the known set, stores it with the real writer and starts the admin service.
-async fn stored_set(env: &TestEnv) -> Stored {
+pub(crate) async fn stored_set(env: &TestEnv) -> Stored {
     let (events, from, to) = known_events();
     let writer = InProcessWriter::start(env).await;
     env.publisher()
@@ -110,16 +110,16 @@ async fn stored_set(env: &TestEnv) -> Stored {
     }
 }
 
-fn enc(text: &str) -> String {
+pub(crate) fn enc(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
-fn rfc(t: DateTime<Utc>) -> String {
+pub(crate) fn rfc(t: DateTime<Utc>) -> String {
     enc(&t.to_rfc3339())
 }
 
 /// Walks every page of a search; fails on a repeated id or a broken order.
-async fn walk(admin: &InProcess, token: &str, query: &str, limit: usize) -> Vec<Uuid> {
+pub(crate) async fn walk(admin: &InProcess, token: &str, query: &str, limit: usize) -> Vec<Uuid> {
     let descending = !query.contains("order=asc");
     let mut ids = Vec::new();
     let mut seen = HashSet::new();

@@ -416,13 +416,13 @@ impl InProcessWriter {
 
 /// A plain HTTP/1.1 request on 127.0.0.1; returns status, headers (lower-case
 /// names) and body.
-pub async fn http(
+pub async fn http_raw(
     port: u16,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
-) -> (u16, Vec<(String, String)>, String) {
+) -> (u16, Vec<(String, String)>, Option<Vec<u8>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -443,8 +443,12 @@ pub async fn http(
     let _ = stream.write_all(body).await;
     let mut raw = Vec::new();
     let _ = stream.read_to_end(&mut raw).await;
-    let response = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(raw.len());
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let body = raw.get(split + 4..).unwrap_or_default();
     let mut lines = head.lines();
     let status = lines
         .next()
@@ -461,24 +465,42 @@ pub async fn http(
     let body = if chunked {
         dechunk(body)
     } else {
-        body.to_owned()
+        Some(body.to_vec())
     };
     (status, headers, body)
 }
 
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
+/// [`http_raw`] with the body as text (an unfinished chunked body as it came).
+pub async fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, String) {
+    let (status, headers, body) = http_raw(port, method, path, headers, body).await;
+    let body = body.unwrap_or_else(|| b"<unfinished chunked body>".to_vec());
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The body of a chunked response; `None` when it ended without the last
+/// (empty) chunk, i.e. the server cut it short.
+fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line = body.windows(2).position(|w| w == b"\r\n")?;
+        let size = std::str::from_utf8(&body[..line]).ok()?;
+        let n = usize::from_str_radix(size.trim(), 16).ok()?;
+        let rest = &body[line + 2..];
+        if n == 0 {
+            return Some(out);
         }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
+        if rest.len() < n + 2 {
+            return None;
+        }
+        out.extend_from_slice(&rest[..n]);
+        body = &rest[n + 2..];
     }
-    out
 }
 
 /// A plain HTTP/1.1 GET on 127.0.0.1; returns status and body.
