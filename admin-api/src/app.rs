@@ -17,7 +17,7 @@ use auditline_shared::{
     auth::TokenStore,
     auth::{Caller, Scope},
     db,
-    error::{ErrorBody, single_method},
+    error::{ErrorBody, methods, single_method},
     metrics::metrics_handler,
 };
 use prometheus::Registry;
@@ -25,7 +25,7 @@ use serde_json::{Map, Value, json};
 use sqlx::PgPool;
 use utoipa::OpenApi;
 
-use crate::{error::ApiError, export, openapi::ApiDoc, realtime, search, users};
+use crate::{error::ApiError, export, jobs, openapi::ApiDoc, realtime, search, users};
 use futures_util::future::LocalBoxFuture;
 
 /// What every handler shares.
@@ -33,6 +33,10 @@ use futures_util::future::LocalBoxFuture;
 pub struct State {
     pub pool: PgPool,
     pub cursor_key: search::CursorKey,
+    /// Where export files are written (`export_dir`).
+    pub export_dir: std::path::PathBuf,
+    /// Wakes the export runner when a job is queued.
+    pub jobs_waiting: Arc<tokio::sync::Notify>,
 }
 
 /// Authenticates the caller, names it as the user of the request's own audit
@@ -117,6 +121,7 @@ fn query_metadata(query: &str) -> Map<String, Value> {
 pub struct Application {
     port: u16,
     server: Server,
+    runner: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Application {
@@ -151,9 +156,27 @@ impl Application {
             settings.ingest.spool_max_bytes,
         )?);
         let audit = AuditMiddleware::start(AuditConfig::new("auditline-admin"), publisher, spool)?;
+        let jobs_waiting = Arc::new(tokio::sync::Notify::new());
+        let export_dir = std::path::PathBuf::from(&settings.export_dir);
+        let runner = jobs::Runner {
+            pool: pool.clone(),
+            dir: export_dir.clone(),
+            settings: settings.exports.clone(),
+            instance: format!(
+                "{}-{}-{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "admin".into()),
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ),
+            metrics: jobs::JobMetrics::register(&registry)?,
+            wake: jobs_waiting.clone(),
+        };
+        let runner = tokio::spawn(runner.run());
         let state = web::Data::new(State {
             pool: pool.clone(),
             cursor_key,
+            export_dir,
+            jobs_waiting,
         });
         let tokens = web::Data::new(TokenStore(pool));
         let registry = web::Data::new(registry);
@@ -188,6 +211,17 @@ impl Application {
                         .service(get("/users/{user_id}", web::get().to(users::user)))
                         .service(get("/metrics", web::get().to(realtime::metrics)))
                         .service(get("/export", web::get().to(export::export)))
+                        .service(methods(
+                            "/exports",
+                            "GET, POST",
+                            vec![web::get().to(jobs::list), web::post().to(jobs::create)],
+                        ))
+                        .service(methods(
+                            "/exports/{id}",
+                            "GET, DELETE",
+                            vec![web::get().to(jobs::show), web::delete().to(jobs::cancel)],
+                        ))
+                        .service(get("/exports/{id}/download", web::get().to(jobs::download)))
                         .default_service(web::to(not_found)),
                 )
                 .service(get("/metrics", web::get().to(metrics_handler)))
@@ -198,7 +232,11 @@ impl Application {
         .disable_signals()
         .listen(listener)?
         .run();
-        Ok(Self { port, server })
+        Ok(Self {
+            port,
+            server,
+            runner,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -209,10 +247,14 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let handle = self.server.handle();
         let server = self.server;
-        tokio::select! {
+        let outcome = tokio::select! {
             result = server => result.context("admin HTTP server failed"),
             () = shutdown => { handle.stop(true).await; Ok(()) }
-        }
+        };
+        // A job cut short here is taken over by another instance (or this
+        // one, restarted) once its heartbeat is old enough.
+        self.runner.abort();
+        outcome
     }
 }
 

@@ -11,6 +11,13 @@ pub enum ApiError {
     BadParam { param: String, message: String },
     #[error("{0}")]
     NotFound(String),
+    /// The resource is not in a state that allows this (e.g. downloading an
+    /// export that is still running).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request body is not what the route takes; `field` names the part.
+    #[error("{field}: {message}")]
+    BadBody { field: String, message: String },
     #[error(transparent)]
     Auth(#[from] AuthError),
     /// The database did not answer in time or refused the connection.
@@ -21,6 +28,13 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    pub fn body(field: &str, message: impl Into<String>) -> Self {
+        Self::BadBody {
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+
     pub fn param(param: &str, message: impl Into<String>) -> Self {
         Self::BadParam {
             param: param.to_owned(),
@@ -45,6 +59,8 @@ impl ResponseError for ApiError {
         match self {
             Self::BadParam { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::BadBody { .. } => StatusCode::BAD_REQUEST,
             Self::Auth(e) => e.status_code(),
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -62,6 +78,15 @@ impl ResponseError for ApiError {
             Self::NotFound(what) => {
                 ErrorBody::new("not_found", what.clone()).response(StatusCode::NOT_FOUND)
             }
+            Self::Conflict(what) => {
+                ErrorBody::new("conflict", what.clone()).response(StatusCode::CONFLICT)
+            }
+            Self::BadBody { field, message } => ErrorBody::new(
+                "invalid_body",
+                format!("invalid request body, `{field}`: {message}"),
+            )
+            .with_details(vec![json!({"field": field, "message": message})])
+            .response(StatusCode::BAD_REQUEST),
             Self::Auth(e) => e.error_response(),
             Self::Unavailable(e) => {
                 tracing::warn!(error = %e, "database unavailable");

@@ -8,6 +8,7 @@
 //! - [`search`] — `GET /admin/audit/logs[/{event_id}]`, filters, signed keyset cursors.
 //! - [`users`] — `GET /admin/audit/users[/{user_id}]` from the rollups.
 //! - [`export`] — `GET /admin/audit/export`: streamed CSV / JSON / NDJSON, zstd.
+//! - [`jobs`] — export jobs (`/admin/audit/exports`) and their runner.
 //! - [`realtime`] — `GET /admin/audit/metrics` from the minute rollups.
 //! - [`params`] — query-string parsing with errors that name the parameter.
 //! - [`openapi`] — the OpenAPI 3 document of the admin and ingest APIs.
@@ -16,6 +17,7 @@
 pub mod app;
 pub mod error;
 pub mod export;
+pub mod jobs;
 pub mod openapi;
 pub mod params;
 pub mod realtime;

@@ -13,7 +13,7 @@ use utoipa::{
     },
 };
 
-use crate::{export, realtime, search, users};
+use crate::{export, jobs, realtime, search, users};
 
 /// The error body of every failed request.
 #[derive(Debug, Serialize, ToSchema)]
@@ -103,6 +103,11 @@ fn post_events() {}
         users::user,
         realtime::metrics,
         export::export,
+        jobs::create,
+        jobs::list,
+        jobs::show,
+        jobs::cancel,
+        jobs::download,
         post_events,
     ),
     components(schemas(ErrorEnvelope, ErrorObject, Accepted)),

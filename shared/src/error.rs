@@ -50,8 +50,20 @@ pub fn single_method(
     method: &'static str,
     route: actix_web::Route,
 ) -> actix_web::Resource {
-    actix_web::web::resource(path)
-        .route(route)
+    methods(path, method, vec![route])
+}
+
+/// A resource answering `routes`; other methods get a 405 with `Allow: allow`
+/// (e.g. `"GET, POST"`).
+pub fn methods(
+    path: &str,
+    allow: &'static str,
+    routes: Vec<actix_web::Route>,
+) -> actix_web::Resource {
+    let method = allow;
+    routes
+        .into_iter()
+        .fold(actix_web::web::resource(path), actix_web::Resource::route)
         .default_service(actix_web::web::to(
             move |req: actix_web::HttpRequest| async move {
                 let mut response = ErrorBody::new(

@@ -102,6 +102,38 @@ pub struct Settings {
     /// The HTTP ingest gateway.
     #[serde(default)]
     pub ingest: IngestSettings,
+    /// Export jobs.
+    #[serde(default)]
+    pub exports: ExportSettings,
+}
+
+/// Export jobs (`POST /admin/audit/exports`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportSettings {
+    /// How long a finished export's file is kept before it expires.
+    #[serde(default = "default_export_retention_hours")]
+    pub retention_hours: u64,
+    /// A running job whose instance sent no heartbeat for this long is taken
+    /// over by another (its process is presumed dead) and started again.
+    #[serde(default = "default_export_claim_timeout_secs")]
+    pub claim_timeout_secs: u64,
+}
+
+impl Default for ExportSettings {
+    fn default() -> Self {
+        Self {
+            retention_hours: default_export_retention_hours(),
+            claim_timeout_secs: default_export_claim_timeout_secs(),
+        }
+    }
+}
+
+fn default_export_retention_hours() -> u64 {
+    24
+}
+fn default_export_claim_timeout_secs() -> u64 {
+    30
 }
 
 /// The HTTP ingest gateway (`POST /v1/events`).
@@ -341,6 +373,7 @@ impl Default for Settings {
             partitions: PartitionSettings::default(),
             publisher: PublisherSettings::default(),
             ingest: IngestSettings::default(),
+            exports: ExportSettings::default(),
         }
     }
 }

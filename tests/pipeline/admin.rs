@@ -1105,7 +1105,7 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
         .expect("published");
     let reader = format!(
         "Authorization: Bearer {}",
-        env.token(&[Scope::Read], None).await
+        env.token(&[Scope::Read, Scope::Export], None).await
     );
     let publisher = format!(
         "Authorization: Bearer {}",

@@ -215,3 +215,371 @@ async fn formula_cells_are_neutralized_and_refusals_name_their_cause() {
     set.stop().await;
     env.cleanup().await;
 }
+
+/// POST with a bearer token and a JSON body; returns status and JSON answer.
+async fn send_json(port: u16, method: &str, token: &str, path: &str, body: &[u8]) -> (u16, Value) {
+    let auth = format!("Bearer {token}");
+    let (status, _, body) = http_raw(
+        port,
+        method,
+        path,
+        &[
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ],
+        body,
+    )
+    .await;
+    let body = body.unwrap_or_default();
+    let json = serde_json::from_slice(&body).unwrap_or_else(|_| {
+        panic!(
+            "JSON expected from {method} {path}, got {status}: {}",
+            String::from_utf8_lossy(&body)
+        )
+    });
+    (status, json)
+}
+
+/// Polls a job until it is `done` (or fails the test on `failed`).
+async fn wait_done(port: u16, token: &str, id: &str, timeout: Duration) -> Value {
+    let start = std::time::Instant::now();
+    loop {
+        let (status, job) = send_json(
+            port,
+            "GET",
+            token,
+            &format!("/admin/audit/exports/{id}"),
+            b"",
+        )
+        .await;
+        assert_eq!(status, 200, "{job}");
+        match job["state"].as_str() {
+            Some("done") => return job,
+            Some("failed" | "cancelled" | "expired") => panic!("job ended badly: {job}"),
+            _ => {}
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "job not done in {timeout:?}: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Checks that the export directory holds one file and its manifest, nothing
+/// partial, and returns the manifest.
+fn only_file_and_manifest(dir: &std::path::Path) -> Value {
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .expect("export dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names.len(),
+        2,
+        "the file and its manifest, nothing partial: {names:?}"
+    );
+    let manifest_name = names
+        .iter()
+        .find(|n| n.ends_with(".manifest.json"))
+        .expect("manifest");
+    serde_json::from_slice(&std::fs::read(dir.join(manifest_name)).expect("read")).expect("JSON")
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[actix_web::test]
+async fn export_jobs_write_a_file_equal_to_the_streamed_export_with_a_true_manifest() {
+    let env = TestEnv::new().await;
+    let set = stored_set(&env).await;
+    let port = set.admin.port;
+    let token = env.named_token("job-owner", &[Scope::Export]).await;
+    let filters = json!({
+        "from": set.from.to_rfc3339(),
+        "to": set.to.to_rfc3339(),
+        "service": "web",
+        "status": ["5xx", "404"],
+    });
+    let body = json!({"format": "ndjson", "compression": "zstd", "filters": filters});
+    let (status, job) = send_json(
+        port,
+        "POST",
+        &token,
+        "/admin/audit/exports",
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(job["state"], "queued");
+    assert_eq!(job["requested_by"], "job-owner");
+    assert_eq!(job["filters"]["status"], json!(["5xx", "404"]));
+    let id = job["id"].as_str().expect("id").to_owned();
+    let job = wait_done(port, &token, &id, Duration::from_secs(60)).await;
+    assert_eq!(job["progress"], 1.0);
+    let (status, headers, file) = http_raw(
+        port,
+        "GET",
+        job["download"].as_str().expect("download link"),
+        &[("Authorization", format!("Bearer {token}").as_str())],
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "content-type"), "application/zstd");
+    let file = file.expect("whole file");
+    assert_eq!(job["bytes"], file.len() as u64);
+    assert_eq!(job["sha256"], sha256_hex(&file));
+    let query = format!(
+        "from={}&to={}&service=web&status=5xx&status=404&format=ndjson",
+        rfc(set.from),
+        rfc(set.to)
+    );
+    let (_, _, streamed) = get_export(&set.admin, &token, &query).await;
+    let decoded = zstd::decode_all(file.as_slice()).expect("zstd");
+    assert_eq!(
+        decoded,
+        streamed.expect("whole stream"),
+        "the job's file equals the streamed export"
+    );
+    let expected = set
+        .events
+        .iter()
+        .filter(|e| e.service == "web" && e.status_code.is_some_and(|s| s >= 500 || s == 404))
+        .count();
+    assert!(expected > 0);
+    assert_eq!(job["rows"], expected as u64);
+
+    // The manifest beside the file tells the same.
+    let dir = std::path::Path::new(&env.settings.export_dir);
+    let manifest = only_file_and_manifest(dir);
+    assert_eq!(manifest["rows"], expected as u64);
+    assert_eq!(manifest["sha256"], sha256_hex(&file));
+    assert_eq!(manifest["bytes"], file.len() as u64);
+    assert_eq!(manifest["format"], "ndjson");
+    assert_eq!(manifest["filters"]["service"], "web");
+    let first: Value = serde_json::from_slice(decoded.split(|b| *b == b'\n').next().expect("line"))
+        .expect("event");
+    assert_eq!(manifest["first_event"]["event_id"], first["event_id"]);
+
+    // Listed; deleting a finished job deletes its file; it can no longer be downloaded.
+    let (status, list) =
+        send_json(port, "GET", &token, "/admin/audit/exports?state=done", b"").await;
+    assert_eq!(status, 200);
+    assert!(
+        list["jobs"]
+            .as_array()
+            .expect("jobs")
+            .iter()
+            .any(|j| j["id"] == id.as_str())
+    );
+    let (status, deleted) = send_json(
+        port,
+        "DELETE",
+        &token,
+        &format!("/admin/audit/exports/{id}"),
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(deleted["state"], "expired");
+    assert_eq!(
+        std::fs::read_dir(dir).expect("dir").count(),
+        0,
+        "file and manifest removed"
+    );
+    let (status, refusal) = send_json(
+        port,
+        "GET",
+        &token,
+        &format!("/admin/audit/exports/{id}/download"),
+        b"",
+    )
+    .await;
+    assert_eq!(status, 409, "{refusal}");
+
+    // Bad requests name what is wrong; nothing is queued.
+    for (body, field) in [
+        (r#"{"format": "xlsx"}"#.to_owned(), "format"),
+        (r#"{"compression": "gzip"}"#.to_owned(), "compression"),
+        (
+            r#"{"filters": {"status": "9xx"}}"#.to_owned(),
+            "filters.status",
+        ),
+        (r#"{"filters": {"limit": 5}}"#.to_owned(), "filters.limit"),
+        (
+            r#"{"filters": {"user_id": {"a": 1}}}"#.to_owned(),
+            "filters.user_id",
+        ),
+        (r#"{"filters": [], "x": 1}"#.to_owned(), "filters"),
+        (r#"{"destination": "s3"}"#.to_owned(), "destination"),
+        ("{not json".to_owned(), "$"),
+    ] {
+        let (status, error) = send_json(
+            port,
+            "POST",
+            &token,
+            "/admin/audit/exports",
+            body.as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}: {error}");
+        assert_eq!(
+            error["error"]["details"][0]["field"], field,
+            "{body}: {error}"
+        );
+    }
+    let (_, list) = send_json(port, "GET", &token, "/admin/audit/exports", b"").await;
+    assert_eq!(
+        list["jobs"].as_array().map(Vec::len),
+        Some(1),
+        "only the first job exists"
+    );
+    let reader = env.named_token("reader", &[Scope::Read]).await;
+    let (status, _) = send_json(port, "POST", &reader, "/admin/audit/exports", b"{}").await;
+    assert_eq!(status, 403, "export jobs need the export scope");
+    set.stop().await;
+    env.cleanup().await;
+}
+
+/// Whether a service listens on `port` and answers `/healthz`.
+async fn answers(port: u16) -> bool {
+    tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_ok()
+        && crate::helpers::http_get(port, "/healthz").await.0 == 200
+}
+
+#[actix_web::test]
+async fn a_job_whose_admin_was_killed_is_finished_by_the_next_one() {
+    let env = TestEnv::new().await;
+    // Enough rows that the export takes a few seconds.
+    let rows: i64 = 200_000;
+    sqlx::query("SELECT auditline.ensure_partition((now() - interval '2 hours')::date)")
+        .execute(&env.pool)
+        .await
+        .expect("partition");
+    sqlx::query(
+        "INSERT INTO auditline.events (event_id, occurred_at, received_at, batch_id, service, \
+         session_id, user_id, action_type, endpoint, http_method, status_code, success, metadata) \
+         SELECT gen_random_uuid(), now() - interval '2 hours' + n * interval '10 ms', now(), \
+                gen_random_uuid(), 'bulk', 's-' || (n % 97), 'user-' || (n % 1000), 'file', \
+                '/files/' || n, 'GET', 200, true, jsonb_build_object('n', n) \
+         FROM generate_series(1, $1) AS n",
+    )
+    .bind(rows)
+    .execute(&env.pool)
+    .await
+    .expect("bulk rows");
+    let token = env.named_token("night-shift", &[Scope::Export]).await;
+    let first_port = crate::helpers::free_port();
+    let mut first = crate::helpers::Process::spawn_with(
+        &env,
+        &["admin"],
+        &[("AUDITLINE_ADMIN_LISTEN", &format!("127.0.0.1:{first_port}"))],
+    );
+    assert!(
+        crate::helpers::wait_until(Duration::from_secs(30), || async {
+            answers(first_port).await
+        })
+        .await,
+        "the first admin came up"
+    );
+    let body = json!({
+        "format": "csv",
+        "compression": "zstd",
+        "filters": {"service": "bulk", "from": (chrono::Utc::now() - chrono::TimeDelta::hours(3)).to_rfc3339()},
+    });
+    let (status, job) = send_json(
+        first_port,
+        "POST",
+        &token,
+        "/admin/audit/exports",
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    let id: Uuid = job["id"].as_str().expect("id").parse().expect("uuid");
+    let running = crate::helpers::wait_until(Duration::from_secs(30), || async {
+        let state: String =
+            sqlx::query_scalar("SELECT state FROM auditline.export_jobs WHERE id = $1")
+                .bind(id)
+                .fetch_one(&env.pool)
+                .await
+                .expect("job row");
+        state == "running"
+    })
+    .await;
+    assert!(running, "the job was seen running");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.signal("KILL");
+    assert_eq!(
+        first.wait(Duration::from_secs(10)).await,
+        None,
+        "killed by SIGKILL"
+    );
+    let (state, written): (String, i64) =
+        sqlx::query_as("SELECT state, rows_written FROM auditline.export_jobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(&env.pool)
+            .await
+            .expect("job row");
+    assert_eq!(state, "running", "killed mid-job, not after it");
+    assert!(written < rows, "killed before the last row");
+
+    let second_port = crate::helpers::free_port();
+    let _second = crate::helpers::Process::spawn_with(
+        &env,
+        &["admin"],
+        &[(
+            "AUDITLINE_ADMIN_LISTEN",
+            &format!("127.0.0.1:{second_port}"),
+        )],
+    );
+    assert!(
+        crate::helpers::wait_until(Duration::from_secs(30), || async {
+            answers(second_port).await
+        })
+        .await,
+        "the second admin came up"
+    );
+    let job = wait_done(
+        second_port,
+        &token,
+        &id.to_string(),
+        Duration::from_secs(180),
+    )
+    .await;
+    assert_eq!(job["attempts"], 2, "{job}");
+    assert_eq!(job["rows"], rows);
+    let (status, _, file) = http_raw(
+        second_port,
+        "GET",
+        &format!("/admin/audit/exports/{id}/download"),
+        &[("Authorization", format!("Bearer {token}").as_str())],
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let file = file.expect("whole file");
+    let manifest = only_file_and_manifest(std::path::Path::new(&env.settings.export_dir));
+    assert_eq!(
+        manifest["sha256"],
+        sha256_hex(&file),
+        "the manifest's hash is the file's"
+    );
+    assert_eq!(manifest["rows"], rows);
+    let csv = zstd::decode_all(file.as_slice()).expect("a whole zstd frame");
+    let mut reader = csv::Reader::from_reader(csv.as_slice());
+    let mut ids = std::collections::HashSet::new();
+    for record in reader.records() {
+        let record = record.expect("row");
+        assert!(ids.insert(record[0].to_owned()), "no row twice");
+    }
+    assert_eq!(ids.len() as i64, rows, "every row once");
+    env.cleanup().await;
+}

@@ -60,6 +60,12 @@ impl TestEnv {
             .join(format!("auditline-test-{id}/spool"))
             .to_string_lossy()
             .into_owned();
+        settings.export_dir = std::env::temp_dir()
+            .join(format!("auditline-test-{id}/exports"))
+            .to_string_lossy()
+            .into_owned();
+        // A job whose admin died is taken over quickly in tests.
+        settings.exports.claim_timeout_secs = 3;
         let pool = db::pool(&settings.database_url, 4).expect("pool");
         db::migrate(&pool).await.expect("migrations run");
         db::ensure_runway(&pool, settings.partitions.ahead_days)
@@ -316,6 +322,11 @@ impl Process {
             .env(
                 "AUDITLINE_INGEST__SPOOL_DIR",
                 &env.settings.ingest.spool_dir,
+            )
+            .env("AUDITLINE_EXPORT_DIR", &env.settings.export_dir)
+            .env(
+                "AUDITLINE_EXPORTS__CLAIM_TIMEOUT_SECS",
+                env.settings.exports.claim_timeout_secs.to_string(),
             )
             .envs(vars.iter().copied())
             .stdin(Stdio::null());

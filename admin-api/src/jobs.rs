@@ -1,0 +1,866 @@
+//! Export jobs: `POST/GET /admin/audit/exports[/{id}[/download]]`,
+//! `DELETE /admin/audit/exports/{id}`, and the runner that does the work.
+//!
+//! Jobs live in `auditline.export_jobs`. Every admin instance runs a
+//! [`Runner`] that claims queued jobs with `FOR UPDATE SKIP LOCKED`, so
+//! instances share the work and never take the same job. A running job sends
+//! a heartbeat (with its progress) every second; one whose heartbeat is older
+//! than `exports.claim_timeout_secs` belongs to an instance presumed dead and
+//! is claimed again and started over. The file is written under a temporary
+//! name, fsync'd and renamed only when whole, with its manifest beside it, so
+//! no partial file is ever offered as complete. Finished files expire after
+//! `exports.retention_hours`.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use actix_web::{
+    HttpRequest, HttpResponse,
+    http::header::{ContentDisposition, DispositionParam, DispositionType},
+    web::{self, Bytes},
+};
+use anyhow::Context;
+use auditline_shared::settings::ExportSettings;
+use chrono::{DateTime, Utc};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use tokio::io::AsyncWriteExt;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::{
+    app::{Exporter, State},
+    error::ApiError,
+    export::{self, Compression, Encoder, Export, Format, Rows},
+    params::Params,
+};
+
+/// The states a job goes through.
+pub const STATES: [&str; 6] = [
+    "queued",
+    "running",
+    "done",
+    "failed",
+    "cancelled",
+    "expired",
+];
+
+/// An export job as the API shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+pub struct ExportJob {
+    pub id: Uuid,
+    /// `queued`, `running`, `done`, `failed`, `cancelled` or `expired`.
+    pub state: String,
+    /// The search filters, as given.
+    #[schema(value_type = Object)]
+    #[sqlx(skip)]
+    pub filters: Map<String, Value>,
+    #[serde(skip)]
+    pub query: String,
+    pub format: Format,
+    pub compression: Compression,
+    pub window_from: DateTime<Utc>,
+    pub window_to: DateTime<Utc>,
+    pub requested_by: String,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub attempts: i32,
+    /// Rows written so far (the total once `done`).
+    pub rows: i64,
+    /// Bytes written so far (the file's size once `done`).
+    pub bytes: i64,
+    /// How far through the window the job is, 0 to 1.
+    pub progress: f64,
+    pub sha256: Option<String>,
+    pub error: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Where to download the file, once `done`.
+    #[sqlx(skip)]
+    pub download: Option<String>,
+    #[serde(skip)]
+    pub file_name: Option<String>,
+}
+
+/// The columns of an [`ExportJob`].
+macro_rules! job_columns {
+    () => {
+        "id, state, query, format, compression, window_from, window_to, requested_by, \
+         created_at, started_at, finished_at, attempts, rows_written AS rows, \
+         bytes_written AS bytes, progress, sha256, error, expires_at, file_name"
+    };
+}
+
+impl sqlx::Type<sqlx::Postgres> for Format {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <String as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for Format {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let text = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+        Format::parse(text).ok_or_else(|| format!("unknown export format {text:?}").into())
+    }
+}
+
+impl sqlx::Type<sqlx::Postgres> for Compression {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <String as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for Compression {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let text = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+        Compression::parse(text).ok_or_else(|| format!("unknown compression {text:?}").into())
+    }
+}
+
+impl ExportJob {
+    /// Fills the fields derived from the stored ones.
+    fn complete(mut self) -> Self {
+        let mut filters = Map::new();
+        for (name, value) in form_urlencoded::parse(self.query.as_bytes()) {
+            let value = Value::String(value.into_owned());
+            match filters.get_mut(name.as_ref()) {
+                Some(Value::Array(values)) => values.push(value),
+                Some(first) => *first = Value::Array(vec![first.take(), value]),
+                None => {
+                    filters.insert(name.into_owned(), value);
+                }
+            }
+        }
+        self.filters = filters;
+        if self.state == "done" {
+            self.download = Some(format!("/admin/audit/exports/{}/download", self.id));
+        }
+        self
+    }
+
+    /// The export this job runs: its filters over its fixed window.
+    fn export(&self) -> Result<Export, ApiError> {
+        let params = Params::parse(&self.query, export::FILTER_PARAMS)?;
+        let mut export = Export::parse(&params)?;
+        export.from = self.window_from;
+        export.to = self.window_to;
+        export.format = self.format;
+        export.compression = self.compression;
+        Ok(export)
+    }
+}
+
+/// The body of `POST /admin/audit/exports`.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct NewExport {
+    /// `csv` (default), `json` or `ndjson`.
+    format: Option<Format>,
+    /// `none` (default) or `zstd`.
+    compression: Option<Compression>,
+    /// The parameters of `GET /admin/audit/logs` (without `limit` and
+    /// `cursor`): a string, number or boolean each, or an array for the
+    /// repeatable ones.
+    #[schema(value_type = Object)]
+    filters: Option<Map<String, Value>>,
+}
+
+/// The filters object as a query string, for the search's own parser.
+fn filters_query(filters: &Map<String, Value>) -> Result<String, ApiError> {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in filters {
+        let field = format!("filters.{name}");
+        let scalar = |v: &Value| match v {
+            Value::String(s) => Ok(s.clone()),
+            Value::Number(n) => Ok(n.to_string()),
+            Value::Bool(b) => Ok(b.to_string()),
+            _ => Err(ApiError::body(
+                &field,
+                "must be a string, a number, a boolean or an array of them",
+            )),
+        };
+        match value {
+            Value::Array(values) => {
+                for v in values {
+                    query.append_pair(name, &scalar(v)?);
+                }
+            }
+            v => {
+                query.append_pair(name, &scalar(v)?);
+            }
+        }
+    }
+    Ok(query.finish())
+}
+
+fn parse_new(body: &[u8]) -> Result<(String, Export), ApiError> {
+    let body: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::body("$", format!("malformed JSON: {e}")))?;
+    let Value::Object(mut body) = body else {
+        return Err(ApiError::body("$", "must be a JSON object"));
+    };
+    let mut text_of = |name: &str| -> Result<Option<String>, ApiError> {
+        match body.remove(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(ApiError::body(name, "must be a string")),
+        }
+    };
+    let format = match text_of("format")? {
+        None => Format::Csv,
+        Some(text) => Format::parse(&text).ok_or_else(|| {
+            ApiError::body(
+                "format",
+                format!("{text:?} is not one of csv, json, ndjson"),
+            )
+        })?,
+    };
+    let compression = match text_of("compression")? {
+        None => Compression::None,
+        Some(text) => Compression::parse(&text).ok_or_else(|| {
+            ApiError::body("compression", format!("{text:?} is not one of none, zstd"))
+        })?,
+    };
+    let filters = match body.remove("filters") {
+        None => Map::new(),
+        Some(Value::Object(filters)) => filters,
+        Some(_) => return Err(ApiError::body("filters", "must be an object")),
+    };
+    if let Some(unknown) = body.keys().next() {
+        return Err(ApiError::body(
+            unknown,
+            "unknown field; known: format, compression, filters",
+        ));
+    }
+    let query = filters_query(&filters)?;
+    let params = Params::parse(&query, export::FILTER_PARAMS).map_err(in_filters)?;
+    let mut export = Export::parse(&params).map_err(in_filters)?;
+    export.format = format;
+    export.compression = compression;
+    Ok((query, export))
+}
+
+/// A parameter error about the filters object, named as a body field.
+fn in_filters(error: ApiError) -> ApiError {
+    match error {
+        ApiError::BadParam { param, message } => {
+            ApiError::body(&format!("filters.{param}"), message)
+        }
+        other => other,
+    }
+}
+
+/// Start an export job.
+#[utoipa::path(
+    post,
+    path = "/admin/audit/exports",
+    tag = "export",
+    request_body(content = NewExport, content_type = "application/json"),
+    responses(
+        (status = 202, description = "The job, queued", body = ExportJob),
+        (status = 400, description = "The body or a filter is invalid; the error names it", body = crate::openapi::ErrorEnvelope),
+        (status = 401, description = "Missing, unknown, expired or revoked token", body = crate::openapi::ErrorEnvelope),
+        (status = 403, description = "The token lacks the `export` scope", body = crate::openapi::ErrorEnvelope),
+    )
+)]
+pub async fn create(
+    req: HttpRequest,
+    exporter: Exporter,
+    body: Bytes,
+    state: web::Data<State>,
+) -> Result<HttpResponse, ApiError> {
+    Params::parse(req.query_string(), &[])?;
+    let (query, export) = parse_new(&body)?;
+    let job: ExportJob = sqlx::query_as(concat!(
+        "INSERT INTO auditline.export_jobs \
+         (id, query, format, compression, window_from, window_to, requested_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING ",
+        job_columns!()
+    ))
+    .bind(Uuid::now_v7())
+    .bind(query)
+    .bind(export.format.as_str())
+    .bind(export.compression.as_str())
+    .bind(export.from)
+    .bind(export.to)
+    .bind(exporter.0)
+    .fetch_one(&state.pool)
+    .await?;
+    state.jobs_waiting.notify_one();
+    Ok(HttpResponse::Accepted().json(job.complete()))
+}
+
+/// The jobs, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<ExportJob>,
+}
+
+/// List export jobs, newest first.
+#[utoipa::path(
+    get,
+    path = "/admin/audit/exports",
+    tag = "export",
+    params(
+        ("state" = Option<String>, Query, description = "Only jobs in this state",
+            pattern = "^(queued|running|done|failed|cancelled|expired)$"),
+        ("limit" = Option<i64>, Query, description = "At most this many (default 100)",
+            minimum = 1, maximum = 1000),
+    ),
+    responses(
+        (status = 200, description = "The jobs", body = JobList),
+        crate::openapi::ReadErrors,
+    )
+)]
+pub async fn list(
+    req: HttpRequest,
+    _exporter: Exporter,
+    state: web::Data<State>,
+) -> Result<HttpResponse, ApiError> {
+    let params = Params::parse(req.query_string(), &["state", "limit"])?;
+    let limit = params.integer("limit", 1, 1000)?.unwrap_or(100);
+    let wanted = params.one("state")?;
+    if let Some(wanted) = wanted
+        && !STATES.contains(&wanted)
+    {
+        return Err(ApiError::param(
+            "state",
+            format!("{wanted:?} is not one of {}", STATES.join(", ")),
+        ));
+    }
+    let jobs: Vec<ExportJob> = sqlx::query_as(concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM auditline.export_jobs WHERE ($1::text IS NULL OR state = $1) \
+         ORDER BY created_at DESC, id DESC LIMIT $2"
+    ))
+    .bind(wanted)
+    .bind(limit)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(HttpResponse::Ok().json(JobList {
+        jobs: jobs.into_iter().map(ExportJob::complete).collect(),
+    }))
+}
+
+fn job_id(path: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(path).map_err(|_| ApiError::param("id", format!("{path:?} is not a UUID")))
+}
+
+async fn load(pool: &PgPool, id: Uuid) -> Result<ExportJob, ApiError> {
+    let job: Option<ExportJob> = sqlx::query_as(concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM auditline.export_jobs WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    job.map(ExportJob::complete)
+        .ok_or_else(|| ApiError::NotFound(format!("no export job {id}")))
+}
+
+/// One export job: state, rows, bytes, progress.
+#[utoipa::path(
+    get,
+    path = "/admin/audit/exports/{id}",
+    tag = "export",
+    params(("id" = Uuid, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job", body = ExportJob),
+        crate::openapi::ReadErrors,
+        (status = 404, description = "No such job", body = crate::openapi::ErrorEnvelope),
+    )
+)]
+pub async fn show(
+    req: HttpRequest,
+    _exporter: Exporter,
+    path: web::Path<String>,
+    state: web::Data<State>,
+) -> Result<HttpResponse, ApiError> {
+    Params::parse(req.query_string(), &[])?;
+    let job = load(&state.pool, job_id(&path)?).await?;
+    Ok(HttpResponse::Ok().json(job))
+}
+
+/// Cancel a queued or running job, or delete a finished job's file.
+#[utoipa::path(
+    delete,
+    path = "/admin/audit/exports/{id}",
+    tag = "export",
+    params(("id" = Uuid, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job, now `cancelled` (or `expired`: its file was deleted)", body = ExportJob),
+        crate::openapi::ReadErrors,
+        (status = 404, description = "No such job", body = crate::openapi::ErrorEnvelope),
+    )
+)]
+pub async fn cancel(
+    req: HttpRequest,
+    _exporter: Exporter,
+    path: web::Path<String>,
+    state: web::Data<State>,
+) -> Result<HttpResponse, ApiError> {
+    Params::parse(req.query_string(), &[])?;
+    let id = job_id(&path)?;
+    let changed: Option<(String, Option<String>)> = sqlx::query_as(
+        "UPDATE auditline.export_jobs \
+         SET state = CASE WHEN state = 'done' THEN 'expired' ELSE 'cancelled' END, \
+             finished_at = coalesce(finished_at, now()) \
+         WHERE id = $1 AND state IN ('queued', 'running', 'done') \
+         RETURNING state, file_name",
+    )
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await?;
+    if let Some((new_state, Some(file))) = changed
+        && new_state == "expired"
+    {
+        remove_files(&state.export_dir, &file).await;
+    }
+    // A running job notices at its next heartbeat and stops.
+    let job = load(&state.pool, id).await?;
+    Ok(HttpResponse::Ok().json(job))
+}
+
+/// Download a finished export.
+#[utoipa::path(
+    get,
+    path = "/admin/audit/exports/{id}/download",
+    tag = "export",
+    params(("id" = Uuid, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The export file", content(
+            (String = "text/csv"),
+            (String = "application/json"),
+            (String = "application/x-ndjson"),
+            (String = "application/zstd"),
+        )),
+        crate::openapi::ReadErrors,
+        (status = 404, description = "No such job", body = crate::openapi::ErrorEnvelope),
+        (status = 409, description = "The job is not `done`", body = crate::openapi::ErrorEnvelope),
+    )
+)]
+pub async fn download(
+    req: HttpRequest,
+    _exporter: Exporter,
+    path: web::Path<String>,
+    state: web::Data<State>,
+) -> Result<HttpResponse, ApiError> {
+    Params::parse(req.query_string(), &[])?;
+    let job = load(&state.pool, job_id(&path)?).await?;
+    let (true, Some(file)) = (job.state == "done", job.file_name.as_deref()) else {
+        return Err(ApiError::Conflict(format!(
+            "export job {} is {}, not done; there is no file to download",
+            job.id, job.state
+        )));
+    };
+    let path = state.export_dir.join(file);
+    let file = tokio::fs::File::open(&path)
+        .await
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let size = file
+        .metadata()
+        .await
+        .context("cannot stat the export")?
+        .len();
+    let export = job.export()?;
+    let body = futures_util::stream::unfold(file, |mut file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buffer = vec![0; 256 * 1024];
+        match file.read(&mut buffer).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buffer.truncate(n);
+                Some((Ok::<_, std::io::Error>(Bytes::from(buffer)), file))
+            }
+            Err(e) => Some((Err(e), file)),
+        }
+    });
+    Ok(HttpResponse::Ok()
+        .content_type(export.content_type())
+        .insert_header(ContentDisposition {
+            disposition: DispositionType::Attachment,
+            parameters: vec![DispositionParam::Filename(export.file_name())],
+        })
+        .no_chunking(size)
+        .streaming(body))
+}
+
+/// The export's file and manifest names in the export directory.
+fn manifest_name(file: &str) -> String {
+    format!("{file}.manifest.json")
+}
+
+async fn remove_files(dir: &Path, file: &str) {
+    for name in [file.to_owned(), manifest_name(file)] {
+        if let Err(e) = tokio::fs::remove_file(dir.join(&name)).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %e, file = %name, "cannot remove an export file");
+        }
+    }
+}
+
+/// Removes the temporary files of earlier attempts at `file`.
+async fn remove_partials(dir: &Path, file: &str) {
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
+        return;
+    };
+    let prefix = format!(".{file}.");
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && name.ends_with(".partial") {
+            let _ = tokio::fs::remove_file(entry.path()).await;
+        }
+    }
+}
+
+/// The runner's metrics.
+#[derive(Clone, Debug)]
+pub struct JobMetrics {
+    jobs: IntGaugeVec,
+    finished: IntCounterVec,
+    rows: IntCounter,
+    bytes: IntCounter,
+    duration: Histogram,
+}
+
+impl JobMetrics {
+    pub fn register(registry: &Registry) -> anyhow::Result<Self> {
+        let jobs = IntGaugeVec::new(
+            Opts::new(
+                "auditline_export_jobs",
+                "Export jobs by state (all instances)",
+            ),
+            &["state"],
+        )?;
+        let finished = IntCounterVec::new(
+            Opts::new(
+                "auditline_export_jobs_finished_total",
+                "Export jobs this instance finished, by outcome",
+            ),
+            &["outcome"],
+        )?;
+        let rows = IntCounter::new(
+            "auditline_export_rows_total",
+            "Rows written to export files",
+        )?;
+        let bytes = IntCounter::new(
+            "auditline_export_bytes_total",
+            "Bytes written to export files",
+        )?;
+        let duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "auditline_export_duration_seconds",
+                "How long export jobs took, from claim to finished file",
+            )
+            .buckets(vec![0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0]),
+        )?;
+        registry.register(Box::new(jobs.clone()))?;
+        registry.register(Box::new(finished.clone()))?;
+        registry.register(Box::new(rows.clone()))?;
+        registry.register(Box::new(bytes.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        Ok(Self {
+            jobs,
+            finished,
+            rows,
+            bytes,
+            duration,
+        })
+    }
+}
+
+/// Claims and runs export jobs (one at a time per instance).
+#[derive(Debug, Clone)]
+pub struct Runner {
+    pub pool: PgPool,
+    pub dir: PathBuf,
+    pub settings: ExportSettings,
+    pub instance: String,
+    pub metrics: JobMetrics,
+    pub wake: Arc<tokio::sync::Notify>,
+}
+
+/// How a run ended without finishing the file.
+#[derive(Debug)]
+enum Stopped {
+    /// Cancelled, or taken over by another instance.
+    Lost,
+    Failed(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Stopped {
+    fn from(e: E) -> Self {
+        Self::Failed(e.into())
+    }
+}
+
+impl Runner {
+    /// Runs forever (abort the task to stop).
+    pub async fn run(self) {
+        let mut last_upkeep = Instant::now() - Duration::from_secs(3600);
+        loop {
+            if last_upkeep.elapsed() >= Duration::from_secs(30) {
+                last_upkeep = Instant::now();
+                if let Err(e) = self.upkeep().await {
+                    tracing::warn!(error = %format!("{e:#}"), "export upkeep failed");
+                }
+            }
+            match self.claim().await {
+                Ok(Some(job)) => self.run_job(job).await,
+                Ok(None) => {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot claim export jobs");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        }
+    }
+
+    /// Expires old files and refreshes the state gauge.
+    async fn upkeep(&self) -> anyhow::Result<()> {
+        let expired: Vec<(Option<String>,)> = sqlx::query_as(
+            "UPDATE auditline.export_jobs SET state = 'expired' \
+             WHERE state = 'done' AND expires_at < now() RETURNING file_name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for (file,) in expired {
+            if let Some(file) = file {
+                remove_files(&self.dir, &file).await;
+            }
+        }
+        let counts: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, count(*) FROM auditline.export_jobs GROUP BY state")
+                .fetch_all(&self.pool)
+                .await?;
+        for state in STATES {
+            let n = counts
+                .iter()
+                .find(|(s, _)| s == state)
+                .map_or(0, |(_, n)| *n);
+            self.metrics.jobs.with_label_values(&[state]).set(n);
+        }
+        Ok(())
+    }
+
+    async fn claim(&self) -> Result<Option<ExportJob>, sqlx::Error> {
+        let job: Option<ExportJob> = sqlx::query_as(concat!(
+            "UPDATE auditline.export_jobs SET state = 'running', claimed_by = $1, \
+             heartbeat_at = now(), started_at = now(), attempts = attempts + 1, \
+             rows_written = 0, bytes_written = 0, progress = 0, error = NULL \
+             WHERE id = (SELECT id FROM auditline.export_jobs \
+                         WHERE state = 'queued' OR (state = 'running' \
+                               AND heartbeat_at < now() - make_interval(secs => $2)) \
+                         ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1) \
+             RETURNING ",
+            job_columns!()
+        ))
+        .bind(&self.instance)
+        .bind(self.settings.claim_timeout_secs as f64)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(job.map(ExportJob::complete))
+    }
+
+    async fn run_job(&self, job: ExportJob) {
+        let started = Instant::now();
+        let file = format!(
+            "export-{}.{}{}",
+            job.id,
+            job.format.as_str(),
+            if job.compression == Compression::Zstd {
+                ".zst"
+            } else {
+                ""
+            }
+        );
+        // What an earlier attempt (a process that died) left behind.
+        remove_partials(&self.dir, &file).await;
+        let partial = self.dir.join(format!(".{file}.{}.partial", job.attempts));
+        tracing::info!(job = %job.id, attempt = job.attempts, "export job started");
+        let outcome = self.write_file(&job, &file, &partial).await;
+        let _ = tokio::fs::remove_file(&partial).await;
+        match outcome {
+            Ok(()) => {
+                self.metrics.finished.with_label_values(&["done"]).inc();
+                self.metrics
+                    .duration
+                    .observe(started.elapsed().as_secs_f64());
+                tracing::info!(job = %job.id, seconds = started.elapsed().as_secs_f64(), "export job done");
+            }
+            Err(Stopped::Lost) => {
+                self.metrics
+                    .finished
+                    .with_label_values(&["cancelled"])
+                    .inc();
+                tracing::info!(job = %job.id, "export job cancelled or taken over; stopped");
+            }
+            Err(Stopped::Failed(e)) => {
+                self.metrics.finished.with_label_values(&["failed"]).inc();
+                tracing::error!(job = %job.id, error = %format!("{e:#}"), "export job failed");
+                let _ = sqlx::query(
+                    "UPDATE auditline.export_jobs SET state = 'failed', error = $3, \
+                     finished_at = now() WHERE id = $1 AND claimed_by = $2 AND state = 'running'",
+                )
+                .bind(job.id)
+                .bind(&self.instance)
+                .bind(format!("{e:#}"))
+                .execute(&self.pool)
+                .await;
+            }
+        }
+    }
+
+    /// Records progress; `Err(Lost)` when the job is no longer this instance's to run.
+    async fn heartbeat(
+        &self,
+        job: &ExportJob,
+        rows: u64,
+        bytes: u64,
+        progress: f64,
+    ) -> Result<(), Stopped> {
+        let still_ours = sqlx::query(
+            "UPDATE auditline.export_jobs SET heartbeat_at = now(), rows_written = $3, \
+             bytes_written = $4, progress = $5 \
+             WHERE id = $1 AND claimed_by = $2 AND state = 'running'",
+        )
+        .bind(job.id)
+        .bind(&self.instance)
+        .bind(rows as i64)
+        .bind(bytes as i64)
+        .bind(progress)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1;
+        if still_ours {
+            Ok(())
+        } else {
+            Err(Stopped::Lost)
+        }
+    }
+
+    async fn write_file(&self, job: &ExportJob, file: &str, partial: &Path) -> Result<(), Stopped> {
+        let export = job.export().map_err(|e| anyhow::anyhow!("{e}"))?;
+        tokio::fs::create_dir_all(&self.dir)
+            .await
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        let mut out = tokio::fs::File::create(partial)
+            .await
+            .with_context(|| format!("cannot create {}", partial.display()))?;
+        let mut hash = Sha256::new();
+        let mut bytes = 0u64;
+        let mut encoder = Encoder::new(export.format, export.compression)?;
+        let mut conn = self.pool.acquire().await?;
+        export::begin_snapshot(&mut conn).await?;
+        let mut rows = Rows::new(&export);
+        let mut first: Option<(Uuid, DateTime<Utc>)> = None;
+        let mut last: Option<(Uuid, DateTime<Utc>)> = None;
+        let mut beat = Instant::now();
+        let read = async {
+            loop {
+                let chunk = rows.next(&mut conn).await?;
+                let (Some(head), Some(tail)) = (chunk.first(), chunk.last()) else {
+                    break;
+                };
+                first.get_or_insert((head.event_id, head.occurred_at));
+                last = Some((tail.event_id, tail.occurred_at));
+                encoder.write_rows(&chunk)?;
+                if encoder.ready() {
+                    let data = encoder.take();
+                    hash.update(&data);
+                    bytes += data.len() as u64;
+                    out.write_all(&data).await?;
+                    self.metrics.bytes.inc_by(data.len() as u64);
+                }
+                self.metrics.rows.inc_by(chunk.len() as u64);
+                if beat.elapsed() >= Duration::from_secs(1) {
+                    beat = Instant::now();
+                    let progress = export.progress(tail.occurred_at);
+                    self.heartbeat(job, encoder.rows(), bytes, progress).await?;
+                }
+            }
+            Ok::<(), Stopped>(())
+        }
+        .await;
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        drop(conn);
+        read?;
+        let total_rows = encoder.rows();
+        let rest = encoder.finish()?;
+        hash.update(&rest);
+        bytes += rest.len() as u64;
+        self.metrics.bytes.inc_by(rest.len() as u64);
+        out.write_all(&rest).await?;
+        out.sync_all().await?;
+        drop(out);
+        let sha256 = hex(&hash.finalize());
+        // The last check before the file appears: still ours, not cancelled.
+        self.heartbeat(job, total_rows, bytes, 1.0).await?;
+        let manifest = json!({
+            "id": job.id,
+            "file": file,
+            "filters": job.filters,
+            "window": {"from": export.from, "to": export.to},
+            "order": if export.descending { "desc" } else { "asc" },
+            "format": export.format,
+            "compression": export.compression,
+            "rows": total_rows,
+            "bytes": bytes,
+            "sha256": sha256,
+            "first_event": first.map(|(id, at)| json!({"event_id": id, "occurred_at": at})),
+            "last_event": last.map(|(id, at)| json!({"event_id": id, "occurred_at": at})),
+            "requested_by": job.requested_by,
+            "created_at": Utc::now(),
+        });
+        let manifest_path = self.dir.join(manifest_name(file));
+        let manifest_partial = self.dir.join(format!(".{}.partial", manifest_name(file)));
+        let mut m = tokio::fs::File::create(&manifest_partial).await?;
+        m.write_all(&serde_json::to_vec_pretty(&manifest)?).await?;
+        m.sync_all().await?;
+        drop(m);
+        tokio::fs::rename(partial, self.dir.join(file)).await?;
+        tokio::fs::rename(&manifest_partial, &manifest_path).await?;
+        tokio::fs::File::open(&self.dir).await?.sync_all().await?;
+        let done = sqlx::query(
+            "UPDATE auditline.export_jobs SET state = 'done', finished_at = now(), \
+             rows_written = $3, bytes_written = $4, progress = 1, sha256 = $5, file_name = $6, \
+             expires_at = now() + make_interval(hours => $7) \
+             WHERE id = $1 AND claimed_by = $2 AND state = 'running'",
+        )
+        .bind(job.id)
+        .bind(&self.instance)
+        .bind(total_rows as i64)
+        .bind(bytes as i64)
+        .bind(&sha256)
+        .bind(file)
+        .bind(i32::try_from(self.settings.retention_hours).unwrap_or(i32::MAX))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if done == 0 {
+            // Cancelled in the last instant: the file must not stay.
+            remove_files(&self.dir, file).await;
+            return Err(Stopped::Lost);
+        }
+        Ok(())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
