@@ -25,7 +25,7 @@ use serde_json::{Map, Value, json};
 use sqlx::PgPool;
 use utoipa::OpenApi;
 
-use crate::{error::ApiError, export, jobs, openapi::ApiDoc, realtime, search, users};
+use crate::{error::ApiError, export, jobs, openapi::ApiDoc, realtime, schedules, search, users};
 use futures_util::future::LocalBoxFuture;
 
 /// What every handler shares.
@@ -222,6 +222,22 @@ impl Application {
                             vec![web::get().to(jobs::show), web::delete().to(jobs::cancel)],
                         ))
                         .service(get("/exports/{id}/download", web::get().to(jobs::download)))
+                        .service(methods(
+                            "/export-schedules",
+                            "GET, POST",
+                            vec![
+                                web::get().to(schedules::list),
+                                web::post().to(schedules::create),
+                            ],
+                        ))
+                        .service(methods(
+                            "/export-schedules/{id}",
+                            "GET, DELETE",
+                            vec![
+                                web::get().to(schedules::show),
+                                web::delete().to(schedules::delete),
+                            ],
+                        ))
                         .default_service(web::to(not_found)),
                 )
                 .service(get("/metrics", web::get().to(metrics_handler)))

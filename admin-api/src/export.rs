@@ -684,7 +684,7 @@ fn json_object(out: &mut Vec<u8>, r: &ExportRow) {
         (status = 200, description = "The export file, streamed",
             content(
                 (String = "text/csv"),
-                (String = "application/json"),
+                (Vec<crate::search::StoredEvent> = "application/json"),
                 (String = "application/x-ndjson"),
                 (String = "application/zstd"),
             )),

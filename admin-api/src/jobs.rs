@@ -70,6 +70,8 @@ pub struct ExportJob {
     pub window_from: DateTime<Utc>,
     pub window_to: DateTime<Utc>,
     pub requested_by: String,
+    /// The schedule that fired this job, if one did.
+    pub schedule_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -94,7 +96,7 @@ pub struct ExportJob {
 macro_rules! job_columns {
     () => {
         "id, state, query, format, compression, window_from, window_to, requested_by, \
-         created_at, started_at, finished_at, attempts, rows_written AS rows, \
+         schedule_id, created_at, started_at, finished_at, attempts, rows_written AS rows, \
          bytes_written AS bytes, progress, sha256, error, expires_at, file_name"
     };
 }
@@ -128,18 +130,7 @@ impl<'r> sqlx::Decode<'r, sqlx::Postgres> for Compression {
 impl ExportJob {
     /// Fills the fields derived from the stored ones.
     fn complete(mut self) -> Self {
-        let mut filters = Map::new();
-        for (name, value) in form_urlencoded::parse(self.query.as_bytes()) {
-            let value = Value::String(value.into_owned());
-            match filters.get_mut(name.as_ref()) {
-                Some(Value::Array(values)) => values.push(value),
-                Some(first) => *first = Value::Array(vec![first.take(), value]),
-                None => {
-                    filters.insert(name.into_owned(), value);
-                }
-            }
-        }
-        self.filters = filters;
+        self.filters = query_filters(&self.query);
         if self.state == "done" {
             self.download = Some(format!("/admin/audit/exports/{}/download", self.id));
         }
@@ -158,6 +149,22 @@ impl ExportJob {
     }
 }
 
+/// A stored query string as a filters object (repeated names become arrays).
+pub(crate) fn query_filters(query: &str) -> Map<String, Value> {
+    let mut filters = Map::new();
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        let value = Value::String(value.into_owned());
+        match filters.get_mut(name.as_ref()) {
+            Some(Value::Array(values)) => values.push(value),
+            Some(first) => *first = Value::Array(vec![first.take(), value]),
+            None => {
+                filters.insert(name.into_owned(), value);
+            }
+        }
+    }
+    filters
+}
+
 /// The body of `POST /admin/audit/exports`.
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]
@@ -174,7 +181,7 @@ pub struct NewExport {
 }
 
 /// The filters object as a query string, for the search's own parser.
-fn filters_query(filters: &Map<String, Value>) -> Result<String, ApiError> {
+pub(crate) fn filters_query(filters: &Map<String, Value>) -> Result<String, ApiError> {
     let mut query = form_urlencoded::Serializer::new(String::new());
     for (name, value) in filters {
         let field = format!("filters.{name}");
@@ -201,46 +208,75 @@ fn filters_query(filters: &Map<String, Value>) -> Result<String, ApiError> {
     Ok(query.finish())
 }
 
-fn parse_new(body: &[u8]) -> Result<(String, Export), ApiError> {
-    let body: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::body("$", format!("malformed JSON: {e}")))?;
-    let Value::Object(mut body) = body else {
-        return Err(ApiError::body("$", "must be a JSON object"));
-    };
-    let mut text_of = |name: &str| -> Result<Option<String>, ApiError> {
-        match body.remove(name) {
+/// A JSON object body, taken apart field by field with errors that name the field.
+pub(crate) struct Body(Map<String, Value>);
+
+impl Body {
+    pub(crate) fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        match serde_json::from_slice(body) {
+            Ok(Value::Object(map)) => Ok(Self(map)),
+            Ok(_) => Err(ApiError::body("$", "must be a JSON object")),
+            Err(e) => Err(ApiError::body("$", format!("malformed JSON: {e}"))),
+        }
+    }
+
+    /// A string field (absent: `None`; null or another type: an error).
+    pub(crate) fn text(&mut self, name: &str) -> Result<Option<String>, ApiError> {
+        match self.0.remove(name) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
             Some(_) => Err(ApiError::body(name, "must be a string")),
         }
-    };
-    let format = match text_of("format")? {
-        None => Format::Csv,
-        Some(text) => Format::parse(&text).ok_or_else(|| {
-            ApiError::body(
-                "format",
-                format!("{text:?} is not one of csv, json, ndjson"),
-            )
-        })?,
-    };
-    let compression = match text_of("compression")? {
-        None => Compression::None,
-        Some(text) => Compression::parse(&text).ok_or_else(|| {
-            ApiError::body("compression", format!("{text:?} is not one of none, zstd"))
-        })?,
-    };
-    let filters = match body.remove("filters") {
-        None => Map::new(),
-        Some(Value::Object(filters)) => filters,
-        Some(_) => return Err(ApiError::body("filters", "must be an object")),
-    };
-    if let Some(unknown) = body.keys().next() {
-        return Err(ApiError::body(
-            unknown,
-            "unknown field; known: format, compression, filters",
-        ));
     }
-    let query = filters_query(&filters)?;
+
+    pub(crate) fn format(&mut self) -> Result<Format, ApiError> {
+        match self.text("format")? {
+            None => Ok(Format::Csv),
+            Some(text) => Format::parse(&text).ok_or_else(|| {
+                ApiError::body(
+                    "format",
+                    format!("{text:?} is not one of csv, json, ndjson"),
+                )
+            }),
+        }
+    }
+
+    pub(crate) fn compression(&mut self) -> Result<Compression, ApiError> {
+        match self.text("compression")? {
+            None => Ok(Compression::None),
+            Some(text) => Compression::parse(&text).ok_or_else(|| {
+                ApiError::body("compression", format!("{text:?} is not one of none, zstd"))
+            }),
+        }
+    }
+
+    /// The `filters` object as a query string.
+    pub(crate) fn filters(&mut self) -> Result<String, ApiError> {
+        match self.0.remove("filters") {
+            None => Ok(String::new()),
+            Some(Value::Object(filters)) => filters_query(&filters),
+            Some(_) => Err(ApiError::body("filters", "must be an object")),
+        }
+    }
+
+    /// Refuses any field not taken.
+    pub(crate) fn finish(self, known: &str) -> Result<(), ApiError> {
+        match self.0.keys().next() {
+            Some(unknown) => Err(ApiError::body(
+                unknown,
+                format!("unknown field; known: {known}"),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+fn parse_new(body: &[u8]) -> Result<(String, Export), ApiError> {
+    let mut body = Body::parse(body)?;
+    let format = body.format()?;
+    let compression = body.compression()?;
+    let query = body.filters()?;
+    body.finish("format, compression, filters")?;
     let params = Params::parse(&query, export::FILTER_PARAMS).map_err(in_filters)?;
     let mut export = Export::parse(&params).map_err(in_filters)?;
     export.format = format;
@@ -249,7 +285,7 @@ fn parse_new(body: &[u8]) -> Result<(String, Export), ApiError> {
 }
 
 /// A parameter error about the filters object, named as a body field.
-fn in_filters(error: ApiError) -> ApiError {
+pub(crate) fn in_filters(error: ApiError) -> ApiError {
     match error {
         ApiError::BadParam { param, message } => {
             ApiError::body(&format!("filters.{param}"), message)
@@ -440,7 +476,7 @@ pub async fn cancel(
     responses(
         (status = 200, description = "The export file", content(
             (String = "text/csv"),
-            (String = "application/json"),
+            (Vec<crate::search::StoredEvent> = "application/json"),
             (String = "application/x-ndjson"),
             (String = "application/zstd"),
         )),
@@ -616,6 +652,11 @@ impl Runner {
                     tracing::warn!(error = %format!("{e:#}"), "export upkeep failed");
                 }
             }
+            match crate::schedules::fire_due(&self.pool).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(jobs = n, "scheduled exports queued"),
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot fire export schedules"),
+            }
             match self.claim().await {
                 Ok(Some(job)) => self.run_job(job).await,
                 Ok(None) => {
@@ -712,9 +753,15 @@ impl Runner {
             Err(Stopped::Failed(e)) => {
                 self.metrics.finished.with_label_values(&["failed"]).inc();
                 tracing::error!(job = %job.id, error = %format!("{e:#}"), "export job failed");
+                // A scheduled window must not be left out: its job is
+                // queued again, up to three attempts, before it fails.
                 let _ = sqlx::query(
-                    "UPDATE auditline.export_jobs SET state = 'failed', error = $3, \
-                     finished_at = now() WHERE id = $1 AND claimed_by = $2 AND state = 'running'",
+                    "UPDATE auditline.export_jobs SET error = $3, \
+                     state = CASE WHEN schedule_id IS NOT NULL AND attempts < 3 \
+                                  THEN 'queued' ELSE 'failed' END, \
+                     finished_at = CASE WHEN schedule_id IS NOT NULL AND attempts < 3 \
+                                        THEN NULL ELSE now() END \
+                     WHERE id = $1 AND claimed_by = $2 AND state = 'running'",
                 )
                 .bind(job.id)
                 .bind(&self.instance)
@@ -825,6 +872,7 @@ impl Runner {
             "first_event": first.map(|(id, at)| json!({"event_id": id, "occurred_at": at})),
             "last_event": last.map(|(id, at)| json!({"event_id": id, "occurred_at": at})),
             "requested_by": job.requested_by,
+            "schedule_id": job.schedule_id,
             "created_at": Utc::now(),
         });
         let manifest_path = self.dir.join(manifest_name(file));

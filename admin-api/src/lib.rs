@@ -9,6 +9,7 @@
 //! - [`users`] — `GET /admin/audit/users[/{user_id}]` from the rollups.
 //! - [`export`] — `GET /admin/audit/export`: streamed CSV / JSON / NDJSON, zstd.
 //! - [`jobs`] — export jobs (`/admin/audit/exports`) and their runner.
+//! - [`schedules`] — export schedules (`/admin/audit/export-schedules`) and their firing.
 //! - [`realtime`] — `GET /admin/audit/metrics` from the minute rollups.
 //! - [`params`] — query-string parsing with errors that name the parameter.
 //! - [`openapi`] — the OpenAPI 3 document of the admin and ingest APIs.
@@ -21,6 +22,7 @@ pub mod jobs;
 pub mod openapi;
 pub mod params;
 pub mod realtime;
+pub mod schedules;
 pub mod search;
 pub mod users;
 

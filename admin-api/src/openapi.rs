@@ -13,7 +13,7 @@ use utoipa::{
     },
 };
 
-use crate::{export, jobs, realtime, search, users};
+use crate::{export, jobs, realtime, schedules, search, users};
 
 /// The error body of every failed request.
 #[derive(Debug, Serialize, ToSchema)]
@@ -108,6 +108,10 @@ fn post_events() {}
         jobs::show,
         jobs::cancel,
         jobs::download,
+        schedules::create,
+        schedules::list,
+        schedules::show,
+        schedules::delete,
         post_events,
     ),
     components(schemas(ErrorEnvelope, ErrorObject, Accepted)),

@@ -1114,12 +1114,14 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     let schema = format!("http://127.0.0.1:{admin_port}/admin/openapi.json");
     // positive_data_acceptance is left out: some rules span parameters
     // (`from` before `to`) and cannot be written in OpenAPI, so schema-valid
-    // requests can rightly be refused with a 400.
+    // requests can rightly be refused with a 400. use_after_free too: DELETE
+    // on an export job cancels it (or deletes its file), and the job stays
+    // visible with its final state, as an audit trail should.
     let common = [
         "--checks",
         "all",
         "--exclude-checks",
-        "positive_data_acceptance",
+        "positive_data_acceptance,use_after_free",
         "--max-examples",
         "40",
         "--seed",

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use chrono::DurationRound;
+
 use auditline_shared::{AuditEvent, auth::Scope};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -581,5 +583,188 @@ async fn a_job_whose_admin_was_killed_is_finished_by_the_next_one() {
         assert!(ids.insert(record[0].to_owned()), "no row twice");
     }
     assert_eq!(ids.len() as i64, rows, "every row once");
+    env.cleanup().await;
+}
+
+#[actix_web::test]
+async fn a_minutely_schedule_covers_every_minute_once_across_three_minutes_of_downtime() {
+    let env = TestEnv::new().await;
+    for day in ["now()", "now() + interval '1 day'"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT auditline.ensure_partition(({day})::date)"
+        )))
+        .execute(&env.pool)
+        .await
+        .expect("partition");
+    }
+    // An event every 5 seconds from 2 minutes ago to 13 minutes ahead.
+    sqlx::query(
+        "INSERT INTO auditline.events (event_id, occurred_at, received_at, batch_id, service, \
+         session_id, action_type, endpoint, http_method, success) \
+         SELECT gen_random_uuid(), date_trunc('minute', now()) - interval '2 minutes' \
+                + n * interval '5 seconds', now(), gen_random_uuid(), 'minutely', 's', 'file', \
+                '/files/' || n, 'GET', true \
+         FROM generate_series(0, 179) AS n",
+    )
+    .execute(&env.pool)
+    .await
+    .expect("events");
+    let token = env.named_token("scheduler", &[Scope::Export]).await;
+    let admin = crate::helpers::InProcessAdmin::start(&env).await;
+    for (body, field) in [
+        (json!({"window": "previous_minute"}), "cron"),
+        (
+            json!({"cron": "61 * * * *", "window": "previous_minute"}),
+            "cron",
+        ),
+        (
+            json!({"cron": "* * * * *", "window": "last_week"}),
+            "window",
+        ),
+        (
+            json!({"cron": "* * * * *", "window": "previous_hour", "filters": {"from": "2026-01-01T00:00:00Z"}}),
+            "filters.from",
+        ),
+        (
+            json!({"cron": "* * * * *", "window": "previous_hour", "destination": "ftp"}),
+            "destination",
+        ),
+    ] {
+        let (status, error) = send_json(
+            admin.port,
+            "POST",
+            &token,
+            "/admin/audit/export-schedules",
+            body.to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}: {error}");
+        assert_eq!(
+            error["error"]["details"][0]["field"], field,
+            "{body}: {error}"
+        );
+    }
+    let body = json!({
+        "name": "minutely",
+        "cron": "* * * * *",
+        "window": "previous_minute",
+        "format": "ndjson",
+        "filters": {"service": "minutely"},
+    });
+    let (status, schedule) = send_json(
+        admin.port,
+        "POST",
+        &token,
+        "/admin/audit/export-schedules",
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 201, "{schedule}");
+    assert_eq!(schedule["window"], "previous_minute");
+    let id: Uuid = schedule["id"].as_str().expect("id").parse().expect("uuid");
+    let done = |want: i64| {
+        let pool = env.pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM auditline.export_jobs WHERE schedule_id = $1 AND state = 'done'",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+            n >= want
+        }
+    };
+    assert!(
+        crate::helpers::wait_until(Duration::from_secs(150), || done(2)).await,
+        "two minutes exported"
+    );
+    admin.stop().await;
+    let stopped: chrono::DateTime<chrono::Utc> = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_secs(185)).await;
+    let restarted = chrono::Utc::now();
+    // The stopped instance's background tasks still hold its spool in this
+    // process; the new instance gets its own, as a restarted process would.
+    let mut second = env.settings.clone();
+    second.ingest.spool_dir.push_str("-second");
+    let admin = crate::helpers::InProcessAdmin::start_with(second).await;
+    let caught_up = crate::helpers::wait_until(Duration::from_secs(90), || async {
+        let (last_to, pending): (Option<chrono::DateTime<chrono::Utc>>, i64) = sqlx::query_as(
+            "SELECT max(window_to), count(*) FILTER (WHERE state <> 'done') \
+             FROM auditline.export_jobs WHERE schedule_id = $1",
+        )
+        .bind(id)
+        .fetch_one(&env.pool)
+        .await
+        .expect("jobs");
+        pending == 0
+            && last_to.is_some_and(|t| {
+                t >= restarted
+                    .duration_trunc(chrono::TimeDelta::minutes(1))
+                    .expect("minute")
+            })
+    })
+    .await;
+    assert!(caught_up, "the missed minutes were caught up");
+    admin.stop().await;
+
+    let jobs: Vec<(
+        Uuid,
+        chrono::DateTime<chrono::Utc>,
+        chrono::DateTime<chrono::Utc>,
+        i64,
+    )> = sqlx::query_as(
+        "SELECT id, window_from, window_to, rows_written FROM auditline.export_jobs \
+             WHERE schedule_id = $1 ORDER BY window_from",
+    )
+    .bind(id)
+    .fetch_all(&env.pool)
+    .await
+    .expect("jobs");
+    assert!(
+        jobs.len() >= 6,
+        "2 before, 3 missed, 1 after: {}",
+        jobs.len()
+    );
+    let downtime_minutes = jobs
+        .iter()
+        .filter(|(_, from, to, _)| {
+            *from >= stopped - chrono::TimeDelta::minutes(1) && *to <= restarted
+        })
+        .count();
+    assert!(
+        downtime_minutes >= 3,
+        "the minutes of the downtime have files"
+    );
+    let dir = std::path::Path::new(&env.settings.export_dir);
+    for pair in jobs.windows(2) {
+        assert_eq!(pair[0].2, pair[1].1, "no gap and no overlap between files");
+    }
+    for (job, from, to, rows) in &jobs {
+        assert_eq!(
+            *to - *from,
+            chrono::TimeDelta::minutes(1),
+            "one minute a file"
+        );
+        let manifest: Value = serde_json::from_slice(
+            &std::fs::read(dir.join(format!("export-{job}.ndjson.manifest.json")))
+                .expect("manifest"),
+        )
+        .expect("JSON");
+        let expected: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM auditline.events WHERE service = 'minutely' \
+             AND occurred_at >= $1 AND occurred_at < $2",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_one(&env.pool)
+        .await
+        .expect("count");
+        assert_eq!(manifest["rows"], expected, "{job}");
+        assert_eq!(*rows, expected);
+        assert_eq!(expected, 12, "an event every 5 seconds");
+        let file = std::fs::read(dir.join(format!("export-{job}.ndjson"))).expect("file");
+        assert_eq!(manifest["sha256"], sha256_hex(&file));
+    }
     env.cleanup().await;
 }

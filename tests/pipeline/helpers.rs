@@ -661,7 +661,11 @@ pub struct InProcessAdmin;
 
 impl InProcessAdmin {
     pub async fn start(env: &TestEnv) -> InProcess {
-        let mut settings = env.settings.clone();
+        Self::start_with(env.settings.clone()).await
+    }
+
+    /// With other settings (e.g. a second instance's own spool directory).
+    pub async fn start_with(mut settings: auditline_shared::Settings) -> InProcess {
         settings.admin_listen = "127.0.0.1:0".into();
         let app = auditline_admin_api::Application::build(settings)
             .await

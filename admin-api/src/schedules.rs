@@ -1,0 +1,422 @@
+//! Export schedules: `POST/GET /admin/audit/export-schedules`,
+//! `GET/DELETE /admin/audit/export-schedules/{id}`, and the firing of their
+//! jobs.
+//!
+//! A schedule has a cron expression (five fields, UTC; a sixth, leading
+//! seconds field is accepted) and a window unit: each fire time `t` queues
+//! one export job over the window that ends at `t` truncated to the unit and
+//! starts where the previous job's window ended, so consecutive files never
+//! overlap and never leave a gap. Fire times missed while no admin instance
+//! ran are caught up, one job each. The job is queued and the schedule
+//! advanced in one transaction (the schedule row locked with `FOR UPDATE SKIP
+//! LOCKED`), so each window is handed out once however many instances run.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use croner::{Cron, parser::CronParser};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sqlx::PgPool;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::{
+    app::{Exporter, State},
+    error::ApiError,
+    export::{Compression, Export, Format},
+    jobs::{Body, in_filters},
+    params::Params,
+};
+
+/// The filters a schedule may carry: the search's, without the window.
+const SCHEDULE_FILTERS: &[&str] = &[
+    "user_id",
+    "session_id",
+    "service",
+    "action_type",
+    "endpoint",
+    "http_method",
+    "status",
+    "success",
+    "client_ip",
+    "min_response_time_ms",
+    "q",
+    "order",
+];
+
+/// The most fire times caught up in one pass (a schedule that was off for a
+/// long time catches up over several passes, a second apart).
+const CATCH_UP_PER_PASS: usize = 500;
+
+/// A schedule as the API shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+pub struct Schedule {
+    pub id: Uuid,
+    pub name: String,
+    /// Five cron fields (minute hour day-of-month month day-of-week), UTC.
+    pub cron: String,
+    /// `previous_minute`, `previous_hour` or `previous_day`.
+    #[sqlx(skip)]
+    pub window: String,
+    #[serde(skip)]
+    pub window_unit: String,
+    #[serde(skip)]
+    pub query: String,
+    /// The search filters (no `from`/`to`: the schedule sets the window).
+    #[schema(value_type = Object)]
+    #[sqlx(skip)]
+    pub filters: Map<String, Value>,
+    pub format: Format,
+    pub compression: Compression,
+    /// `local`: files land in `export_dir`.
+    pub destination: String,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    /// The next fire time.
+    pub next_run_at: DateTime<Utc>,
+    /// Where the last queued window ended (the next one starts here).
+    pub last_window_to: Option<DateTime<Utc>>,
+    /// Jobs queued so far.
+    pub runs: i64,
+}
+
+macro_rules! schedule_columns {
+    () => {
+        "id, name, cron, window_unit, query, format, compression, destination, created_by, \
+         created_at, next_run_at, last_window_to, runs"
+    };
+}
+
+impl Schedule {
+    fn complete(mut self) -> Self {
+        self.window = format!("previous_{}", self.window_unit);
+        self.filters = crate::jobs::query_filters(&self.query);
+        self
+    }
+}
+
+/// The body of `POST /admin/audit/export-schedules`.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct NewSchedule {
+    /// A name for people (default: the cron expression).
+    name: Option<String>,
+    /// Five cron fields, UTC, e.g. `5 0 * * *` (00:05 every day).
+    cron: String,
+    /// `previous_minute`, `previous_hour` or `previous_day`.
+    #[schema(pattern = "^previous_(minute|hour|day)$")]
+    window: String,
+    /// `csv` (default), `json` or `ndjson`.
+    format: Option<Format>,
+    /// `none` (default) or `zstd`.
+    compression: Option<Compression>,
+    /// Search filters (no `from`/`to`).
+    #[schema(value_type = Object)]
+    filters: Option<Map<String, Value>>,
+    /// `local` (the default and, for now, the only one).
+    destination: Option<String>,
+}
+
+fn parse_cron(text: &str) -> Result<Cron, String> {
+    CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .build()
+        .parse(text)
+        .map_err(|e| e.to_string())
+}
+
+fn unit_delta(unit: &str) -> TimeDelta {
+    match unit {
+        "minute" => TimeDelta::minutes(1),
+        "hour" => TimeDelta::hours(1),
+        _ => TimeDelta::days(1),
+    }
+}
+
+/// The next fire time strictly after `t`.
+fn next_fire(cron: &Cron, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    cron.find_next_occurrence(&t, false).ok()
+}
+
+/// Create a schedule.
+#[utoipa::path(
+    post,
+    path = "/admin/audit/export-schedules",
+    tag = "export",
+    request_body(content = NewSchedule, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The schedule", body = Schedule),
+        (status = 400, description = "The body or a filter is invalid; the error names it", body = crate::openapi::ErrorEnvelope),
+        (status = 401, description = "Missing, unknown, expired or revoked token", body = crate::openapi::ErrorEnvelope),
+        (status = 403, description = "The token lacks the `export` scope", body = crate::openapi::ErrorEnvelope),
+    )
+)]
+pub async fn create(
+    req: HttpRequest,
+    exporter: Exporter,
+    body: web::Bytes,
+    state: web::Data<State>,
+) -> Result<HttpResponse, ApiError> {
+    Params::parse(req.query_string(), &[])?;
+    let mut body = Body::parse(&body)?;
+    let cron_text = body
+        .text("cron")?
+        .ok_or_else(|| ApiError::body("cron", "is required, e.g. \"5 0 * * *\""))?;
+    let cron = parse_cron(&cron_text).map_err(|e| ApiError::body("cron", e))?;
+    let window = body.text("window")?.ok_or_else(|| {
+        ApiError::body(
+            "window",
+            "is required: previous_minute, previous_hour or previous_day",
+        )
+    })?;
+    let unit = match window.as_str() {
+        "previous_minute" => "minute",
+        "previous_hour" => "hour",
+        "previous_day" => "day",
+        other => {
+            return Err(ApiError::body(
+                "window",
+                format!("{other:?} is not one of previous_minute, previous_hour, previous_day"),
+            ));
+        }
+    };
+    let name = body.text("name")?.unwrap_or_else(|| cron_text.clone());
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(ApiError::body(
+            "name",
+            "must be 1-200 characters without control characters",
+        ));
+    }
+    let destination = body.text("destination")?.unwrap_or_else(|| "local".into());
+    if destination != "local" {
+        return Err(ApiError::body(
+            "destination",
+            format!("{destination:?} is not supported; only \"local\" (export_dir) is"),
+        ));
+    }
+    let format = body.format()?;
+    let compression = body.compression()?;
+    let query = body.filters()?;
+    body.finish("name, cron, window, format, compression, filters, destination")?;
+    // Validated as a job would parse it (the window is the schedule's).
+    let params = Params::parse(&query, SCHEDULE_FILTERS).map_err(in_filters)?;
+    Export::parse(&params).map_err(in_filters)?;
+    let now = Utc::now();
+    let next_run_at = next_fire(&cron, now).ok_or_else(|| ApiError::body("cron", "never fires"))?;
+    let schedule: Schedule = sqlx::query_as(concat!(
+        "INSERT INTO auditline.export_schedules \
+         (id, name, cron, window_unit, query, format, compression, destination, created_by, next_run_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ",
+        schedule_columns!()
+    ))
+    .bind(Uuid::now_v7())
+    .bind(name)
+    .bind(&cron_text)
+    .bind(unit)
+    .bind(query)
+    .bind(format.as_str())
+    .bind(compression.as_str())
+    .bind(destination)
+    .bind(exporter.0)
+    .bind(next_run_at)
+    .fetch_one(&state.pool)
+    .await?;
+    Ok(HttpResponse::Created().json(schedule.complete()))
+}
+
+/// The schedules.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScheduleList {
+    pub schedules: Vec<Schedule>,
+}
+
+/// List schedules.
+#[utoipa::path(
+    get,
+    path = "/admin/audit/export-schedules",
+    tag = "export",
+    responses(
+        (status = 200, description = "The schedules, oldest first", body = ScheduleList),
+        crate::openapi::ReadErrors,
+    )
+)]
+pub async fn list(
+    req: HttpRequest,
+    _exporter: Exporter,
+    state: web::Data<State>,
+) -> Result<HttpResponse, ApiError> {
+    Params::parse(req.query_string(), &[])?;
+    let schedules: Vec<Schedule> = sqlx::query_as(concat!(
+        "SELECT ",
+        schedule_columns!(),
+        " FROM auditline.export_schedules ORDER BY created_at, id"
+    ))
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(HttpResponse::Ok().json(ScheduleList {
+        schedules: schedules.into_iter().map(Schedule::complete).collect(),
+    }))
+}
+
+fn schedule_id(path: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(path).map_err(|_| ApiError::param("id", format!("{path:?} is not a UUID")))
+}
+
+/// One schedule.
+#[utoipa::path(
+    get,
+    path = "/admin/audit/export-schedules/{id}",
+    tag = "export",
+    params(("id" = Uuid, Path, description = "The schedule's id")),
+    responses(
+        (status = 200, description = "The schedule", body = Schedule),
+        crate::openapi::ReadErrors,
+        (status = 404, description = "No such schedule", body = crate::openapi::ErrorEnvelope),
+    )
+)]
+pub async fn show(
+    req: HttpRequest,
+    _exporter: Exporter,
+    path: web::Path<String>,
+    state: web::Data<State>,
+) -> Result<HttpResponse, ApiError> {
+    Params::parse(req.query_string(), &[])?;
+    let id = schedule_id(&path)?;
+    let schedule: Option<Schedule> = sqlx::query_as(concat!(
+        "SELECT ",
+        schedule_columns!(),
+        " FROM auditline.export_schedules WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await?;
+    schedule
+        .map(|s| HttpResponse::Ok().json(s.complete()))
+        .ok_or_else(|| ApiError::NotFound(format!("no export schedule {id}")))
+}
+
+/// Delete a schedule (its jobs and files stay).
+#[utoipa::path(
+    delete,
+    path = "/admin/audit/export-schedules/{id}",
+    tag = "export",
+    params(("id" = Uuid, Path, description = "The schedule's id")),
+    responses(
+        (status = 200, description = "The deleted schedule", body = Schedule),
+        crate::openapi::ReadErrors,
+        (status = 404, description = "No such schedule", body = crate::openapi::ErrorEnvelope),
+    )
+)]
+pub async fn delete(
+    req: HttpRequest,
+    _exporter: Exporter,
+    path: web::Path<String>,
+    state: web::Data<State>,
+) -> Result<HttpResponse, ApiError> {
+    Params::parse(req.query_string(), &[])?;
+    let id = schedule_id(&path)?;
+    let schedule: Option<Schedule> = sqlx::query_as(concat!(
+        "DELETE FROM auditline.export_schedules WHERE id = $1 RETURNING ",
+        schedule_columns!()
+    ))
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await?;
+    schedule
+        .map(|s| HttpResponse::Ok().json(s.complete()))
+        .ok_or_else(|| ApiError::NotFound(format!("no export schedule {id}")))
+}
+
+/// Queues a job for every fire time that has come; returns how many.
+pub async fn fire_due(pool: &PgPool) -> anyhow::Result<usize> {
+    let mut tx = pool.begin().await?;
+    let due: Vec<Schedule> = sqlx::query_as(concat!(
+        "SELECT ",
+        schedule_columns!(),
+        " FROM auditline.export_schedules WHERE next_run_at <= now() \
+         ORDER BY next_run_at FOR UPDATE SKIP LOCKED LIMIT 20"
+    ))
+    .fetch_all(&mut *tx)
+    .await?;
+    let now = Utc::now();
+    let mut queued = 0;
+    for schedule in due {
+        let cron = match parse_cron(&schedule.cron) {
+            Ok(cron) => cron,
+            Err(e) => {
+                tracing::error!(schedule = %schedule.id, error = %e, "unparsable schedule skipped");
+                continue;
+            }
+        };
+        let step = unit_delta(&schedule.window_unit);
+        let mut fire = Some(schedule.next_run_at);
+        let mut last_to = schedule.last_window_to;
+        let mut runs = 0i64;
+        for _ in 0..CATCH_UP_PER_PASS {
+            let Some(at) = fire.filter(|at| *at <= now) else {
+                break;
+            };
+            let to = at.duration_trunc(step)?;
+            let from = last_to.unwrap_or(to - step);
+            if from < to {
+                sqlx::query(
+                    "INSERT INTO auditline.export_jobs (id, query, format, compression, \
+                     window_from, window_to, requested_by, schedule_id) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(Uuid::now_v7())
+                .bind(&schedule.query)
+                .bind(schedule.format.as_str())
+                .bind(schedule.compression.as_str())
+                .bind(from)
+                .bind(to)
+                .bind(format!("schedule:{}", schedule.name))
+                .bind(schedule.id)
+                .execute(&mut *tx)
+                .await?;
+                last_to = Some(to);
+                runs += 1;
+            }
+            fire = next_fire(&cron, at);
+        }
+        // A cron that never fires again parks the schedule far away.
+        let next = fire.unwrap_or(DateTime::<Utc>::MAX_UTC);
+        sqlx::query(
+            "UPDATE auditline.export_schedules SET next_run_at = $2, last_window_to = $3, \
+             runs = runs + $4 WHERE id = $1",
+        )
+        .bind(schedule.id)
+        .bind(next)
+        .bind(last_to)
+        .bind(runs)
+        .execute(&mut *tx)
+        .await?;
+        queued += runs as usize;
+    }
+    tx.commit().await?;
+    Ok(queued)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cron_expressions_fire_where_operators_expect() {
+        let cron = parse_cron("5 0 * * *").expect("daily at 00:05");
+        let at: DateTime<Utc> = "2026-11-28T21:45:00Z".parse().expect("time");
+        assert_eq!(
+            next_fire(&cron, at),
+            Some("2026-11-29T00:05:00Z".parse().expect("time"))
+        );
+        let every_minute = parse_cron("* * * * *").expect("every minute");
+        let on_the_minute: DateTime<Utc> = "2026-11-28T21:45:00Z".parse().expect("time");
+        assert_eq!(
+            next_fire(&every_minute, on_the_minute),
+            Some("2026-11-28T21:46:00Z".parse().expect("time")),
+            "strictly after"
+        );
+        assert!(parse_cron("61 * * * *").is_err());
+        assert!(parse_cron("not cron").is_err());
+    }
+}
