@@ -722,8 +722,8 @@ async fn a_minutely_schedule_covers_every_minute_once_across_three_minutes_of_do
     .await
     .expect("jobs");
     assert!(
-        jobs.len() >= 6,
-        "2 before, 3 missed, 1 after: {}",
+        jobs.len() >= 5,
+        "2 minutes before the stop, at least 3 caught up after it: {}",
         jobs.len()
     );
     let downtime_minutes = jobs
