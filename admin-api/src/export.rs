@@ -22,7 +22,7 @@ use actix_web::{
 };
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{PgConnection, Postgres, QueryBuilder};
+use sqlx::{PgConnection, Postgres, QueryBuilder, pool::PoolConnection};
 use tokio::sync::mpsc;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -350,6 +350,68 @@ impl<'a> Rows<'a> {
             self.after = Some((last.occurred_at, last.event_id));
         }
         Ok(rows)
+    }
+}
+
+/// What the read-ahead task hands over.
+enum Chunk {
+    Rows(Vec<ExportRow>),
+    End,
+    Failed(sqlx::Error),
+}
+
+/// Reads an export's chunks one ahead of its consumer, on a task of its own:
+/// PostgreSQL fetches the next chunk while the current one is encoded. The
+/// end is an explicit message, so a reader that died is an error, never a
+/// short export taken for a whole one.
+#[derive(Debug)]
+pub struct ReadAhead {
+    rx: mpsc::Receiver<Chunk>,
+}
+
+impl std::fmt::Debug for Chunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Rows(rows) => write!(f, "Rows({})", rows.len()),
+            Self::End => f.write_str("End"),
+            Self::Failed(e) => write!(f, "Failed({e})"),
+        }
+    }
+}
+
+impl ReadAhead {
+    /// Starts reading on `conn`, whose snapshot [`begin_snapshot`] opened;
+    /// the transaction is rolled back when the reading ends.
+    pub fn start(export: Export, mut conn: PoolConnection<Postgres>) -> Self {
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let mut rows = Rows::new(&export);
+            loop {
+                let chunk = match rows.next(&mut conn).await {
+                    Ok(chunk) if chunk.is_empty() => Chunk::End,
+                    Ok(chunk) => Chunk::Rows(chunk),
+                    Err(e) => Chunk::Failed(e),
+                };
+                let last = !matches!(chunk, Chunk::Rows(_));
+                if tx.send(chunk).await.is_err() || last {
+                    break;
+                }
+            }
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        });
+        Self { rx }
+    }
+
+    /// The next chunk; `Ok(None)` at the end.
+    pub async fn next(&mut self) -> Result<Option<Vec<ExportRow>>, sqlx::Error> {
+        match self.rx.recv().await {
+            Some(Chunk::Rows(rows)) => Ok(Some(rows)),
+            Some(Chunk::End) => Ok(None),
+            Some(Chunk::Failed(e)) => Err(e),
+            None => Err(sqlx::Error::Protocol(
+                "the export's reader stopped before the end".into(),
+            )),
+        }
     }
 }
 
@@ -703,10 +765,10 @@ pub async fn export(
     let mut conn = state.pool.acquire().await?;
     begin_snapshot(&mut conn).await?;
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let reader = ReadAhead::start(export.clone(), conn);
     let job = export.clone();
     actix_web::rt::spawn(async move {
-        let outcome = stream_rows(&job, &mut conn, &tx).await;
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        let outcome = stream_rows(&job, reader, &tx).await;
         if let Err(e) = outcome {
             tracing::warn!(error = %e, "export stream ended early");
             // The response ends with an error: the client sees a cut
@@ -739,16 +801,11 @@ enum StreamError {
 
 async fn stream_rows(
     export: &Export,
-    conn: &mut PgConnection,
+    mut reader: ReadAhead,
     tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) -> Result<(), StreamError> {
     let mut encoder = Encoder::new(export.format, export.compression)?;
-    let mut rows = Rows::new(export);
-    loop {
-        let chunk = rows.next(conn).await?;
-        if chunk.is_empty() {
-            break;
-        }
+    while let Some(chunk) = reader.next().await? {
         encoder.write_rows(&chunk)?;
         if encoder.ready() {
             tx.send(Ok(Bytes::from(encoder.take())))

@@ -39,7 +39,7 @@ use uuid::Uuid;
 use crate::{
     app::{Exporter, State},
     error::ApiError,
-    export::{self, Compression, Encoder, Export, Format, Rows},
+    export::{self, Compression, Encoder, Export, Format, ReadAhead},
     params::Params,
 };
 
@@ -814,15 +814,14 @@ impl Runner {
         let mut encoder = Encoder::new(export.format, export.compression)?;
         let mut conn = self.pool.acquire().await?;
         export::begin_snapshot(&mut conn).await?;
-        let mut rows = Rows::new(&export);
+        let mut reader = ReadAhead::start(export.clone(), conn);
         let mut first: Option<(Uuid, DateTime<Utc>)> = None;
         let mut last: Option<(Uuid, DateTime<Utc>)> = None;
         let mut beat = Instant::now();
         let read = async {
-            loop {
-                let chunk = rows.next(&mut conn).await?;
+            while let Some(chunk) = reader.next().await? {
                 let (Some(head), Some(tail)) = (chunk.first(), chunk.last()) else {
-                    break;
+                    continue;
                 };
                 first.get_or_insert((head.event_id, head.occurred_at));
                 last = Some((tail.event_id, tail.occurred_at));
@@ -844,8 +843,7 @@ impl Runner {
             Ok::<(), Stopped>(())
         }
         .await;
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-        drop(conn);
+        drop(reader);
         read?;
         let total_rows = encoder.rows();
         let rest = encoder.finish()?;

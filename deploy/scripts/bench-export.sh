@@ -8,6 +8,7 @@
 #     the admin process's peak RSS (VmHWM) is read after each, from a fresh
 #     process per case so that each peak is the case's own.
 #   ROWS=2000000 deploy/scripts/bench-export.sh
+#   CASES="csv:zstd" picks format:compression cases.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 deploy/scripts/ensure-services.sh
@@ -70,8 +71,9 @@ stop_admin() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=; }
 peak_mb() { awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/status"; }
 
 printf '%-14s %-8s %12s %10s %10s %12s | %-10s %10s %12s\n' format compression "rows/s" "MB/s" "out MB" "peak RSS MB" "job s" "job rows/s" "peak RSS MB"
-for case in "csv zstd" "csv none" "ndjson zstd" "ndjson none" "json zstd"; do
-  set -- $case
+CASES=${CASES:-"csv:zstd csv:none ndjson:zstd ndjson:none json:zstd"}
+for case in $CASES; do
+  set -- ${case/:/ }
   format=$1 compression=$2
   start_admin
   t0=$(date +%s.%N)
