@@ -176,7 +176,7 @@ pub struct NewExport {
     /// The parameters of `GET /admin/audit/logs` (without `limit` and
     /// `cursor`): a string, number or boolean each, or an array for the
     /// repeatable ones.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Object, required = false)]
     filters: Option<Map<String, Value>>,
 }
 

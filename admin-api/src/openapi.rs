@@ -114,7 +114,7 @@ fn post_events() {}
         schedules::delete,
         post_events,
     ),
-    components(schemas(ErrorEnvelope, ErrorObject, Accepted)),
+    components(schemas(ErrorEnvelope, ErrorObject, Accepted, crate::params::Text)),
     modifiers(&Security, &EventSchema),
     security(("bearer" = [])),
     tags(

@@ -111,7 +111,7 @@ pub struct NewSchedule {
     /// `none` (default) or `zstd`.
     compression: Option<Compression>,
     /// Search filters (no `from`/`to`).
-    #[schema(value_type = Object)]
+    #[schema(value_type = Object, required = false)]
     filters: Option<Map<String, Value>>,
     /// `local` (the default and, for now, the only one).
     destination: Option<String>,
