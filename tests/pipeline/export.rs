@@ -323,6 +323,30 @@ async fn export_jobs_write_a_file_equal_to_the_streamed_export_with_a_true_manif
     let id = job["id"].as_str().expect("id").to_owned();
     let job = wait_done(port, &token, &id, Duration::from_secs(60)).await;
     assert_eq!(job["progress"], 1.0);
+    // The job shows on the admin's /metrics.
+    let (status, metrics) = crate::helpers::http_get(port, "/metrics").await;
+    assert_eq!(status, 200);
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing from /metrics"))
+    };
+    assert_eq!(
+        value("auditline_export_jobs_finished_total{outcome=\"done\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("auditline_export_rows_total"),
+        job["rows"].as_f64().expect("rows")
+    );
+    assert_eq!(
+        value("auditline_export_bytes_total"),
+        job["bytes"].as_f64().expect("bytes")
+    );
+    assert_eq!(value("auditline_export_duration_seconds_count"), 1.0);
     let (status, headers, file) = http_raw(
         port,
         "GET",
