@@ -41,12 +41,12 @@ pub struct State {
 
 /// Authenticates the caller, names it as the user of the request's own audit
 /// event (before the scope is checked, so that refusals are attributed too),
-/// then requires `scope`.
+/// then requires `scope`; answers the token's name.
 fn authorize(
     req: &HttpRequest,
     payload: &mut Payload,
     scope: Scope,
-) -> LocalBoxFuture<'static, Result<(), ApiError>> {
+) -> LocalBoxFuture<'static, Result<String, ApiError>> {
     let caller = Caller::from_request(req, payload);
     let req = req.clone();
     Box::pin(async move {
@@ -54,7 +54,7 @@ fn authorize(
         req.extensions_mut()
             .insert(AuditUser(caller.0.name.clone()));
         caller.require(scope)?;
-        Ok(())
+        Ok(caller.0.name)
     })
 }
 
@@ -68,7 +68,7 @@ impl FromRequest for Reader {
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let authorized = authorize(req, payload, Scope::Read);
-        Box::pin(async move { authorized.await.map(|()| Reader) })
+        Box::pin(async move { authorized.await.map(|_| Reader) })
     }
 }
 
@@ -83,16 +83,7 @@ impl FromRequest for Exporter {
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let authorized = authorize(req, payload, Scope::Export);
-        let req = req.clone();
-        Box::pin(async move {
-            authorized.await?;
-            let name = req
-                .extensions()
-                .get::<AuditUser>()
-                .map(|u| u.0.clone())
-                .unwrap_or_default();
-            Ok(Exporter(name))
-        })
+        Box::pin(async move { authorized.await.map(Exporter) })
     }
 }
 

@@ -20,7 +20,8 @@ use actix_web::{
     http::header::{ContentDisposition, DispositionParam, DispositionType},
     web::{self, Bytes},
 };
-use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use auditline_shared::event::rfc3339_text as time;
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, Postgres, QueryBuilder, pool::PoolConnection};
 use tokio::sync::mpsc;
@@ -30,8 +31,8 @@ use uuid::Uuid;
 use crate::{
     app::{Exporter, State},
     error::ApiError,
-    params::{Params, Text, time_range},
-    search::Filters,
+    params::{Params, time_range},
+    search::{Filters, MATCH_PARAMS, WINDOW_PARAMS},
 };
 
 /// Rows per keyset query.
@@ -43,42 +44,14 @@ const ZSTD_LEVEL: i32 = 1;
 /// Encoded bytes gathered before they are handed on (a response chunk, a write).
 const FLUSH_BYTES: usize = 256 * 1024;
 
-/// The filters of a search, as an export takes them.
-pub const FILTER_PARAMS: &[&str] = &[
-    "user_id",
-    "session_id",
-    "service",
-    "action_type",
-    "endpoint",
-    "http_method",
-    "status",
-    "success",
-    "client_ip",
-    "from",
-    "to",
-    "min_response_time_ms",
-    "q",
-    "order",
-];
+/// The filters of a search, as an export job takes them.
+pub const FILTER_PARAMS: &[&[&str]] = &[MATCH_PARAMS, WINDOW_PARAMS, &["order"]];
 
 /// Parameters of `GET /admin/audit/export`.
-pub const EXPORT_PARAMS: &[&str] = &[
-    "user_id",
-    "session_id",
-    "service",
-    "action_type",
-    "endpoint",
-    "http_method",
-    "status",
-    "success",
-    "client_ip",
-    "from",
-    "to",
-    "min_response_time_ms",
-    "q",
-    "order",
-    "format",
-    "compression",
+pub const EXPORT_PARAMS: &[&[&str]] = &[
+    MATCH_PARAMS,
+    WINDOW_PARAMS,
+    &["order", "format", "compression"],
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -140,45 +113,11 @@ impl Compression {
     }
 }
 
-/// Documentation of the export's query string (parsed by hand, like the search's).
+/// The export's own parameters, after the search's filters (documentation only).
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub struct ExportParams {
-    /// Any of these users (repeatable).
-    #[param(value_type = Option<Vec<Text>>)]
-    user_id: Option<Vec<String>>,
-    /// Any of these sessions (repeatable).
-    #[param(value_type = Option<Vec<Text>>)]
-    session_id: Option<Vec<String>>,
-    /// Any of these services (repeatable).
-    #[param(value_type = Option<Vec<Text>>)]
-    service: Option<Vec<String>>,
-    /// Any of these action types (repeatable).
-    #[param(value_type = Option<Vec<Text>>)]
-    action_type: Option<Vec<String>>,
-    /// Endpoint prefix.
-    #[param(min_length = 1)]
-    endpoint: Option<String>,
-    /// Any of these methods (repeatable).
-    #[param(value_type = Option<Vec<Text>>)]
-    http_method: Option<Vec<String>>,
-    /// Any of these statuses (repeatable): a code or a class like `5xx`.
-    #[param(value_type = Option<Vec<Text>>)]
-    status: Option<Vec<String>>,
-    success: Option<bool>,
-    /// An address or a CIDR network.
-    #[param(min_length = 1)]
-    client_ip: Option<String>,
-    /// Start of the window (inclusive); default `to` minus 24 hours.
-    from: Option<DateTime<Utc>>,
-    /// End of the window (exclusive); default now.
-    to: Option<DateTime<Utc>>,
-    #[param(minimum = 0)]
-    min_response_time_ms: Option<f64>,
-    /// Free text over the endpoint and the metadata.
-    #[param(min_length = 1, max_length = 200)]
-    q: Option<String>,
     /// `asc` (oldest first, default) or `desc`.
     #[param(pattern = "^(asc|desc)$")]
     order: Option<String>,
@@ -207,16 +146,7 @@ impl Export {
     pub fn parse(params: &Params) -> Result<Self, ApiError> {
         let filters = Filters::parse(params)?;
         let (from, to) = time_range(params, TimeDelta::hours(24))?;
-        let descending = match params.one("order")? {
-            None | Some("asc") => false,
-            Some("desc") => true,
-            Some(other) => {
-                return Err(ApiError::param(
-                    "order",
-                    format!("{other:?} is neither asc nor desc"),
-                ));
-            }
-        };
+        let descending = params.descending_or("order", false)?;
         let format = match params.one("format")? {
             None => Format::Csv,
             Some(text) => Format::parse(text).ok_or_else(|| {
@@ -464,11 +394,6 @@ pub const COLUMNS: [&str; 18] = [
     "resource_usage",
     "metadata",
 ];
-
-fn time(t: DateTime<Utc>) -> String {
-    // As the search API writes it (chrono's serde form).
-    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
-}
 
 /// A text cell a spreadsheet would not run as a formula.
 fn neutralized(text: &str) -> Cow<'_, str> {
@@ -745,7 +670,7 @@ fn json_object(out: &mut Vec<u8>, r: &ExportRow) {
     get,
     path = "/admin/audit/export",
     tag = "export",
-    params(ExportParams),
+    params(crate::search::FilterParams, ExportParams),
     responses(
         (status = 200, description = "The export file, streamed",
             content(
@@ -762,17 +687,18 @@ pub async fn export(
     _exporter: Exporter,
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
-    let params = Params::parse(req.query_string(), EXPORT_PARAMS)?;
+    let params = Params::parse_from(req.query_string(), EXPORT_PARAMS)?;
     let export = Export::parse(&params)?;
     // The snapshot is opened before answering: a database that cannot be
     // reached is a clean 503, not a 200 cut short.
     let mut conn = state.pool.acquire().await?;
     begin_snapshot(&mut conn).await?;
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    let reader = ReadAhead::start(export.clone(), conn);
-    let job = export.clone();
+    let (content_type, file_name) = (export.content_type(), export.file_name());
+    let (format, compression) = (export.format, export.compression);
+    let reader = ReadAhead::start(export, conn);
     actix_web::rt::spawn(async move {
-        let outcome = stream_rows(&job, reader, &tx).await;
+        let outcome = stream_rows(format, compression, reader, &tx).await;
         if let Err(e) = outcome {
             tracing::warn!(error = %e, "export stream ended early");
             // The response ends with an error: the client sees a cut
@@ -784,10 +710,10 @@ pub async fn export(
         rx.recv().await.map(|item| (item, rx))
     });
     Ok(HttpResponse::Ok()
-        .content_type(export.content_type())
+        .content_type(content_type)
         .insert_header(ContentDisposition {
             disposition: DispositionType::Attachment,
-            parameters: vec![DispositionParam::Filename(export.file_name())],
+            parameters: vec![DispositionParam::Filename(file_name)],
         })
         .streaming(body))
 }
@@ -804,11 +730,12 @@ enum StreamError {
 }
 
 async fn stream_rows(
-    export: &Export,
+    format: Format,
+    compression: Compression,
     mut reader: ReadAhead,
     tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) -> Result<(), StreamError> {
-    let mut encoder = Encoder::new(export.format, export.compression)?;
+    let mut encoder = Encoder::new(format, compression)?;
     while let Some(chunk) = reader.next().await? {
         encoder.write_rows(&chunk)?;
         if encoder.ready() {

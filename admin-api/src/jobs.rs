@@ -139,7 +139,7 @@ impl ExportJob {
 
     /// The export this job runs: its filters over its fixed window.
     fn export(&self) -> Result<Export, ApiError> {
-        let params = Params::parse(&self.query, export::FILTER_PARAMS)?;
+        let params = Params::parse_from(&self.query, export::FILTER_PARAMS)?;
         let mut export = Export::parse(&params)?;
         export.from = self.window_from;
         export.to = self.window_to;
@@ -277,7 +277,7 @@ fn parse_new(body: &[u8]) -> Result<(String, Export), ApiError> {
     let compression = body.compression()?;
     let query = body.filters()?;
     body.finish("format, compression, filters")?;
-    let params = Params::parse(&query, export::FILTER_PARAMS).map_err(in_filters)?;
+    let params = Params::parse_from(&query, export::FILTER_PARAMS).map_err(in_filters)?;
     let mut export = Export::parse(&params).map_err(in_filters)?;
     export.format = format;
     export.compression = compression;
@@ -388,7 +388,7 @@ pub async fn list(
 }
 
 fn job_id(path: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(path).map_err(|_| ApiError::param("id", format!("{path:?} is not a UUID")))
+    crate::params::path_uuid("id", path)
 }
 
 async fn load(pool: &PgPool, id: Uuid) -> Result<ExportJob, ApiError> {
@@ -853,7 +853,7 @@ impl Runner {
         out.write_all(&rest).await?;
         out.sync_all().await?;
         drop(out);
-        let sha256 = hex(&hash.finalize());
+        let sha256 = auditline_shared::auth::hex(&hash.finalize());
         // The last check before the file appears: still ours, not cancelled.
         self.heartbeat(job, total_rows, bytes, 1.0).await?;
         let manifest = json!({
@@ -905,8 +905,4 @@ impl Runner {
         }
         Ok(())
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -17,12 +17,18 @@ pub struct Params {
 impl Params {
     /// Parses `query`, refusing parameters not in `known`.
     pub fn parse(query: &str, known: &[&str]) -> Result<Self, ApiError> {
+        Self::parse_from(query, &[known])
+    }
+
+    /// [`Params::parse`] with the known names given as several lists (e.g.
+    /// the search filters, then a route's own).
+    pub fn parse_from(query: &str, known: &[&[&str]]) -> Result<Self, ApiError> {
         let mut values: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-            if !known.contains(&name.as_ref()) {
+            if !known.iter().any(|list| list.contains(&name.as_ref())) {
                 return Err(ApiError::param(
                     &name,
-                    format!("unknown parameter; known: {}", known.join(", ")),
+                    format!("unknown parameter; known: {}", known.concat().join(", ")),
                 ));
             }
             if value.contains('\0') {
@@ -127,9 +133,16 @@ impl Params {
     }
 
     /// `asc` or `desc` (default).
+    /// `order`: `desc` (the default) or `asc`.
     pub fn descending(&self, name: &str) -> Result<bool, ApiError> {
+        self.descending_or(name, true)
+    }
+
+    /// `order` with the given default when absent.
+    pub fn descending_or(&self, name: &str, default: bool) -> Result<bool, ApiError> {
         match self.one(name)? {
-            None | Some("desc") => Ok(true),
+            None => Ok(default),
+            Some("desc") => Ok(true),
             Some("asc") => Ok(false),
             Some(v) => Err(ApiError::param(
                 name,
@@ -137,6 +150,12 @@ impl Params {
             )),
         }
     }
+}
+
+/// A path segment that must be a UUID.
+pub fn path_uuid(name: &str, text: &str) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::parse_str(text)
+        .map_err(|_| ApiError::param(name, format!("{text:?} is not a UUID")))
 }
 
 pub fn check_len(name: &str, value: &str, max_chars: usize) -> Result<(), ApiError> {

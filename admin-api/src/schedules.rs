@@ -29,20 +29,7 @@ use crate::{
 };
 
 /// The filters a schedule may carry: the search's, without the window.
-const SCHEDULE_FILTERS: &[&str] = &[
-    "user_id",
-    "session_id",
-    "service",
-    "action_type",
-    "endpoint",
-    "http_method",
-    "status",
-    "success",
-    "client_ip",
-    "min_response_time_ms",
-    "q",
-    "order",
-];
+const SCHEDULE_FILTERS: &[&[&str]] = &[crate::search::MATCH_PARAMS, &["order"]];
 
 /// The most fire times caught up in one pass (a schedule that was off for a
 /// long time catches up over several passes, a second apart).
@@ -199,7 +186,7 @@ pub async fn create(
     let query = body.filters()?;
     body.finish("name, cron, window, format, compression, filters, destination")?;
     // Validated as a job would parse it (the window is the schedule's).
-    let params = Params::parse(&query, SCHEDULE_FILTERS).map_err(in_filters)?;
+    let params = Params::parse_from(&query, SCHEDULE_FILTERS).map_err(in_filters)?;
     Export::parse(&params).map_err(in_filters)?;
     let now = Utc::now();
     let next_run_at = next_fire(&cron, now).ok_or_else(|| ApiError::body("cron", "never fires"))?;
@@ -258,8 +245,23 @@ pub async fn list(
     }))
 }
 
-fn schedule_id(path: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(path).map_err(|_| ApiError::param("id", format!("{path:?} is not a UUID")))
+/// Runs `sql` (the schedule's id as `$1`, the schedule's columns returned)
+/// and answers with the schedule, or 404.
+async fn answer_one(
+    req: &HttpRequest,
+    path: &str,
+    state: &State,
+    sql: &'static str,
+) -> Result<HttpResponse, ApiError> {
+    Params::parse(req.query_string(), &[])?;
+    let id = crate::params::path_uuid("id", path)?;
+    let schedule: Option<Schedule> = sqlx::query_as(sql)
+        .bind(id)
+        .fetch_optional(&state.pool)
+        .await?;
+    schedule
+        .map(|s| HttpResponse::Ok().json(s.complete()))
+        .ok_or_else(|| ApiError::NotFound(format!("no export schedule {id}")))
 }
 
 /// One schedule.
@@ -280,19 +282,12 @@ pub async fn show(
     path: web::Path<String>,
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
-    Params::parse(req.query_string(), &[])?;
-    let id = schedule_id(&path)?;
-    let schedule: Option<Schedule> = sqlx::query_as(concat!(
+    let sql = concat!(
         "SELECT ",
         schedule_columns!(),
         " FROM auditline.export_schedules WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(&state.pool)
-    .await?;
-    schedule
-        .map(|s| HttpResponse::Ok().json(s.complete()))
-        .ok_or_else(|| ApiError::NotFound(format!("no export schedule {id}")))
+    );
+    answer_one(&req, &path, &state, sql).await
 }
 
 /// Delete a schedule (its jobs and files stay).
@@ -313,18 +308,11 @@ pub async fn delete(
     path: web::Path<String>,
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
-    Params::parse(req.query_string(), &[])?;
-    let id = schedule_id(&path)?;
-    let schedule: Option<Schedule> = sqlx::query_as(concat!(
+    let sql = concat!(
         "DELETE FROM auditline.export_schedules WHERE id = $1 RETURNING ",
         schedule_columns!()
-    ))
-    .bind(id)
-    .fetch_optional(&state.pool)
-    .await?;
-    schedule
-        .map(|s| HttpResponse::Ok().json(s.complete()))
-        .ok_or_else(|| ApiError::NotFound(format!("no export schedule {id}")))
+    );
+    answer_one(&req, &path, &state, sql).await
 }
 
 /// Queues a job for every fire time that has come; returns how many.

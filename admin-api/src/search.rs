@@ -81,12 +81,13 @@ pub struct Window {
     pub to: DateTime<Utc>,
 }
 
-/// The search parameters (documentation of the query string; the handler
-/// parses it itself so that every error names its parameter).
+/// The filters of a search, shared by the export routes (documentation of
+/// the query string; the handlers parse it themselves so that every error
+/// names its parameter).
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
-pub struct SearchParams {
+pub struct FilterParams {
     /// Any of these users (repeatable).
     #[param(value_type = Option<Vec<Text>>)]
     user_id: Option<Vec<String>>,
@@ -121,6 +122,13 @@ pub struct SearchParams {
     /// Free text, case-insensitive, over the endpoint and the metadata.
     #[param(min_length = 1, max_length = 200)]
     q: Option<String>,
+}
+
+/// The search's own parameters, after [`FilterParams`] (documentation only).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct SearchParams {
     /// `desc` (newest first, default) or `asc`.
     #[param(pattern = "^(asc|desc)$")]
     order: Option<String>,
@@ -131,7 +139,8 @@ pub struct SearchParams {
     cursor: Option<String>,
 }
 
-pub const SEARCH_PARAMS: &[&str] = &[
+/// What an event is matched on: the search's filters without the window.
+pub const MATCH_PARAMS: &[&str] = &[
     "user_id",
     "session_id",
     "service",
@@ -141,14 +150,14 @@ pub const SEARCH_PARAMS: &[&str] = &[
     "status",
     "success",
     "client_ip",
-    "from",
-    "to",
     "min_response_time_ms",
     "q",
-    "order",
-    "limit",
-    "cursor",
 ];
+
+/// The time window of a search or an export.
+pub const WINDOW_PARAMS: &[&str] = &["from", "to"];
+
+pub const SEARCH_PARAMS: &[&[&str]] = &[MATCH_PARAMS, WINDOW_PARAMS, &["order", "limit", "cursor"]];
 
 /// Validated search filters (everything but the page position).
 #[derive(Debug, Clone, Default)]
@@ -559,7 +568,7 @@ impl Search {
     get,
     path = "/admin/audit/logs",
     tag = "search",
-    params(SearchParams),
+    params(FilterParams, SearchParams),
     responses(
         (status = 200, description = "One page of matching events", body = SearchPage),
         crate::openapi::ReadErrors,
@@ -570,7 +579,7 @@ pub async fn search(
     _reader: Reader,
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
-    let params = Params::parse(req.query_string(), SEARCH_PARAMS)?;
+    let params = Params::parse_from(req.query_string(), SEARCH_PARAMS)?;
     let search = Search::parse(&params, &state.cursor_key)?;
     let page = search.run(&state.pool, &state.cursor_key).await?;
     Ok(HttpResponse::Ok().json(page))
@@ -595,8 +604,7 @@ pub async fn event(
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
     Params::parse(req.query_string(), &[])?;
-    let id = Uuid::parse_str(&path)
-        .map_err(|_| ApiError::param("event_id", format!("{:?} is not a UUID", path.as_str())))?;
+    let id = crate::params::path_uuid("event_id", &path)?;
     // The same id could in theory be stored at two times (the key is
     // (event_id, occurred_at)); the earliest is the answer.
     let event: Option<StoredEvent> = sqlx::query_as(concat!(

@@ -115,7 +115,8 @@ impl TokenRow {
 const COLUMNS: &str =
     "token_id, secret_hash, name, scopes, service, created_at, expires_at, revoked_at";
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hexadecimal.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -131,7 +131,12 @@ pub struct AuditEvent {
 /// `collect_str`, and serde_json escapes each of its many small writes, which
 /// made timestamps the largest part of serializing an event.
 fn rfc3339<S: serde::Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+    serializer.serialize_str(&rfc3339_text(*at))
+}
+
+/// A time as chrono's `Serialize` writes it (and so every JSON answer).
+pub fn rfc3339_text(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
 /// One broken rule: which field, and what is wrong with it.
