@@ -33,6 +33,12 @@ pub struct DemoArgs {
     /// Serve without AuditMiddleware (the benchmark's baseline).
     #[arg(long)]
     pub no_audit: bool,
+    /// How long the middleware gathers events before publishing, in ms.
+    #[arg(long, default_value_t = 25)]
+    pub linger_ms: u64,
+    /// Events per published (zstd-compressed) message.
+    #[arg(long, default_value_t = 500)]
+    pub events_per_message: usize,
 }
 
 /// The demo's routes (also used by the tests and the benchmark).
@@ -143,7 +149,10 @@ pub async fn run(
             &args.spool_dir,
             settings.ingest.spool_max_bytes,
         )?);
-        let audit = AuditMiddleware::start(AuditConfig::new(&args.service), publisher, spool)?;
+        let mut config = AuditConfig::new(&args.service);
+        config.linger = std::time::Duration::from_millis(args.linger_ms);
+        config.events_per_message = args.events_per_message.max(1);
+        let audit = AuditMiddleware::start(config, publisher, spool)?;
         let server = HttpServer::new(move || {
             App::new()
                 .wrap_fn(|req, srv| {

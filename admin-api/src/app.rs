@@ -33,8 +33,8 @@ use futures_util::future::LocalBoxFuture;
 pub struct State {
     pub pool: PgPool,
     pub cursor_key: search::CursorKey,
-    /// Where export files are written (`export_dir`).
-    pub export_dir: std::path::PathBuf,
+    /// Where export files are written (`local`, the `export_dir`, or a bucket).
+    pub storage: crate::storage::Storage,
     /// Wakes the export runner when a job is queued.
     pub jobs_waiting: Arc<tokio::sync::Notify>,
 }
@@ -148,10 +148,13 @@ impl Application {
         )?);
         let audit = AuditMiddleware::start(AuditConfig::new("auditline-admin"), publisher, spool)?;
         let jobs_waiting = Arc::new(tokio::sync::Notify::new());
-        let export_dir = std::path::PathBuf::from(&settings.export_dir);
+        let storage = crate::storage::Storage::new(
+            std::path::PathBuf::from(&settings.export_dir),
+            &settings.exports,
+        )?;
         let runner = jobs::Runner {
             pool: pool.clone(),
-            dir: export_dir.clone(),
+            storage: storage.clone(),
             settings: settings.exports.clone(),
             instance: format!(
                 "{}-{}-{}",
@@ -166,7 +169,7 @@ impl Application {
         let state = web::Data::new(State {
             pool: pool.clone(),
             cursor_key,
-            export_dir,
+            storage,
             jobs_waiting,
         });
         let tokens = web::Data::new(TokenStore(pool));

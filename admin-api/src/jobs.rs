@@ -12,7 +12,6 @@
 //! `exports.retention_hours`.
 
 use std::{
-    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -22,7 +21,6 @@ use actix_web::{
     http::header::{ContentDisposition, DispositionParam, DispositionType},
     web::{self, Bytes},
 };
-use anyhow::Context;
 use auditline_shared::settings::ExportSettings;
 use chrono::{DateTime, Utc};
 use prometheus::{
@@ -32,7 +30,6 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
-use tokio::io::AsyncWriteExt;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -41,6 +38,7 @@ use crate::{
     error::ApiError,
     export::{self, Compression, Encoder, Export, Format, ReadAhead},
     params::Params,
+    storage::{Storage, Upload},
 };
 
 /// The states a job goes through.
@@ -72,6 +70,8 @@ pub struct ExportJob {
     pub requested_by: String,
     /// The schedule that fired this job, if one did.
     pub schedule_id: Option<Uuid>,
+    /// Where the file lands: `local` (the export directory) or a configured bucket.
+    pub destination: String,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -96,7 +96,7 @@ pub struct ExportJob {
 macro_rules! job_columns {
     () => {
         "id, state, query, format, compression, window_from, window_to, requested_by, \
-         schedule_id, created_at, started_at, finished_at, attempts, rows_written AS rows, \
+         schedule_id, destination, created_at, started_at, finished_at, attempts, rows_written AS rows, \
          bytes_written AS bytes, progress, sha256, error, expires_at, file_name"
     };
 }
@@ -178,6 +178,8 @@ pub struct NewExport {
     /// repeatable ones.
     #[schema(value_type = Object, required = false)]
     filters: Option<Map<String, Value>>,
+    /// `local` (the default: the export directory) or a configured S3-compatible destination.
+    destination: Option<String>,
 }
 
 /// The filters object as a query string, for the search's own parser.
@@ -250,6 +252,17 @@ impl Body {
         }
     }
 
+    /// `destination`: `local` when absent, else a configured one.
+    pub(crate) fn destination(&mut self, storage: &Storage) -> Result<String, ApiError> {
+        let destination = self
+            .text("destination")?
+            .unwrap_or_else(|| crate::storage::LOCAL.into());
+        storage
+            .check(&destination)
+            .map_err(|message| ApiError::body("destination", message))?;
+        Ok(destination)
+    }
+
     /// The `filters` object as a query string.
     pub(crate) fn filters(&mut self) -> Result<String, ApiError> {
         match self.0.remove("filters") {
@@ -271,17 +284,18 @@ impl Body {
     }
 }
 
-fn parse_new(body: &[u8]) -> Result<(String, Export), ApiError> {
+fn parse_new(body: &[u8], storage: &Storage) -> Result<(String, Export, String), ApiError> {
     let mut body = Body::parse(body)?;
     let format = body.format()?;
     let compression = body.compression()?;
     let query = body.filters()?;
-    body.finish("format, compression, filters")?;
+    let destination = body.destination(storage)?;
+    body.finish("format, compression, filters, destination")?;
     let params = Params::parse_from(&query, export::FILTER_PARAMS).map_err(in_filters)?;
     let mut export = Export::parse(&params).map_err(in_filters)?;
     export.format = format;
     export.compression = compression;
-    Ok((query, export))
+    Ok((query, export, destination))
 }
 
 /// A parameter error about the filters object, named as a body field.
@@ -314,11 +328,11 @@ pub async fn create(
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
     Params::parse(req.query_string(), &[])?;
-    let (query, export) = parse_new(&body)?;
+    let (query, export, destination) = parse_new(&body, &state.storage)?;
     let job: ExportJob = sqlx::query_as(concat!(
         "INSERT INTO auditline.export_jobs \
-         (id, query, format, compression, window_from, window_to, requested_by) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING ",
+         (id, query, format, compression, window_from, window_to, requested_by, destination) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ",
         job_columns!()
     ))
     .bind(Uuid::now_v7())
@@ -328,6 +342,7 @@ pub async fn create(
     .bind(export.from)
     .bind(export.to)
     .bind(exporter.0)
+    .bind(destination)
     .fetch_one(&state.pool)
     .await?;
     state.jobs_waiting.notify_one();
@@ -447,20 +462,20 @@ pub async fn cancel(
 ) -> Result<HttpResponse, ApiError> {
     Params::parse(req.query_string(), &[])?;
     let id = job_id(&path)?;
-    let changed: Option<(String, Option<String>)> = sqlx::query_as(
+    let changed: Option<(String, Option<String>, String)> = sqlx::query_as(
         "UPDATE auditline.export_jobs \
          SET state = CASE WHEN state = 'done' THEN 'expired' ELSE 'cancelled' END, \
              finished_at = coalesce(finished_at, now()) \
          WHERE id = $1 AND state IN ('queued', 'running', 'done') \
-         RETURNING state, file_name",
+         RETURNING state, file_name, destination",
     )
     .bind(id)
     .fetch_optional(&state.pool)
     .await?;
-    if let Some((new_state, Some(file))) = changed
+    if let Some((new_state, Some(file), destination)) = changed
         && new_state == "expired"
     {
-        remove_files(&state.export_dir, &file).await;
+        remove_files(&state.storage, &destination, &file).await;
     }
     // A running job notices at its next heartbeat and stops.
     let job = load(&state.pool, id).await?;
@@ -499,28 +514,8 @@ pub async fn download(
             job.id, job.state
         )));
     };
-    let path = state.export_dir.join(file);
-    let file = tokio::fs::File::open(&path)
-        .await
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    let size = file
-        .metadata()
-        .await
-        .context("cannot stat the export")?
-        .len();
+    let (size, body) = state.storage.read(&job.destination, file).await?;
     let export = job.export()?;
-    let body = futures_util::stream::unfold(file, |mut file| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buffer = vec![0; 256 * 1024];
-        match file.read(&mut buffer).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buffer.truncate(n);
-                Some((Ok::<_, std::io::Error>(Bytes::from(buffer)), file))
-            }
-            Err(e) => Some((Err(e), file)),
-        }
-    });
     Ok(HttpResponse::Ok()
         .content_type(export.content_type())
         .insert_header(ContentDisposition {
@@ -536,28 +531,9 @@ fn manifest_name(file: &str) -> String {
     format!("{file}.manifest.json")
 }
 
-async fn remove_files(dir: &Path, file: &str) {
-    for name in [file.to_owned(), manifest_name(file)] {
-        if let Err(e) = tokio::fs::remove_file(dir.join(&name)).await
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(error = %e, file = %name, "cannot remove an export file");
-        }
-    }
-}
-
-/// Removes the temporary files of earlier attempts at `file`.
-async fn remove_partials(dir: &Path, file: &str) {
-    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
-        return;
-    };
-    let prefix = format!(".{file}.");
-    while let Ok(Some(entry)) = entries.next_entry().await {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(&prefix) && name.ends_with(".partial") {
-            let _ = tokio::fs::remove_file(entry.path()).await;
-        }
-    }
+async fn remove_files(storage: &Storage, destination: &str, file: &str) {
+    storage.remove(destination, file).await;
+    storage.remove(destination, &manifest_name(file)).await;
 }
 
 /// The runner's metrics.
@@ -620,7 +596,7 @@ impl JobMetrics {
 #[derive(Debug, Clone)]
 pub struct Runner {
     pub pool: PgPool,
-    pub dir: PathBuf,
+    pub storage: Storage,
     pub settings: ExportSettings,
     pub instance: String,
     pub metrics: JobMetrics,
@@ -673,15 +649,15 @@ impl Runner {
 
     /// Expires old files and refreshes the state gauge.
     async fn upkeep(&self) -> anyhow::Result<()> {
-        let expired: Vec<(Option<String>,)> = sqlx::query_as(
+        let expired: Vec<(Option<String>, String)> = sqlx::query_as(
             "UPDATE auditline.export_jobs SET state = 'expired' \
-             WHERE state = 'done' AND expires_at < now() RETURNING file_name",
+             WHERE state = 'done' AND expires_at < now() RETURNING file_name, destination",
         )
         .fetch_all(&self.pool)
         .await?;
-        for (file,) in expired {
+        for (file, destination) in expired {
             if let Some(file) = file {
-                remove_files(&self.dir, &file).await;
+                remove_files(&self.storage, &destination, &file).await;
             }
         }
         let counts: Vec<(String, i64)> =
@@ -729,12 +705,8 @@ impl Runner {
                 ""
             }
         );
-        // What an earlier attempt (a process that died) left behind.
-        remove_partials(&self.dir, &file).await;
-        let partial = self.dir.join(format!(".{file}.{}.partial", job.attempts));
-        tracing::info!(job = %job.id, attempt = job.attempts, "export job started");
-        let outcome = self.write_file(&job, &file, &partial).await;
-        let _ = tokio::fs::remove_file(&partial).await;
+        tracing::info!(job = %job.id, attempt = job.attempts, destination = %job.destination, "export job started");
+        let outcome = self.write_file(&job, &file).await;
         match outcome {
             Ok(()) => {
                 self.metrics.finished.with_label_values(&["done"]).inc();
@@ -801,14 +773,94 @@ impl Runner {
         }
     }
 
-    async fn write_file(&self, job: &ExportJob, file: &str, partial: &Path) -> Result<(), Stopped> {
+    async fn write_file(&self, job: &ExportJob, file: &str) -> Result<(), Stopped> {
         let export = job.export().map_err(|e| anyhow::anyhow!("{e}"))?;
-        tokio::fs::create_dir_all(&self.dir)
+        let mut upload = self
+            .storage
+            .create(&job.destination, file, job.attempts)
+            .await?;
+        let written = match self.fill(job, &export, &mut upload).await {
+            // The last check before the file appears: still ours, not cancelled.
+            Ok(written) => match self.heartbeat(job, written.rows, written.bytes, 1.0).await {
+                Ok(()) => written,
+                Err(stopped) => {
+                    upload.abort().await;
+                    return Err(stopped);
+                }
+            },
+            Err(stopped) => {
+                upload.abort().await;
+                return Err(stopped);
+            }
+        };
+        upload.complete().await?;
+        let Written {
+            rows: total_rows,
+            bytes,
+            sha256,
+            first,
+            last,
+        } = written;
+        let manifest = json!({
+            "id": job.id,
+            "file": file,
+            "destination": job.destination,
+            "filters": job.filters,
+            "window": {"from": export.from, "to": export.to},
+            "order": if export.descending { "desc" } else { "asc" },
+            "format": export.format,
+            "compression": export.compression,
+            "rows": total_rows,
+            "bytes": bytes,
+            "sha256": sha256,
+            "first_event": first.map(|(id, at)| json!({"event_id": id, "occurred_at": at})),
+            "last_event": last.map(|(id, at)| json!({"event_id": id, "occurred_at": at})),
+            "requested_by": job.requested_by,
+            "schedule_id": job.schedule_id,
+            "created_at": Utc::now(),
+        });
+        let manifest = serde_json::to_vec_pretty(&manifest)?;
+        if let Err(e) = self
+            .storage
+            .put(&job.destination, &manifest_name(file), manifest)
             .await
-            .with_context(|| format!("cannot create {}", self.dir.display()))?;
-        let mut out = tokio::fs::File::create(partial)
-            .await
-            .with_context(|| format!("cannot create {}", partial.display()))?;
+        {
+            // A file without its manifest is not offered.
+            remove_files(&self.storage, &job.destination, file).await;
+            return Err(e.into());
+        }
+        let done = sqlx::query(
+            "UPDATE auditline.export_jobs SET state = 'done', finished_at = now(), \
+             rows_written = $3, bytes_written = $4, progress = 1, sha256 = $5, file_name = $6, \
+             expires_at = CASE WHEN schedule_id IS NULL \
+                               THEN now() + make_interval(hours => $7) END \
+             WHERE id = $1 AND claimed_by = $2 AND state = 'running'",
+        )
+        .bind(job.id)
+        .bind(&self.instance)
+        .bind(total_rows as i64)
+        .bind(bytes as i64)
+        .bind(&sha256)
+        .bind(file)
+        .bind(i32::try_from(self.settings.retention_hours).unwrap_or(i32::MAX))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if done == 0 {
+            // Cancelled in the last instant: the file must not stay.
+            remove_files(&self.storage, &job.destination, file).await;
+            return Err(Stopped::Lost);
+        }
+        Ok(())
+    }
+
+    /// Streams the export's rows through the encoder into `upload`.
+    async fn fill(
+        &self,
+        job: &ExportJob,
+        export: &Export,
+        upload: &mut Upload,
+    ) -> Result<Written, Stopped> {
         let mut hash = Sha256::new();
         let mut bytes = 0u64;
         let mut encoder = Encoder::new(export.format, export.compression)?;
@@ -830,7 +882,7 @@ impl Runner {
                     let data = encoder.take();
                     hash.update(&data);
                     bytes += data.len() as u64;
-                    out.write_all(&data).await?;
+                    upload.write(&data).await?;
                     self.metrics.bytes.inc_by(data.len() as u64);
                 }
                 self.metrics.rows.inc_by(chunk.len() as u64);
@@ -845,64 +897,28 @@ impl Runner {
         .await;
         drop(reader);
         read?;
-        let total_rows = encoder.rows();
+        let rows = encoder.rows();
         let rest = encoder.finish()?;
         hash.update(&rest);
         bytes += rest.len() as u64;
         self.metrics.bytes.inc_by(rest.len() as u64);
-        out.write_all(&rest).await?;
-        out.sync_all().await?;
-        drop(out);
-        let sha256 = auditline_shared::auth::hex(&hash.finalize());
-        // The last check before the file appears: still ours, not cancelled.
-        self.heartbeat(job, total_rows, bytes, 1.0).await?;
-        let manifest = json!({
-            "id": job.id,
-            "file": file,
-            "filters": job.filters,
-            "window": {"from": export.from, "to": export.to},
-            "order": if export.descending { "desc" } else { "asc" },
-            "format": export.format,
-            "compression": export.compression,
-            "rows": total_rows,
-            "bytes": bytes,
-            "sha256": sha256,
-            "first_event": first.map(|(id, at)| json!({"event_id": id, "occurred_at": at})),
-            "last_event": last.map(|(id, at)| json!({"event_id": id, "occurred_at": at})),
-            "requested_by": job.requested_by,
-            "schedule_id": job.schedule_id,
-            "created_at": Utc::now(),
-        });
-        let manifest_path = self.dir.join(manifest_name(file));
-        let manifest_partial = self.dir.join(format!(".{}.partial", manifest_name(file)));
-        let mut m = tokio::fs::File::create(&manifest_partial).await?;
-        m.write_all(&serde_json::to_vec_pretty(&manifest)?).await?;
-        m.sync_all().await?;
-        drop(m);
-        tokio::fs::rename(partial, self.dir.join(file)).await?;
-        tokio::fs::rename(&manifest_partial, &manifest_path).await?;
-        tokio::fs::File::open(&self.dir).await?.sync_all().await?;
-        let done = sqlx::query(
-            "UPDATE auditline.export_jobs SET state = 'done', finished_at = now(), \
-             rows_written = $3, bytes_written = $4, progress = 1, sha256 = $5, file_name = $6, \
-             expires_at = now() + make_interval(hours => $7) \
-             WHERE id = $1 AND claimed_by = $2 AND state = 'running'",
-        )
-        .bind(job.id)
-        .bind(&self.instance)
-        .bind(total_rows as i64)
-        .bind(bytes as i64)
-        .bind(&sha256)
-        .bind(file)
-        .bind(i32::try_from(self.settings.retention_hours).unwrap_or(i32::MAX))
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if done == 0 {
-            // Cancelled in the last instant: the file must not stay.
-            remove_files(&self.dir, file).await;
-            return Err(Stopped::Lost);
-        }
-        Ok(())
+        upload.write(&rest).await?;
+        Ok(Written {
+            rows,
+            bytes,
+            sha256: auditline_shared::auth::hex(&hash.finalize()),
+            first,
+            last,
+        })
     }
+}
+
+/// What [`Runner::fill`] wrote.
+#[derive(Debug)]
+struct Written {
+    rows: u64,
+    bytes: u64,
+    sha256: String,
+    first: Option<(Uuid, DateTime<Utc>)>,
+    last: Option<(Uuid, DateTime<Utc>)>,
 }

@@ -10,6 +10,7 @@
 //! - [`export`] — `GET /admin/audit/export`: streamed CSV / JSON / NDJSON, zstd.
 //! - [`jobs`] — export jobs (`/admin/audit/exports`) and their runner.
 //! - [`schedules`] — export schedules (`/admin/audit/export-schedules`) and their firing.
+//! - [`storage`] — export destinations: the export directory and S3-compatible buckets.
 //! - [`realtime`] — `GET /admin/audit/metrics` from the minute rollups.
 //! - [`params`] — query-string parsing with errors that name the parameter.
 //! - [`openapi`] — the OpenAPI 3 document of the admin and ingest APIs.
@@ -24,6 +25,7 @@ pub mod params;
 pub mod realtime;
 pub mod schedules;
 pub mod search;
+pub mod storage;
 pub mod users;
 
 pub use app::Application;

@@ -55,7 +55,7 @@ pub struct Schedule {
     pub filters: Map<String, Value>,
     pub format: Format,
     pub compression: Compression,
-    /// `local`: files land in `export_dir`.
+    /// `local` (files land in `export_dir`) or a configured S3-compatible destination.
     pub destination: String,
     pub created_by: String,
     pub created_at: DateTime<Utc>,
@@ -100,7 +100,7 @@ pub struct NewSchedule {
     /// Search filters (no `from`/`to`).
     #[schema(value_type = Object, required = false)]
     filters: Option<Map<String, Value>>,
-    /// `local` (the default and, for now, the only one).
+    /// `local` (the default: the export directory) or a configured S3-compatible destination.
     destination: Option<String>,
 }
 
@@ -174,13 +174,7 @@ pub async fn create(
             "must be 1-200 characters without control characters",
         ));
     }
-    let destination = body.text("destination")?.unwrap_or_else(|| "local".into());
-    if destination != "local" {
-        return Err(ApiError::body(
-            "destination",
-            format!("{destination:?} is not supported; only \"local\" (export_dir) is"),
-        ));
-    }
+    let destination = body.destination(&state.storage)?;
     let format = body.format()?;
     let compression = body.compression()?;
     let query = body.filters()?;
@@ -349,8 +343,8 @@ pub async fn fire_due(pool: &PgPool) -> anyhow::Result<usize> {
             if from < to {
                 sqlx::query(
                     "INSERT INTO auditline.export_jobs (id, query, format, compression, \
-                     window_from, window_to, requested_by, schedule_id) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                     window_from, window_to, requested_by, schedule_id, destination) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 )
                 .bind(Uuid::now_v7())
                 .bind(&schedule.query)
@@ -360,6 +354,7 @@ pub async fn fire_due(pool: &PgPool) -> anyhow::Result<usize> {
                 .bind(to)
                 .bind(format!("schedule:{}", schedule.name))
                 .bind(schedule.id)
+                .bind(&schedule.destination)
                 .execute(&mut *tx)
                 .await?;
                 last_to = Some(to);

@@ -31,7 +31,7 @@ $bin migrate >/dev/null
 # own work does not weigh on the comparison; the queue is deleted at the end.
 AUDITLINE_NAMESPACE=benchdemo-$ts $bin demo-app --listen 127.0.0.1:18091 --no-audit >/dev/null &
 pids+=($!); pid_plain=$!
-AUDITLINE_NAMESPACE=benchdemo-$ts $bin demo-app --listen 127.0.0.1:18092 --spool-dir "$work/spool-demo" >/dev/null &
+AUDITLINE_NAMESPACE=benchdemo-$ts $bin demo-app --listen 127.0.0.1:18092 --spool-dir "$work/spool-demo" ${DEMO_ARGS:-} >/dev/null &
 pids+=($!); pid_audited=$!
 AUDITLINE_NAMESPACE=benchhttp-$ts AUDITLINE_INGEST_LISTEN=127.0.0.1:18081 AUDITLINE_WRITER_LISTEN=127.0.0.1:0 \
   AUDITLINE_INGEST__SPOOL_DIR="$work/spool" $bin all &

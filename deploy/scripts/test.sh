@@ -10,7 +10,23 @@ deploy/scripts/ensure-services.sh
 SCHEMATHESIS=$(deploy/scripts/ensure-schemathesis.sh)
 export SCHEMATHESIS
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+moto_log=$(mktemp)
+moto_pid=
+trap 'rm -f "$log" "$moto_log"; [ -z "$moto_pid" ] || kill "$moto_pid" 2>/dev/null || true' EXIT
+# S3 export destinations are tested against a real S3-compatible server:
+# moto's server mode, on a free port, for the length of the run (each test
+# makes its own bucket).
+moto=$(deploy/scripts/ensure-moto.sh)
+moto_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$moto" -H 127.0.0.1 -p "$moto_port" >"$moto_log" 2>&1 &
+moto_pid=$!
+for _ in $(seq 100); do
+  python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$moto_port/')" 2>/dev/null && break
+  sleep 0.1
+done
+python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$moto_port/')" 2>/dev/null \
+  || { echo "the S3 test server did not start:"; cat "$moto_log"; exit 1; }
+export TEST_S3_ENDPOINT=http://127.0.0.1:$moto_port
 status=0
 cargo test --workspace --all-targets "$@" 2>&1 | tee "$log" || status=$?
 # One closing line over every test binary (cargo prints one per binary).

@@ -118,6 +118,66 @@ pub struct ExportSettings {
     /// over by another (its process is presumed dead) and started again.
     #[serde(default = "default_export_claim_timeout_secs")]
     pub claim_timeout_secs: u64,
+    /// Named S3-compatible destinations for export jobs and schedules,
+    /// besides `local` (the `export_dir`), e.g. `[exports.destinations.archive]`
+    /// or `AUDITLINE_EXPORTS__DESTINATIONS__ARCHIVE__BUCKET`.
+    #[serde(default)]
+    pub destinations: std::collections::BTreeMap<String, S3Destination>,
+}
+
+/// An S3-compatible bucket that export files and manifests are written to.
+/// Credentials not given here come from the standard `AWS_*` environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Destination {
+    pub bucket: String,
+    /// Key prefix of every file (e.g. `auditline/exports`).
+    #[serde(default)]
+    pub prefix: String,
+    /// The service's URL, for S3-compatible stores (MinIO, Ceph, …); AWS when absent.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default = "default_s3_region")]
+    pub region: String,
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<Secret>,
+    /// Allows a plain `http://` endpoint (test and on-premises stores).
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
+fn default_s3_region() -> String {
+    "us-east-1".into()
+}
+
+/// A secret setting: `Debug` and `Display` show `***`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
+    /// The secret itself, for the client library only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
 }
 
 impl Default for ExportSettings {
@@ -125,6 +185,7 @@ impl Default for ExportSettings {
         Self {
             retention_hours: default_export_retention_hours(),
             claim_timeout_secs: default_export_claim_timeout_secs(),
+            destinations: Default::default(),
         }
     }
 }
@@ -433,6 +494,23 @@ impl Settings {
                 "writer.consumers, writer.prefetch_count, writer.batch.max_events and writer.batch.max_bytes must be > 0".into(),
             ));
         }
+        for (name, destination) in &self.exports.destinations {
+            let name_ok = !name.is_empty()
+                && name.len() <= 64
+                && name.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_')
+                });
+            if !name_ok || name == "local" {
+                return Err(SettingsError::Rule(format!(
+                    "export destination {name:?}: names are 1-64 of a-z, 0-9, '-', '_', and \"local\" is the export_dir"
+                )));
+            }
+            if destination.bucket.is_empty() {
+                return Err(SettingsError::Rule(format!(
+                    "export destination {name:?} needs a bucket"
+                )));
+            }
+        }
         if self.publisher.events_per_message == 0 {
             return Err(SettingsError::Rule(
                 "publisher.events_per_message must be > 0".into(),
@@ -487,6 +565,43 @@ mod tests {
             assert_eq!(s.writer.batch.max_events, 10);
             assert_eq!(s.writer.batch.timeout_ms, 7);
             assert_eq!(s.ingest_listen, "127.0.0.1:8081");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn export_destinations_come_from_the_environment_with_their_secret_hidden() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("AUDITLINE_EXPORTS__DESTINATIONS__ARCHIVE__BUCKET", "audit");
+            jail.set_env(
+                "AUDITLINE_EXPORTS__DESTINATIONS__ARCHIVE__ENDPOINT",
+                "http://s3:9000",
+            );
+            jail.set_env(
+                "AUDITLINE_EXPORTS__DESTINATIONS__ARCHIVE__ALLOW_HTTP",
+                "true",
+            );
+            jail.set_env(
+                "AUDITLINE_EXPORTS__DESTINATIONS__ARCHIVE__SECRET_ACCESS_KEY",
+                "hunter2",
+            );
+            let s = Settings::load(None, serde_json::json!({})).map_err(|e| e.to_string())?;
+            let archive = &s.exports.destinations["archive"];
+            assert_eq!(archive.bucket, "audit");
+            assert_eq!(archive.endpoint.as_deref(), Some("http://s3:9000"));
+            assert!(archive.allow_http);
+            assert_eq!(archive.region, "us-east-1");
+            assert_eq!(
+                archive.secret_access_key.as_ref().map(Secret::expose),
+                Some("hunter2")
+            );
+            assert!(!format!("{s:?}").contains("hunter2"));
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("AUDITLINE_EXPORTS__DESTINATIONS__LOCAL__BUCKET", "audit");
+            let err = Settings::load(None, serde_json::json!({})).expect_err("local is reserved");
+            assert!(err.to_string().contains("\"local\""), "{err}");
             Ok(())
         });
     }

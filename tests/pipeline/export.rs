@@ -242,6 +242,20 @@ async fn send_json(port: u16, method: &str, token: &str, path: &str, body: &[u8]
     (status, json)
 }
 
+/// Creates an export schedule; returns it.
+async fn create_schedule(port: u16, token: &str, body: &Value) -> Value {
+    let (status, schedule) = send_json(
+        port,
+        "POST",
+        token,
+        "/admin/audit/export-schedules",
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 201, "{schedule}");
+    schedule
+}
+
 /// Polls a job until it is `done` (or fails the test on `failed`).
 async fn wait_done(port: u16, token: &str, id: &str, timeout: Duration) -> Value {
     let start = std::time::Instant::now();
@@ -675,15 +689,7 @@ async fn a_minutely_schedule_covers_every_minute_once_across_three_minutes_of_do
         "format": "ndjson",
         "filters": {"service": "minutely"},
     });
-    let (status, schedule) = send_json(
-        admin.port,
-        "POST",
-        &token,
-        "/admin/audit/export-schedules",
-        body.to_string().as_bytes(),
-    )
-    .await;
-    assert_eq!(status, 201, "{schedule}");
+    let schedule = create_schedule(admin.port, &token, &body).await;
     assert_eq!(schedule["window"], "previous_minute");
     let id: Uuid = schedule["id"].as_str().expect("id").parse().expect("uuid");
     let done = |want: i64| {
@@ -790,5 +796,230 @@ async fn a_minutely_schedule_covers_every_minute_once_across_three_minutes_of_do
         let file = std::fs::read(dir.join(format!("export-{job}.ndjson"))).expect("file");
         assert_eq!(manifest["sha256"], sha256_hex(&file));
     }
+    env.cleanup().await;
+}
+
+/// `n` events of service `bulk` straight into the events table (the pipeline
+/// is tested elsewhere), spread over the hour before `to`, each with a long
+/// metadata text so that a CSV of them spans several upload parts.
+async fn insert_bulk(env: &TestEnv, n: i64, to: chrono::DateTime<chrono::Utc>) {
+    sqlx::query(
+        "INSERT INTO auditline.events (event_id, occurred_at, received_at, batch_id, service, \
+         session_id, user_id, client_ip, action_type, endpoint, route, http_method, \
+         request_size, response_size, response_time_ms, status_code, success, metadata) \
+         SELECT gen_random_uuid(), $2 - interval '1 hour' + i * (interval '1 hour' / $1), \
+                now(), '00000000-0000-0000-0000-000000000002', 'bulk', 'sess-' || (i % 97), \
+                'user-' || (i % 13), '10.1.0.1', 'file', '/files/' || i, '/files/{id}', 'GET', \
+                i, 2 * i, 1.5, 200, true, \
+                jsonb_build_object('note', repeat(md5(i::text), 8), 'n', i) \
+         FROM generate_series(0, $1 - 1) AS i",
+    )
+    .bind(n)
+    .bind(to)
+    .execute(&env.pool)
+    .await
+    .expect("bulk rows");
+}
+
+#[actix_web::test]
+async fn an_s3_destination_gets_whole_files_and_manifests_from_jobs_and_schedules() {
+    use crate::helpers::{InProcessAdmin, TestBucket};
+    let env = TestEnv::new().await;
+    let bucket = TestBucket::create(&env).await;
+    let mut settings = env.settings.clone();
+    settings
+        .exports
+        .destinations
+        .insert("archive".into(), bucket.destination("audit/exports"));
+    let mut nowhere = bucket.destination("");
+    nowhere.bucket = format!("{}-missing", bucket.name);
+    settings
+        .exports
+        .destinations
+        .insert("nowhere".into(), nowhere);
+    let to = chrono::Utc::now()
+        .duration_trunc(chrono::TimeDelta::minutes(1))
+        .expect("minute");
+    let rows = 40_000;
+    insert_bulk(&env, rows, to).await;
+    let admin = InProcessAdmin::start_with(settings).await;
+    let token = env.named_token("archivist", &[Scope::Export]).await;
+    let from = to - chrono::TimeDelta::hours(1);
+    let filters = json!({"from": from.to_rfc3339(), "to": to.to_rfc3339(), "service": "bulk"});
+
+    // A job into the bucket: one data object and its manifest, nothing else.
+    let body = json!({"format": "csv", "destination": "archive", "filters": filters});
+    let (status, job) = send_json(
+        admin.port,
+        "POST",
+        &token,
+        "/admin/audit/exports",
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(job["destination"], "archive");
+    let id = job["id"].as_str().expect("id").to_owned();
+    let job = wait_done(admin.port, &token, &id, Duration::from_secs(120)).await;
+    assert_eq!(job["rows"], rows);
+    let key = format!("audit/exports/export-{id}.csv");
+    assert_eq!(
+        bucket.keys().await,
+        vec![key.clone(), format!("{key}.manifest.json")]
+    );
+    assert!(
+        !bucket.open_uploads().await.contains("<Upload>"),
+        "no multipart upload left open"
+    );
+    let file = bucket.get(&key).await;
+    assert!(
+        file.len() > 16 * 1024 * 1024,
+        "a file of several 8 MiB parts: {} bytes",
+        file.len()
+    );
+    let manifest: Value =
+        serde_json::from_slice(&bucket.get(&format!("{key}.manifest.json")).await).expect("JSON");
+    assert_eq!(manifest["rows"], rows);
+    assert_eq!(manifest["bytes"], file.len() as u64);
+    assert_eq!(manifest["sha256"], sha256_hex(&file));
+    assert_eq!(manifest["sha256"], job["sha256"]);
+    assert_eq!(manifest["destination"], "archive");
+    assert_eq!(manifest["window"]["to"], json!(to));
+    let query = format!("from={}&to={}&service=bulk&format=csv", rfc(from), rfc(to));
+    let (status, _, streamed) = get_export(&admin, &token, &query).await;
+    assert_eq!(status, 200);
+    assert!(
+        streamed.as_deref() == Some(file.as_slice()),
+        "the object equals the streamed export of the same filters"
+    );
+    assert_eq!(csv_as_events(&file).len() as i64, rows);
+    // Downloading through the API streams the object from the bucket.
+    let (status, headers, downloaded) = http_raw(
+        admin.port,
+        "GET",
+        job["download"].as_str().expect("download link"),
+        &[("Authorization", format!("Bearer {token}").as_str())],
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "content-type"), "text/csv; charset=utf-8");
+    assert!(downloaded.as_deref() == Some(file.as_slice()));
+    let local = std::path::Path::new(&env.settings.export_dir);
+    assert!(
+        std::fs::read_dir(local).map_or(true, |d| d.count() == 0),
+        "nothing landed in the export directory"
+    );
+    // Deleting the finished job deletes its objects.
+    let (status, deleted) = send_json(
+        admin.port,
+        "DELETE",
+        &token,
+        &format!("/admin/audit/exports/{id}"),
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200, "{deleted}");
+    assert!(bucket.keys().await.is_empty(), "objects removed");
+
+    // A bucket that does not exist: the job fails and says where.
+    let body = json!({"destination": "nowhere", "filters": filters});
+    let (status, job) = send_json(
+        admin.port,
+        "POST",
+        &token,
+        "/admin/audit/exports",
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    let failed = crate::helpers::wait_until(Duration::from_secs(60), || async {
+        let (_, job) = send_json(
+            admin.port,
+            "GET",
+            &token,
+            &format!("/admin/audit/exports/{}", job["id"].as_str().expect("id")),
+            b"",
+        )
+        .await;
+        job["state"] == "failed"
+            && job["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("\"nowhere\""))
+    })
+    .await;
+    assert!(
+        failed,
+        "the job into a missing bucket failed, naming its destination"
+    );
+    // An unknown destination is refused, listing the known ones.
+    for path in ["/admin/audit/exports", "/admin/audit/export-schedules"] {
+        let body = json!({"cron": "* * * * *", "window": "previous_hour", "destination": "ftp"});
+        let body = if path.ends_with("exports") {
+            json!({"destination": "ftp"})
+        } else {
+            body
+        };
+        let (status, error) = send_json(
+            admin.port,
+            "POST",
+            &token,
+            path,
+            body.to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 400, "{path}: {error}");
+        assert_eq!(error["error"]["details"][0]["field"], "destination");
+        let message = error["error"]["details"][0]["message"]
+            .as_str()
+            .unwrap_or("");
+        assert!(message.contains("\"archive\""), "{message}");
+    }
+
+    // A schedule lands its runs in the bucket too, kept (they do not expire).
+    let body = json!({
+        "cron": "* * * * *",
+        "window": "previous_minute",
+        "format": "ndjson",
+        "compression": "zstd",
+        "destination": "archive",
+        "filters": {"service": "bulk"},
+    });
+    let schedule = create_schedule(admin.port, &token, &body).await;
+    assert_eq!(schedule["destination"], "archive");
+    let schedule_id: Uuid = schedule["id"].as_str().expect("id").parse().expect("uuid");
+    let started = std::time::Instant::now();
+    let (run_id, expires_at) = loop {
+        let run: Option<(Uuid, Option<chrono::DateTime<chrono::Utc>>)> = sqlx::query_as(
+            "SELECT id, expires_at FROM auditline.export_jobs \
+             WHERE schedule_id = $1 AND state = 'done' LIMIT 1",
+        )
+        .bind(schedule_id)
+        .fetch_optional(&env.pool)
+        .await
+        .expect("jobs");
+        if let Some(run) = run {
+            break run;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the schedule ran within 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(expires_at, None, "scheduled exports are kept");
+    let key = format!("audit/exports/export-{run_id}.ndjson.zst");
+    let file = bucket.get(&key).await;
+    let manifest: Value =
+        serde_json::from_slice(&bucket.get(&format!("{key}.manifest.json")).await).expect("JSON");
+    assert_eq!(manifest["sha256"], sha256_hex(&file));
+    assert_eq!(manifest["schedule_id"], json!(schedule_id));
+    let lines = zstd::decode_all(file.as_slice())
+        .expect("zstd")
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
+    assert_eq!(manifest["rows"], lines as u64);
+    admin.stop().await;
     env.cleanup().await;
 }

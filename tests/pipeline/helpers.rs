@@ -710,3 +710,100 @@ impl TestEnv {
         secret
     }
 }
+
+/// A bucket of its own on the S3-compatible server that `deploy/scripts/test.sh`
+/// starts (moto's server mode; `TEST_S3_ENDPOINT` names it), read
+/// back through the S3 API.
+pub struct TestBucket {
+    pub endpoint: String,
+    pub name: String,
+    store: object_store::aws::AmazonS3,
+}
+
+impl TestBucket {
+    pub async fn create(env: &TestEnv) -> Self {
+        let endpoint = std::env::var("TEST_S3_ENDPOINT").unwrap_or_else(|_| {
+            panic!(
+                "TEST_S3_ENDPOINT is not set: run deploy/scripts/test.sh, \
+                 which starts an S3-compatible server (moto) for the tests"
+            )
+        });
+        let port: u16 = endpoint
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .expect("the endpoint is http://127.0.0.1:<port>");
+        auditline_admin_api::storage::install_tls_provider();
+        let name = format!("auditline-test-{}", env.id);
+        let (status, _, body) = http(port, "PUT", &format!("/{name}"), &[], &[]).await;
+        assert_eq!(status, 200, "cannot create bucket {name}: {body}");
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(&endpoint)
+            .with_allow_http(true)
+            .with_bucket_name(&name)
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .build()
+            .expect("S3 client");
+        Self {
+            endpoint,
+            name,
+            store,
+        }
+    }
+
+    /// The settings of a destination writing into this bucket under `prefix`.
+    pub fn destination(&self, prefix: &str) -> auditline_shared::settings::S3Destination {
+        auditline_shared::settings::S3Destination {
+            bucket: self.name.clone(),
+            prefix: prefix.to_owned(),
+            endpoint: Some(self.endpoint.clone()),
+            region: "us-east-1".into(),
+            access_key_id: Some("test".into()),
+            secret_access_key: Some(auditline_shared::settings::Secret::new("test")),
+            allow_http: true,
+        }
+    }
+
+    /// Every key in the bucket, sorted.
+    pub async fn keys(&self) -> Vec<String> {
+        use futures_util::TryStreamExt;
+        use object_store::ObjectStore;
+        let mut keys: Vec<String> = self
+            .store
+            .list(None)
+            .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await
+            .expect("list the bucket");
+        keys.sort();
+        keys
+    }
+
+    /// Incomplete multipart uploads in the bucket (S3's `ListMultipartUploads`).
+    pub async fn open_uploads(&self) -> String {
+        let port: u16 = self
+            .endpoint
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .expect("port");
+        let (status, _, body) =
+            http(port, "GET", &format!("/{}?uploads", self.name), &[], &[]).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    pub async fn get(&self, key: &str) -> Vec<u8> {
+        use object_store::ObjectStoreExt;
+        self.store
+            .get(&object_store::path::Path::from(key))
+            .await
+            .unwrap_or_else(|e| panic!("cannot read {key}: {e}"))
+            .bytes()
+            .await
+            .expect("object bytes")
+            .to_vec()
+    }
+}
