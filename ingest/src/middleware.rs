@@ -14,10 +14,12 @@
 //! sizes, response time, status, success, and the [`AuditResources`] the
 //! handler adds.
 //!
-//! It never blocks or fails the request: the observation goes into a bounded
-//! queue (the only work on the request path is copying a few strings); a
-//! background task turns observations into events and publishes them in
-//! batches. When the queue is full, or the broker cannot take them, events go
+//! It never blocks or fails the request: the observation is kept by the
+//! worker thread that served it and handed over, up to 64 at a time (or after
+//! 5 ms), into a bounded queue (the only work on the request path is copying a
+//! few strings; hand-offs in groups keep the workers from contending on the
+//! queue for every request); a background task turns observations into
+//! events and publishes them in batches. When the queue is full, or the broker cannot take them, events go
 //! to the durable spool and are replayed later: never dropped.
 
 use crate::{publisher::Publisher, spool::Spool};
@@ -137,7 +139,8 @@ pub struct AuditConfig {
     pub trusted_proxies: Vec<Cidr>,
     /// `(path prefix, action type)`, first match wins; the rest is `other`.
     pub rules: Vec<(String, String)>,
-    /// Observations waiting for the background publisher; beyond it they are spooled.
+    /// Observations waiting for the background publisher (counted in
+    /// hand-offs of up to 64); beyond it they are spooled.
     pub queue_capacity: usize,
     /// How long the publisher gathers observations before it publishes them:
     /// the delay it adds to an event's arrival in return for fewer, larger
@@ -283,7 +286,7 @@ impl Observed {
 struct Shared {
     config: Arc<AuditConfig>,
     session_header: HeaderName,
-    queue: mpsc::Sender<Observed>,
+    queue: mpsc::Sender<Vec<Observed>>,
     spool: Arc<Spool>,
     spilled: AtomicU64,
     overflow: std::sync::Mutex<Overflow>,
@@ -321,7 +324,7 @@ impl AuditMiddleware {
             HeaderName::try_from(config.session_header.as_str()).map_err(|_| {
                 anyhow::anyhow!("{:?} is not a valid header name", config.session_header)
             })?;
-        let (queue, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let (queue, rx) = mpsc::channel((config.queue_capacity / HANDOFF).max(1));
         let shared = Arc::new(Shared {
             config: Arc::new(config),
             session_header,
@@ -345,7 +348,7 @@ impl AuditMiddleware {
         self.shared.spilled.load(Ordering::Relaxed)
     }
 
-    fn record(&self, observed: Observed) {
+    fn hand_over(&self, observed: Vec<Observed>) {
         match self.shared.queue.try_send(observed) {
             Ok(()) => {}
             Err(
@@ -359,17 +362,19 @@ impl AuditMiddleware {
     /// observations are gathered and written by one blocking task, one fsync
     /// for all that arrived meanwhile: a task and an fsync per request would
     /// make a busy app slower the more it falls behind.
-    fn spill(&self, observed: Observed) {
+    fn spill(&self, observed: Vec<Observed>) {
         let shared = &self.shared;
-        shared.spilled.fetch_add(1, Ordering::Relaxed);
+        shared
+            .spilled
+            .fetch_add(observed.len() as u64, Ordering::Relaxed);
         let start_flusher = {
             let mut overflow = shared.overflow.lock().unwrap_or_else(|p| p.into_inner());
-            overflow.waiting.push(observed);
+            overflow.waiting.extend(observed);
             !std::mem::replace(&mut overflow.flushing, true)
         };
         if start_flusher {
             let shared = shared.clone();
-            tokio::task::spawn_blocking(move || {
+            let flush = move || {
                 loop {
                     let waiting = {
                         let mut overflow =
@@ -388,7 +393,63 @@ impl AuditMiddleware {
                         tracing::error!(error = %e, events = events.len(), "audit events could be neither queued nor spooled");
                     }
                 }
+            };
+            // Outside a runtime (a worker's last hand-off at shutdown) the
+            // write happens right here.
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(flush)),
+                Err(_) => flush(),
+            }
+        }
+    }
+}
+
+/// Observations handed over at once.
+const HANDOFF: usize = 64;
+/// The longest an observation waits in its worker before it is handed over.
+const HANDOFF_DELAY: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// The observations a worker thread gathered and has not handed over yet.
+struct Pending {
+    items: std::cell::RefCell<Vec<Observed>>,
+    /// Whether a task will hand the items over after [`HANDOFF_DELAY`].
+    timer: std::cell::Cell<bool>,
+    middleware: AuditMiddleware,
+}
+
+impl Pending {
+    fn push(self: &Rc<Self>, observed: Observed) {
+        let full = {
+            let mut items = self.items.borrow_mut();
+            items.push(observed);
+            items.len() >= HANDOFF
+        };
+        if full {
+            self.hand_over();
+        } else if !self.timer.replace(true) {
+            let pending = self.clone();
+            actix_web::rt::spawn(async move {
+                tokio::time::sleep(HANDOFF_DELAY).await;
+                pending.timer.set(false);
+                pending.hand_over();
             });
+        }
+    }
+
+    fn hand_over(&self) {
+        let items = std::mem::replace(&mut *self.items.borrow_mut(), Vec::with_capacity(HANDOFF));
+        if !items.is_empty() {
+            self.middleware.hand_over(items);
+        }
+    }
+}
+
+/// The worker (and its tasks) let go: what it still holds is handed over.
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let items = std::mem::take(self.items.get_mut());
+        if !items.is_empty() {
+            self.middleware.hand_over(items);
         }
     }
 }
@@ -408,26 +469,34 @@ const MAX_BATCH: usize = 5_000;
 const IN_FLIGHT: usize = 4;
 
 async fn publish_loop(
-    mut rx: mpsc::Receiver<Observed>,
+    mut rx: mpsc::Receiver<Vec<Observed>>,
     publisher: Publisher,
     spool: Arc<Spool>,
     config: Arc<AuditConfig>,
 ) {
     let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        if batch.len() < config.events_per_message {
+    let mut handoffs = Vec::new();
+    while rx.recv_many(&mut handoffs, MAX_BATCH / HANDOFF).await > 0 {
+        let mut count: usize = handoffs.iter().map(Vec::len).sum();
+        if count < config.events_per_message {
             // Linger so that a busy app hands over hundreds of observations
             // per wake-up, and they leave in few messages.
             tokio::time::sleep(config.linger).await;
-            while batch.len() < MAX_BATCH {
+            while count < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(observed) => batch.push(observed),
+                    Ok(observed) => {
+                        count += observed.len();
+                        handoffs.push(observed);
+                    }
                     Err(_) => break,
                 }
             }
         }
-        let events: Vec<AuditEvent> = batch.drain(..).map(|o| o.into_event(&config)).collect();
+        let events: Vec<AuditEvent> = handoffs
+            .drain(..)
+            .flatten()
+            .map(|o| o.into_event(&config))
+            .collect();
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
@@ -470,6 +539,11 @@ where
         ready(Ok(AuditService {
             service: Rc::new(service),
             middleware: self.clone(),
+            pending: Rc::new(Pending {
+                items: std::cell::RefCell::new(Vec::with_capacity(HANDOFF)),
+                timer: std::cell::Cell::new(false),
+                middleware: self.clone(),
+            }),
         }))
     }
 }
@@ -478,6 +552,7 @@ where
 pub struct AuditService<S> {
     service: Rc<S>,
     middleware: AuditMiddleware,
+    pending: Rc<Pending>,
 }
 
 impl<S> std::fmt::Debug for AuditService<S> {
@@ -539,14 +614,15 @@ where
             .then(|| HeaderValue::from_str(&session_id).ok())
             .flatten()
             .map(|value| (self.middleware.shared.session_header.clone(), value));
-        let middleware = self.middleware.clone();
+        let pending = self.pending.clone();
         let service = self.service.clone();
         Box::pin(async move {
             let result = service.call(req).await;
             let (status, route, user_id, resources, metadata, response_size) = match &result {
                 Ok(res) => {
                     let request = res.request();
-                    let extensions = request.extensions();
+                    // The middleware is outermost: nothing needs these after it.
+                    let mut extensions = request.extensions_mut();
                     let response_size = match res.response().body().size() {
                         BodySize::Sized(n) => Some(n),
                         BodySize::None => Some(0),
@@ -555,14 +631,14 @@ where
                     (
                         res.status().as_u16(),
                         request.match_pattern(),
-                        extensions.get::<AuditUser>().map(|u| u.0.clone()),
+                        extensions.remove::<AuditUser>().map(|u| u.0),
                         extensions
-                            .get::<AuditResources>()
-                            .map(|r| r.0.clone())
+                            .remove::<AuditResources>()
+                            .map(|r| r.0)
                             .filter(|m| !m.is_empty()),
                         extensions
-                            .get::<AuditMetadata>()
-                            .map(|m| m.0.clone())
+                            .remove::<AuditMetadata>()
+                            .map(|m| m.0)
                             .filter(|m| !m.is_empty()),
                         response_size,
                     )
@@ -576,7 +652,7 @@ where
                     None,
                 ),
             };
-            middleware.record(Observed {
+            pending.push(Observed {
                 occurred_at,
                 session_id,
                 user_id,
