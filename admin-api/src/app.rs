@@ -37,6 +37,8 @@ pub struct State {
     pub storage: crate::storage::Storage,
     /// Wakes the export runner when a job is queued.
     pub jobs_waiting: Arc<tokio::sync::Notify>,
+    /// The live stream's clients.
+    pub hub: Arc<crate::live::Hub>,
 }
 
 /// Authenticates the caller, names it as the user of the request's own audit
@@ -60,7 +62,7 @@ fn authorize(
 
 /// An authenticated caller with the `read` scope (extractor).
 #[derive(Debug)]
-pub struct Reader;
+pub struct Reader(pub String);
 
 impl FromRequest for Reader {
     type Error = ApiError;
@@ -68,7 +70,7 @@ impl FromRequest for Reader {
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let authorized = authorize(req, payload, Scope::Read);
-        Box::pin(async move { authorized.await.map(|_| Reader) })
+        Box::pin(async move { authorized.await.map(Reader) })
     }
 }
 
@@ -113,6 +115,7 @@ pub struct Application {
     port: u16,
     server: Server,
     runner: tokio::task::JoinHandle<()>,
+    live: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Application {
@@ -166,11 +169,21 @@ impl Application {
             wake: jobs_waiting.clone(),
         };
         let runner = tokio::spawn(runner.run());
+        let hub = Arc::new(crate::live::Hub::new(
+            settings.stream.clone(),
+            crate::live::StreamMetrics::register(&registry)?,
+        ));
+        let live = tokio::spawn(crate::live::consume(
+            settings.amqp_url.clone(),
+            auditline_shared::amqp::Topology::new(&settings.namespace).live_exchange,
+            hub.clone(),
+        ));
         let state = web::Data::new(State {
             pool: pool.clone(),
             cursor_key,
             storage,
             jobs_waiting,
+            hub,
         });
         let tokens = web::Data::new(TokenStore(pool));
         let registry = web::Data::new(registry);
@@ -232,6 +245,12 @@ impl Application {
                                 web::delete().to(schedules::delete),
                             ],
                         ))
+                        .service(methods(
+                            "/stream/ticket",
+                            "POST",
+                            vec![web::post().to(crate::live::ticket)],
+                        ))
+                        .service(get("/stream", web::get().to(crate::live::stream)))
                         .default_service(web::to(not_found)),
                 )
                 .service(get("/metrics", web::get().to(metrics_handler)))
@@ -246,6 +265,7 @@ impl Application {
             port,
             server,
             runner,
+            live,
         })
     }
 
@@ -264,6 +284,7 @@ impl Application {
         // A job cut short here is taken over by another instance (or this
         // one, restarted) once its heartbeat is old enough.
         self.runner.abort();
+        self.live.abort();
         outcome
     }
 }

@@ -20,6 +20,13 @@ pub enum ApiError {
     BadBody { field: String, message: String },
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// Refused for a reason of its own (a stream ticket, an origin, a cap).
+    #[error("{message}")]
+    Refused {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+    },
     /// The database did not answer in time or refused the connection.
     #[error("the database is unavailable; retry shortly")]
     Unavailable(#[source] sqlx::Error),
@@ -62,6 +69,7 @@ impl ResponseError for ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::BadBody { .. } => StatusCode::BAD_REQUEST,
             Self::Auth(e) => e.status_code(),
+            Self::Refused { status, .. } => *status,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -88,6 +96,20 @@ impl ResponseError for ApiError {
             .with_details(vec![json!({"field": field, "message": message})])
             .response(StatusCode::BAD_REQUEST),
             Self::Auth(e) => e.error_response(),
+            Self::Refused {
+                status,
+                code,
+                message,
+            } => {
+                let mut response = ErrorBody::new(code, message.clone()).response(*status);
+                if *status == StatusCode::SERVICE_UNAVAILABLE {
+                    response.headers_mut().insert(
+                        actix_web::http::header::RETRY_AFTER,
+                        actix_web::http::header::HeaderValue::from_static("5"),
+                    );
+                }
+                response
+            }
             Self::Unavailable(e) => {
                 tracing::warn!(error = %e, "database unavailable");
                 ErrorBody::new("unavailable", self.to_string())

@@ -9,6 +9,7 @@
 //! - [`users`] — `GET /admin/audit/users[/{user_id}]` from the rollups.
 //! - [`export`] — `GET /admin/audit/export`: streamed CSV / JSON / NDJSON, zstd.
 //! - [`jobs`] — export jobs (`/admin/audit/exports`) and their runner.
+//! - [`live`] — the live stream: tickets, the websocket, the fan-out from `<ns>.live`.
 //! - [`schedules`] — export schedules (`/admin/audit/export-schedules`) and their firing.
 //! - [`storage`] — export destinations: the export directory and S3-compatible buckets.
 //! - [`realtime`] — `GET /admin/audit/metrics` from the minute rollups.
@@ -20,6 +21,7 @@ pub mod app;
 pub mod error;
 pub mod export;
 pub mod jobs;
+pub mod live;
 pub mod openapi;
 pub mod params;
 pub mod realtime;

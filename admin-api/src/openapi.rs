@@ -112,6 +112,8 @@ fn post_events() {}
         schedules::list,
         schedules::show,
         schedules::delete,
+        crate::live::ticket,
+        crate::live::stream,
         post_events,
     ),
     components(schemas(ErrorEnvelope, ErrorObject, Accepted, crate::params::Text)),
@@ -122,6 +124,7 @@ fn post_events() {}
         (name = "users", description = "Per-user activity summaries"),
         (name = "metrics", description = "Real-time audit metrics"),
         (name = "export", description = "Export audit events (scope `export`)"),
+        (name = "stream", description = "Watch audit events live (websocket, scope `read`)"),
         (name = "ingest", description = "Publish audit events over HTTP"),
     )
 )]

@@ -27,7 +27,7 @@ use crate::{
 };
 
 /// An event as stored, with the time it was received.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, sqlx::FromRow, ToSchema)]
 pub struct StoredEvent {
     pub event_id: Uuid,
     pub occurred_at: DateTime<Utc>,
@@ -64,6 +64,7 @@ macro_rules! event_columns {
          response_size, response_time_ms, status_code, success, resource_usage, metadata"
     };
 }
+pub(crate) use event_columns;
 
 /// One page of search results.
 #[derive(Debug, Serialize, ToSchema)]

@@ -105,6 +105,63 @@ pub struct Settings {
     /// Export jobs.
     #[serde(default)]
     pub exports: ExportSettings,
+    #[serde(default)]
+    pub stream: StreamSettings,
+}
+
+/// The live stream (`GET /admin/audit/stream`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSettings {
+    /// Browser origins (`https://admin.example.com`) allowed to connect, besides
+    /// the admin service's own; a client that sends no `Origin` is not a browser.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Websocket clients at once per admin instance; beyond it, 503.
+    #[serde(default = "default_stream_max_clients")]
+    pub max_clients: usize,
+    /// Matching events waiting per client; a commit's events that do not
+    /// fit are dropped for that client, which is told `lagged`.
+    #[serde(default = "default_stream_client_queue")]
+    pub client_queue: usize,
+    /// How long a ticket can be redeemed.
+    #[serde(default = "default_stream_ticket_ttl_secs")]
+    pub ticket_ttl_secs: u64,
+    /// The server pings this often…
+    #[serde(default = "default_stream_ping_secs")]
+    pub ping_secs: u64,
+    /// …and closes a connection it has heard nothing from for this long.
+    #[serde(default = "default_stream_idle_secs")]
+    pub idle_secs: u64,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            max_clients: default_stream_max_clients(),
+            client_queue: default_stream_client_queue(),
+            ticket_ttl_secs: default_stream_ticket_ttl_secs(),
+            ping_secs: default_stream_ping_secs(),
+            idle_secs: default_stream_idle_secs(),
+        }
+    }
+}
+
+fn default_stream_max_clients() -> usize {
+    1000
+}
+fn default_stream_client_queue() -> usize {
+    10_000
+}
+fn default_stream_ticket_ttl_secs() -> u64 {
+    60
+}
+fn default_stream_ping_secs() -> u64 {
+    15
+}
+fn default_stream_idle_secs() -> u64 {
+    60
 }
 
 /// Export jobs (`POST /admin/audit/exports`).
@@ -435,6 +492,7 @@ impl Default for Settings {
             publisher: PublisherSettings::default(),
             ingest: IngestSettings::default(),
             exports: ExportSettings::default(),
+            stream: StreamSettings::default(),
         }
     }
 }

@@ -6,5 +6,6 @@ mod export;
 mod faults;
 mod helpers;
 mod ingest;
+mod live;
 mod middleware;
 mod storage;

@@ -269,6 +269,7 @@ impl Pipeline {
         dead_channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
+        let live_channel = connection.create_channel().await?;
         let consumer_tag = format!("{name}-{}", uuid::Uuid::new_v4().simple());
         let stream = channel
             .basic_consume(
@@ -287,6 +288,10 @@ impl Pipeline {
             ack_channel: channel.clone(),
             dead_channel,
             keeper: shared.keeper.clone(),
+            live: Some(crate::db_writer::Live {
+                channel: live_channel,
+                exchange: shared.topology.live_exchange.clone(),
+            }),
             cancelled: cancelled.clone(),
             metrics: shared.metrics.clone(),
         })

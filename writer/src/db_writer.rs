@@ -14,7 +14,11 @@
 //!    (BENCHMARKS.md) and the
 //!    primary key keeps it exactly-once: a duplicate fails the whole COPY and
 //!    the batch is written again through the dedup path;
-//! 4. `basic.ack` with `multiple` up to the batch's highest delivery tag.
+//! 4. publish the events the commit stored (not the duplicates it absorbed)
+//!    to the `<ns>.live` topic exchange, for the admin's live stream: one
+//!    zstd NDJSON message per commit, transient, never awaited for long (the
+//!    stream is a view; the table is the record);
+//! 5. `basic.ack` with `multiple` up to the batch's highest delivery tag.
 //!
 //! A transient failure (connection lost, database restarting, renamed or
 //! refusing connections, a partition missing) is retried with backoff,
@@ -108,10 +112,24 @@ pub struct DbWriterConfig {
     /// A confirm-mode channel for dead letters.
     pub dead_channel: Channel,
     pub keeper: Addr<PartitionKeeper>,
+    /// Where committed events are announced (`<ns>.live`), if anywhere.
+    pub live: Option<Live>,
     /// Set when the pipeline is torn down: stop retrying, ack nothing.
     pub cancelled: Arc<AtomicBool>,
     pub metrics: WriterMetrics,
 }
+
+/// The channel and exchange committed events are published to.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub channel: Channel,
+    pub exchange: String,
+}
+
+/// The routing key of live messages (one per commit, all services).
+pub const LIVE_ROUTING_KEY: &str = "events";
+/// The longest a commit's live message may hold up the writer.
+const LIVE_PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
 
 struct Core {
     config: DbWriterConfig,
@@ -426,16 +444,22 @@ impl Core {
             return Err(e.into());
         }
         let copied = copy.finish().await?;
-        let inserted = if dedup {
+        // On the dedup path, which events were new (the live stream must not
+        // show an absorbed duplicate again).
+        let (inserted, stored) = if dedup {
             self.config.metrics.dedup_batches.inc();
-            sqlx::query(
-                "INSERT INTO auditline.events SELECT * FROM pg_temp.auditline_staging ON CONFLICT DO NOTHING",
+            let ids: Vec<Uuid> = sqlx::query_scalar(
+                "INSERT INTO auditline.events SELECT * FROM pg_temp.auditline_staging \
+                 ON CONFLICT DO NOTHING RETURNING event_id",
             )
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
+            .fetch_all(&mut *tx)
+            .await?;
+            (
+                ids.len() as u64,
+                Some(ids.into_iter().collect::<HashSet<Uuid>>()),
+            )
         } else {
-            copied
+            (copied, None)
         };
         // The batch row, and (when it stored anything) the note that the
         // rollup keeper has to fold it in: one round trip.
@@ -456,6 +480,9 @@ impl Core {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        if inserted > 0 {
+            self.publish_live(messages, stored).await;
+        }
 
         let m = &self.config.metrics;
         m.batches.inc();
@@ -464,6 +491,66 @@ impl Core {
         m.duplicates
             .inc_by(events as u64 - inserted.min(events as u64));
         Ok(inserted)
+    }
+
+    /// Announces committed events on `<ns>.live`: the stored events as
+    /// NDJSON (each with its `received_at`), zstd-compressed. `stored`, on
+    /// the dedup path, names the events that were new. Failures are logged
+    /// and counted, never retried: a live view that missed a commit is
+    /// caught up by searching.
+    async fn publish_live(&self, messages: &[Incoming], mut stored: Option<HashSet<Uuid>>) {
+        let Some(live) = &self.config.live else {
+            return;
+        };
+        let mut body = Vec::with_capacity(512 * messages.len());
+        let mut events = 0u64;
+        for message in messages {
+            let received = auditline_shared::event::rfc3339_text(message.received_at);
+            for event in &message.events {
+                // A set of the new ids: taking each out also skips a second
+                // copy of the same event within the batch.
+                if let Some(ids) = stored.as_mut()
+                    && !ids.remove(&event.event_id)
+                {
+                    continue;
+                }
+                let Ok(json) = serde_json::to_vec(event) else {
+                    continue;
+                };
+                // The event object with `received_at` added before its `}`.
+                body.extend_from_slice(&json[..json.len() - 1]);
+                body.extend_from_slice(b",\"received_at\":\"");
+                body.extend_from_slice(received.as_bytes());
+                body.extend_from_slice(b"\"}\n");
+                events += 1;
+            }
+        }
+        if events == 0 {
+            return;
+        }
+        let body = auditline_shared::amqp::compress(&body);
+        let properties = BasicProperties::default()
+            .with_content_type("application/x-ndjson".into())
+            .with_content_encoding(auditline_shared::amqp::ZSTD.into())
+            .with_delivery_mode(1);
+        let publish = live.channel.basic_publish(
+            live.exchange.as_str().into(),
+            LIVE_ROUTING_KEY.into(),
+            BasicPublishOptions::default(),
+            &body,
+            properties,
+        );
+        match tokio::time::timeout(LIVE_PUBLISH_TIMEOUT, publish).await {
+            Ok(Ok(_)) => self.config.metrics.live_events.inc_by(events),
+            Ok(Err(e)) => {
+                self.config.metrics.live_failures.inc();
+                tracing::warn!(error = %e, events, "cannot publish committed events to the live exchange");
+            }
+            Err(_) => {
+                self.config.metrics.live_failures.inc();
+                tracing::warn!(events, "publishing to the live exchange timed out");
+            }
+        }
     }
 
     async fn connect(&self) -> Result<PgConnection, WriteError> {

@@ -17,6 +17,8 @@ pub struct WriterMetrics {
     pub flush_seconds: Histogram,
     pub retries: IntCounterVec,
     pub ack_failures: IntCounter,
+    pub live_events: IntCounter,
+    pub live_failures: IntCounter,
     pub pipelines_connected: IntGauge,
     pub partitions_ahead: IntGauge,
     pub partitions_created: IntCounter,
@@ -99,6 +101,14 @@ impl WriterMetrics {
             ack_failures: counter(
                 "auditline_writer_ack_failures_total",
                 "Acks that failed after commit (the messages are redelivered and absorbed as duplicates).",
+            ),
+            live_events: counter(
+                "auditline_writer_live_events_total",
+                "Committed events published to the live exchange.",
+            ),
+            live_failures: counter(
+                "auditline_writer_live_failures_total",
+                "Commits whose live message could not be published (the stream missed them; the table has them).",
             ),
             pipelines_connected: register(
                 registry,

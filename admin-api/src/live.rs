@@ -1,0 +1,767 @@
+//! The live stream: `POST /admin/audit/stream/ticket`, then
+//! `GET /admin/audit/stream?ticket=…` (a websocket).
+//!
+//! The writers publish every commit's new events to `<ns>.live`. Each admin
+//! instance binds its own bounded, auto-deleting queue there and hands every
+//! commit's events to the [`Hub`], which applies each client's filter and
+//! puts the matching events, as one entry, into that client's queue, bounded
+//! at `stream.client_queue` events. A commit's events that do not fit are
+//! dropped for that client only (the others are never delayed), and it is
+//! told so: `{"type": "lagged", "dropped": N}` before its next events.
+//!
+//! Client → server: `{"type": "subscribe", "filter": {…}, "since": "<cursor>"}`
+//! (again to change the filter). With `since` (a search cursor), the stored
+//! events after the cursor are sent first (at most [`REPLAY_MAX`]), then
+//! `{"type": "caught_up"}`, then live events. The live filter is in force
+//! before the stored events are read, so an event committed meanwhile comes
+//! by one way or both; the ids sent from the table are remembered and the live
+//! copy skipped: no gap, no duplicate.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use actix_web::{
+    HttpMessage, HttpRequest, HttpResponse,
+    http::{StatusCode, header},
+    web,
+};
+use actix_ws::{Message, MessageStream, Session};
+use auditline_ingest::AuditUser;
+use auditline_shared::{
+    amqp,
+    settings::{SecretUrl, StreamSettings},
+};
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use lapin::{
+    ExchangeKind,
+    options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable},
+};
+use prometheus::{IntCounter, IntGauge, Registry};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use tokio::sync::mpsc;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::{
+    app::{Reader, State},
+    error::ApiError,
+    jobs::filters_query,
+    params::Params,
+    search::{CursorKey, Filters, StoredEvent},
+};
+
+/// The search filters that make sense live.
+pub const LIVE_PARAMS: &[&str] = &[
+    "user_id",
+    "session_id",
+    "service",
+    "action_type",
+    "http_method",
+    "status",
+    "success",
+    "endpoint",
+    "min_response_time_ms",
+];
+
+/// The most stored events a `since` sends before going live; further back
+/// is a search's (or an export's) work.
+pub const REPLAY_MAX: i64 = 10_000;
+/// Live messages an instance's queue holds before the broker drops the oldest.
+const LIVE_QUEUE_MESSAGES: i64 = 10_000;
+/// Events in one `events` frame. The websocket session buffers 32 frames,
+/// so this also bounds what a stalled client holds beyond its queue.
+const FRAME_EVENTS: usize = 100;
+/// The largest frame a client may send.
+const MAX_FRAME_BYTES: usize = 64 * 1024;
+
+/// Whether an event passes the (live subset of the) search filters.
+pub fn matches(f: &Filters, e: &StoredEvent) -> bool {
+    let any =
+        |values: &[String], value: &str| values.is_empty() || values.iter().any(|v| v == value);
+    any(&f.user_ids, e.user_id.as_deref().unwrap_or("\u{0}"))
+        && (f.user_ids.is_empty() || e.user_id.is_some())
+        && any(&f.session_ids, &e.session_id)
+        && any(&f.services, &e.service)
+        && any(&f.action_types, &e.action_type)
+        && any(&f.http_methods, &e.http_method)
+        && f.endpoint_prefix
+            .as_deref()
+            .is_none_or(|p| e.endpoint.starts_with(p))
+        && ((f.status_codes.is_empty() && f.status_classes.is_empty())
+            || e.status_code.is_some_and(|code| {
+                f.status_codes.contains(&code) || f.status_classes.contains(&(code / 100))
+            }))
+        && f.success.is_none_or(|s| s == e.success)
+        && f.min_response_time_ms
+            .is_none_or(|ms| e.response_time_ms.is_some_and(|t| t >= ms))
+}
+
+/// The live filter of a subscribe message (`filter`: an object of the live
+/// parameters), validated as the search validates them.
+fn parse_filter(filter: Option<&Value>) -> Result<Filters, ApiError> {
+    let query = match filter {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::Object(map)) => filters_query(map)?,
+        Some(_) => return Err(ApiError::body("filter", "must be an object")),
+    };
+    let params = Params::parse_from(&query, &[LIVE_PARAMS]).map_err(|e| match e {
+        ApiError::BadParam { param, message } => {
+            ApiError::body(&format!("filter.{param}"), message)
+        }
+        other => other,
+    })?;
+    Filters::parse(&params).map_err(|e| match e {
+        ApiError::BadParam { param, message } => {
+            ApiError::body(&format!("filter.{param}"), message)
+        }
+        other => other,
+    })
+}
+
+/// The stream's metrics.
+#[derive(Debug, Clone)]
+pub struct StreamMetrics {
+    clients: IntGauge,
+    sent: IntCounter,
+    dropped: IntCounter,
+    received: IntCounter,
+}
+
+impl StreamMetrics {
+    pub fn register(registry: &Registry) -> anyhow::Result<Self> {
+        let clients = IntGauge::new(
+            "auditline_stream_clients",
+            "Websocket clients connected to this instance",
+        )?;
+        let sent = IntCounter::new(
+            "auditline_stream_events_sent_total",
+            "Events sent to websocket clients",
+        )?;
+        let dropped = IntCounter::new(
+            "auditline_stream_events_dropped_total",
+            "Matching events dropped because a client fell behind (it is told `lagged`)",
+        )?;
+        let received = IntCounter::new(
+            "auditline_stream_events_received_total",
+            "Committed events received from the live exchange",
+        )?;
+        for metric in [&sent, &dropped, &received] {
+            registry.register(Box::new(metric.clone()))?;
+        }
+        registry.register(Box::new(clients.clone()))?;
+        Ok(Self {
+            clients,
+            sent,
+            dropped,
+            received,
+        })
+    }
+}
+
+/// The matching events of one commit.
+type Entry = Vec<Arc<StoredEvent>>;
+
+struct Slot {
+    filter: Option<Arc<Filters>>,
+    queue: mpsc::UnboundedSender<Entry>,
+    /// Events in the queue (the bound is counted here).
+    queued: Arc<AtomicUsize>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// Every client of this instance, and the fan-out to them.
+#[derive(Debug)]
+pub struct Hub {
+    clients: Mutex<HashMap<u64, Slot>>,
+    next: AtomicU64,
+    settings: StreamSettings,
+    metrics: StreamMetrics,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot").finish_non_exhaustive()
+    }
+}
+
+/// A client's place in the hub: its queue and what it lost.
+struct Joined {
+    id: u64,
+    queue: mpsc::UnboundedReceiver<Entry>,
+    queued: Arc<AtomicUsize>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Hub {
+    pub fn new(settings: StreamSettings, metrics: StreamMetrics) -> Self {
+        Self {
+            clients: Mutex::default(),
+            next: AtomicU64::new(1),
+            settings,
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Slot>> {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new client, or `None` when the instance has as many as it takes.
+    fn join(&self) -> Option<Joined> {
+        let mut clients = self.lock();
+        if clients.len() >= self.settings.max_clients {
+            return None;
+        }
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let dropped = Arc::new(AtomicU64::new(0));
+        let queued = Arc::new(AtomicUsize::new(0));
+        clients.insert(
+            id,
+            Slot {
+                filter: None,
+                queue: tx,
+                queued: queued.clone(),
+                dropped: dropped.clone(),
+            },
+        );
+        self.metrics.clients.set(clients.len() as i64);
+        Some(Joined {
+            id,
+            queue: rx,
+            queued,
+            dropped,
+        })
+    }
+
+    fn leave(&self, id: u64) {
+        let mut clients = self.lock();
+        clients.remove(&id);
+        self.metrics.clients.set(clients.len() as i64);
+    }
+
+    fn set_filter(&self, id: u64, filter: Option<Arc<Filters>>) {
+        if let Some(slot) = self.lock().get_mut(&id) {
+            slot.filter = filter;
+        }
+    }
+
+    /// Hands committed events to every client whose filter they match.
+    pub fn publish(&self, events: &[Arc<StoredEvent>]) {
+        self.metrics.received.inc_by(events.len() as u64);
+        let clients = self.lock();
+        for slot in clients.values() {
+            let Some(filter) = &slot.filter else {
+                continue;
+            };
+            let entry: Entry = events
+                .iter()
+                .filter(|e| matches(filter, e))
+                .cloned()
+                .collect();
+            if entry.is_empty() {
+                continue;
+            }
+            // Only this (locked) loop adds to `queued`: the check holds.
+            let n = entry.len();
+            if slot.queued.load(Ordering::Acquire) + n > self.settings.client_queue.max(1) {
+                slot.dropped.fetch_add(n as u64, Ordering::Relaxed);
+                self.metrics.dropped.inc_by(n as u64);
+            } else {
+                slot.queued.fetch_add(n, Ordering::AcqRel);
+                let _ = slot.queue.send(entry);
+            }
+        }
+    }
+}
+
+/// Consumes `<ns>.live` into the hub for as long as the process runs,
+/// reconnecting after a failure.
+pub async fn consume(url: SecretUrl, exchange: String, hub: Arc<Hub>) {
+    loop {
+        if let Err(e) = consume_once(&url, &exchange, &hub).await {
+            tracing::warn!(error = %format!("{e:#}"), "live stream consumer stopped; reconnecting");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+async fn consume_once(url: &SecretUrl, exchange: &str, hub: &Hub) -> anyhow::Result<()> {
+    let connection = amqp::connect(url, "auditline-admin-live").await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(LIVE_QUEUE_MESSAGES),
+    );
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            exchange.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut deliveries = channel
+        .basic_consume(
+            queue.name().clone(),
+            "auditline-admin-live".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    tracing::info!(queue = %queue.name(), "live stream consuming");
+    while let Some(delivery) = deliveries.next().await {
+        let delivery = delivery?;
+        let encoding = delivery
+            .properties
+            .content_encoding()
+            .as_ref()
+            .map(|e| e.to_string());
+        let body = match amqp::decode_body(&delivery.data, encoding.as_deref()) {
+            Ok(Some(decoded)) => decoded,
+            Ok(None) => delivery.data.clone(),
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable live message skipped");
+                continue;
+            }
+        };
+        let events: Vec<Arc<StoredEvent>> = body
+            .split(|b| *b == b'\n')
+            .filter(|line| !line.is_empty())
+            .filter_map(|line| serde_json::from_slice(line).ok().map(Arc::new))
+            .collect();
+        hub.publish(&events);
+    }
+    Ok(())
+}
+
+/// A ticket for one websocket connection.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ticket {
+    /// Pass as `?ticket=` to `GET /admin/audit/stream`, once.
+    pub ticket: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+fn ticket_hash(ticket: &str) -> String {
+    auditline_shared::auth::hex(&Sha256::digest(ticket.as_bytes()))
+}
+
+/// Get a single-use ticket for the live stream.
+#[utoipa::path(
+    post,
+    path = "/admin/audit/stream/ticket",
+    tag = "stream",
+    responses(
+        (status = 201, description = "A ticket, valid once, for `stream.ticket_ttl_secs`", body = Ticket),
+        crate::openapi::ReadErrors,
+    )
+)]
+pub async fn ticket(
+    req: HttpRequest,
+    reader: Reader,
+    state: web::Data<State>,
+) -> Result<HttpResponse, ApiError> {
+    Params::parse(req.query_string(), &[])?;
+    let secret: [u8; 32] = rand::random();
+    let ticket = auditline_shared::auth::hex(&secret);
+    let ttl = i32::try_from(state.hub.settings.ticket_ttl_secs).unwrap_or(i32::MAX);
+    let expires_at: DateTime<Utc> = sqlx::query_scalar(
+        "WITH gone AS (DELETE FROM auditline.stream_tickets WHERE expires_at < now() - interval '1 hour') \
+         INSERT INTO auditline.stream_tickets (ticket_hash, token_name, expires_at) \
+         VALUES ($1, $2, now() + make_interval(secs => $3)) RETURNING expires_at",
+    )
+    .bind(ticket_hash(&ticket))
+    .bind(&reader.0)
+    .bind(f64::from(ttl))
+    .fetch_one(&state.pool)
+    .await?;
+    Ok(HttpResponse::Created().json(Ticket { ticket, expires_at }))
+}
+
+fn refused(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::Refused {
+        status,
+        code,
+        message: message.into(),
+    }
+}
+
+/// Whether a browser on `origin` may connect: the admin service's own origin
+/// or one of `stream.allowed_origins`.
+fn origin_allowed(req: &HttpRequest, origin: &str, allowed: &[String]) -> bool {
+    let own = req.connection_info();
+    let own = format!("{}://{}", own.scheme(), own.host());
+    let origin = origin.trim_end_matches('/');
+    origin.eq_ignore_ascii_case(&own)
+        || allowed
+            .iter()
+            .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+}
+
+/// The live stream (websocket; see the module doc for the messages).
+#[utoipa::path(
+    get,
+    path = "/admin/audit/stream",
+    tag = "stream",
+    security(()),
+    params(("ticket" = String, Query, description = "From `POST /admin/audit/stream/ticket`; single use")),
+    responses(
+        (status = 101, description = "Switching to the websocket protocol"),
+        (status = 400, description = "Not a websocket handshake, or a bad parameter", body = crate::openapi::ErrorEnvelope),
+        (status = 401, description = "Missing, unknown, used or expired ticket", body = crate::openapi::ErrorEnvelope),
+        (status = 403, description = "A browser origin that is not allowed", body = crate::openapi::ErrorEnvelope),
+        (status = 503, description = "This instance has as many stream clients as it takes", body = crate::openapi::ErrorEnvelope),
+    )
+)]
+pub async fn stream(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<State>,
+) -> Result<HttpResponse, ApiError> {
+    let params = Params::parse(req.query_string(), &["ticket"])?;
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        if !origin_allowed(&req, origin, &state.hub.settings.allowed_origins) {
+            return Err(refused(
+                StatusCode::FORBIDDEN,
+                "origin_not_allowed",
+                format!("origin {origin:?} may not open the stream (stream.allowed_origins)"),
+            ));
+        }
+    }
+    let Some(ticket) = params.one("ticket")? else {
+        return Err(refused(
+            StatusCode::UNAUTHORIZED,
+            "ticket_required",
+            "a ticket is required: POST /admin/audit/stream/ticket, then ?ticket=…",
+        ));
+    };
+    let name: Option<String> = sqlx::query_scalar(
+        "UPDATE auditline.stream_tickets SET used_at = now() \
+         WHERE ticket_hash = $1 AND used_at IS NULL AND expires_at > now() RETURNING token_name",
+    )
+    .bind(ticket_hash(ticket))
+    .fetch_optional(&state.pool)
+    .await?;
+    let Some(name) = name else {
+        return Err(refused(
+            StatusCode::UNAUTHORIZED,
+            "invalid_ticket",
+            "unknown, already used or expired ticket",
+        ));
+    };
+    req.extensions_mut().insert(AuditUser(name));
+    let Some(joined) = state.hub.join() else {
+        return Err(refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_clients",
+            format!(
+                "this instance serves {} stream clients already; retry later",
+                state.hub.settings.max_clients
+            ),
+        ));
+    };
+    let (response, session, messages) = match actix_ws::handle(&req, body) {
+        Ok(parts) => parts,
+        Err(e) => {
+            state.hub.leave(joined.id);
+            return Err(ApiError::param(
+                "ticket",
+                format!("not a websocket handshake: {e}"),
+            ));
+        }
+    };
+    let messages = messages.max_frame_size(MAX_FRAME_BYTES);
+    let client = Client {
+        hub: state.hub.clone(),
+        pool: state.pool.clone(),
+        cursor_key: state.cursor_key.clone(),
+        session,
+        replayed: HashSet::new(),
+    };
+    actix_web::rt::spawn(client.run(joined, messages));
+    Ok(response)
+}
+
+struct Client {
+    hub: Arc<Hub>,
+    pool: PgPool,
+    cursor_key: CursorKey,
+    session: Session,
+    /// Ids sent from the table since the last `since`: their live copies are skipped.
+    replayed: HashSet<Uuid>,
+}
+
+/// The connection is gone (or must go).
+struct Gone;
+
+impl Client {
+    async fn send(&mut self, message: Value) -> Result<(), Gone> {
+        self.session
+            .text(message.to_string())
+            .await
+            .map_err(|_| Gone)
+    }
+
+    async fn error(&mut self, error: ApiError) -> Result<(), Gone> {
+        let (field, message) = match &error {
+            ApiError::BadBody { field, message } => (field.clone(), message.clone()),
+            other => ("$".to_owned(), other.to_string()),
+        };
+        self.send(json!({"type": "error", "error": {
+            "code": "invalid_message",
+            "message": format!("`{field}`: {message}"),
+            "details": [{"field": field, "message": message}],
+        }}))
+        .await
+    }
+
+    async fn run(mut self, joined: Joined, mut messages: MessageStream) {
+        let Joined {
+            id,
+            mut queue,
+            queued,
+            dropped,
+        } = joined;
+        let settings = self.hub.settings.clone();
+        let mut ping = tokio::time::interval(Duration::from_secs(settings.ping_secs.max(1)));
+        ping.tick().await;
+        let mut heard = Instant::now();
+        let idle = Duration::from_secs(settings.idle_secs.max(1));
+        loop {
+            let outcome = tokio::select! {
+                Some(entry) = queue.recv() => {
+                    queued.fetch_sub(entry.len(), Ordering::AcqRel);
+                    self.deliver(entry, &dropped).await
+                }
+                message = messages.next() => match message {
+                    Some(Ok(Message::Text(text))) => {
+                        heard = Instant::now();
+                        self.on_text(id, &text).await
+                    }
+                    Some(Ok(Message::Ping(bytes))) => {
+                        heard = Instant::now();
+                        self.session.pong(&bytes).await.map_err(|_| Gone)
+                    }
+                    Some(Ok(Message::Pong(_))) => {
+                        heard = Instant::now();
+                        Ok(())
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        heard = Instant::now();
+                        self.error(ApiError::body("$", "send text frames (JSON)")).await
+                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => Err(Gone),
+                    Some(Ok(_)) => Ok(()),
+                },
+                _ = ping.tick() => {
+                    if heard.elapsed() > idle {
+                        let _ = self.send(json!({"type": "error", "error": {
+                            "code": "idle", "message": "nothing heard from the client; closing"}})).await;
+                        Err(Gone)
+                    } else {
+                        self.session.ping(b"").await.map_err(|_| Gone)
+                    }
+                }
+            };
+            if outcome.is_err() {
+                break;
+            }
+        }
+        self.hub.leave(id);
+        let _ = self.session.close(None).await;
+    }
+
+    async fn deliver(
+        &mut self,
+        mut batch: Vec<Arc<StoredEvent>>,
+        dropped: &AtomicU64,
+    ) -> Result<(), Gone> {
+        let lost = dropped.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            self.send(json!({"type": "lagged", "dropped": lost}))
+                .await?;
+        }
+        if !self.replayed.is_empty() {
+            batch.retain(|e| !self.replayed.remove(&e.event_id));
+        }
+        for chunk in batch.chunks(FRAME_EVENTS) {
+            self.send(json!({"type": "events", "events": chunk}))
+                .await?;
+            self.hub.metrics.sent.inc_by(chunk.len() as u64);
+        }
+        Ok(())
+    }
+
+    async fn on_text(&mut self, id: u64, text: &str) -> Result<(), Gone> {
+        let message: Value = match serde_json::from_str(text) {
+            Ok(Value::Object(map)) => Value::Object(map),
+            Ok(_) => {
+                return self
+                    .error(ApiError::body("$", "must be a JSON object"))
+                    .await;
+            }
+            Err(e) => {
+                return self
+                    .error(ApiError::body("$", format!("malformed JSON: {e}")))
+                    .await;
+            }
+        };
+        if message.get("type").and_then(Value::as_str) != Some("subscribe") {
+            return self
+                .error(ApiError::body("type", "expected \"subscribe\""))
+                .await;
+        }
+        if let Some(unknown) = message.as_object().and_then(|m| {
+            m.keys()
+                .find(|k| !["type", "filter", "since"].contains(&k.as_str()))
+        }) {
+            let unknown = unknown.clone();
+            return self
+                .error(ApiError::body(
+                    &unknown,
+                    "unknown field; known: type, filter, since",
+                ))
+                .await;
+        }
+        let filter = match parse_filter(message.get("filter")) {
+            Ok(filter) => Arc::new(filter),
+            Err(e) => return self.error(e).await,
+        };
+        let since = match message.get("since") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(text)) => match self.cursor_key.decode(text) {
+                Ok(cursor) => Some((cursor.occurred_at, cursor.event_id)),
+                Err(_) => {
+                    return self
+                        .error(ApiError::body(
+                            "since",
+                            "not a cursor issued by this server for a search",
+                        ))
+                        .await;
+                }
+            },
+            Some(_) => {
+                return self
+                    .error(ApiError::body("since", "must be a string"))
+                    .await;
+            }
+        };
+        // Live first, then the table: see the module doc.
+        self.hub.set_filter(id, Some(filter.clone()));
+        self.replayed.clear();
+        if let Some(after) = since {
+            match self.replay(&filter, after).await {
+                Ok(Some(())) => {}
+                Ok(None) => {
+                    self.hub.set_filter(id, None);
+                    return self
+                        .error(ApiError::body(
+                            "since",
+                            format!(
+                                "more than {REPLAY_MAX} stored events follow this cursor; search or export them, then subscribe with a later cursor"
+                            ),
+                        ))
+                        .await;
+                }
+                Err(ReplayError::Gone) => return Err(Gone),
+                Err(ReplayError::Database(e)) => {
+                    self.hub.set_filter(id, None);
+                    tracing::warn!(error = %e, "stream replay failed");
+                    return self
+                        .error(ApiError::body(
+                            "since",
+                            "the stored events could not be read; retry",
+                        ))
+                        .await;
+                }
+            }
+            self.send(json!({"type": "caught_up"})).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the stored events after `after` that match; `None` when there
+    /// are more than [`REPLAY_MAX`].
+    async fn replay(
+        &mut self,
+        filter: &Filters,
+        after: (DateTime<Utc>, Uuid),
+    ) -> Result<Option<()>, ReplayError> {
+        let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(concat!(
+            "SELECT ",
+            crate::search::event_columns!(),
+            " FROM auditline.events WHERE (occurred_at, event_id) > ("
+        ));
+        qb.push_bind(after.0)
+            .push(", ")
+            .push_bind(after.1)
+            .push(")");
+        filter.push_conditions(&mut qb);
+        qb.push(" ORDER BY occurred_at, event_id LIMIT ")
+            .push_bind(REPLAY_MAX + 1);
+        let events: Vec<StoredEvent> = qb.build_query_as().fetch_all(&self.pool).await?;
+        if events.len() as i64 > REPLAY_MAX {
+            return Ok(None);
+        }
+        self.replayed = events.iter().map(|e| e.event_id).collect();
+        for chunk in events.chunks(FRAME_EVENTS) {
+            self.send(json!({"type": "events", "events": chunk}))
+                .await
+                .map_err(|Gone| ReplayError::Gone)?;
+            self.hub.metrics.sent.inc_by(chunk.len() as u64);
+        }
+        Ok(Some(()))
+    }
+}
+
+/// Why a replay stopped.
+enum ReplayError {
+    Gone,
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for ReplayError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Database(e)
+    }
+}

@@ -1,0 +1,429 @@
+//! The live stream, end to end: events published to the pipeline, stored by
+//! a real writer, announced on `<ns>.live`, filtered by the admin and read
+//! by websocket clients.
+
+use std::{collections::HashSet, time::Duration};
+
+use auditline_shared::{AuditEvent, auth::Scope};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream, connect_async,
+    tungstenite::{self, Message, client::IntoClientRequest},
+};
+use uuid::Uuid;
+
+use crate::helpers::{InProcess, InProcessAdmin, InProcessWriter, TestEnv, event_at, http};
+
+type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ticket(admin: &InProcess, token: &str) -> String {
+    let auth = format!("Bearer {token}");
+    let (status, _, body) = http(
+        admin.port,
+        "POST",
+        "/admin/audit/stream/ticket",
+        &[("Authorization", auth.as_str())],
+        &[],
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    body["ticket"].as_str().expect("ticket").to_owned()
+}
+
+/// Connects; on refusal, the HTTP status and body.
+async fn connect(
+    admin: &InProcess,
+    ticket: Option<&str>,
+    origin: Option<&str>,
+) -> Result<Socket, (u16, String)> {
+    let url = match ticket {
+        Some(t) => format!(
+            "ws://127.0.0.1:{}/admin/audit/stream?ticket={t}",
+            admin.port
+        ),
+        None => format!("ws://127.0.0.1:{}/admin/audit/stream", admin.port),
+    };
+    let mut request = url.into_client_request().expect("request");
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("Origin", origin.parse().expect("header"));
+    }
+    match connect_async(request).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(tungstenite::Error::Http(response)) => Err((
+            response.status().as_u16(),
+            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into_owned(),
+        )),
+        Err(e) => panic!("websocket connect failed: {e}"),
+    }
+}
+
+async fn open(admin: &InProcess, token: &str) -> Socket {
+    let ticket = ticket(admin, token).await;
+    connect(admin, Some(&ticket), None)
+        .await
+        .unwrap_or_else(|(s, b)| panic!("refused: {s} {b}"))
+}
+
+/// A client whose socket takes little before the server must wait.
+async fn open_slow_reader(admin: &InProcess, token: &str) -> Socket {
+    let ticket = ticket(admin, token).await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("buffer size");
+    let stream = socket
+        .connect(([127, 0, 0, 1], admin.port).into())
+        .await
+        .expect("connect");
+    let request = format!(
+        "ws://127.0.0.1:{}/admin/audit/stream?ticket={ticket}",
+        admin.port
+    )
+    .into_client_request()
+    .expect("request");
+    let (socket, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
+        .await
+        .expect("websocket");
+    socket
+}
+
+/// Sends a subscribe message and waits until the server has taken it (a
+/// ping sent after it is answered after it).
+async fn subscribe(socket: &mut Socket, message: Value) {
+    socket
+        .send(Message::text(message.to_string()))
+        .await
+        .expect("send");
+    socket
+        .send(Message::Ping(b"sync".to_vec().into()))
+        .await
+        .expect("ping");
+    loop {
+        match next(socket, Duration::from_secs(10)).await {
+            Some(Message::Pong(_)) => return,
+            Some(Message::Text(text)) => {
+                let v: Value = serde_json::from_str(&text).expect("JSON");
+                assert_ne!(v["type"], "error", "subscribe refused: {v}");
+            }
+            Some(_) => {}
+            None => panic!("no pong after subscribing"),
+        }
+    }
+}
+
+async fn next(socket: &mut Socket, wait: Duration) -> Option<Message> {
+    match tokio::time::timeout(wait, socket.next()).await {
+        Ok(Some(Ok(message))) => Some(message),
+        _ => None,
+    }
+}
+
+/// What a client read until `want` events came (or `wait` passed, or
+/// `quiet` passed with nothing new once `want` were there).
+#[derive(Default, Debug)]
+struct Received {
+    ids: Vec<Uuid>,
+    lagged: u64,
+    caught_up_at: Option<usize>,
+}
+
+async fn read(socket: &mut Socket, want: usize, wait: Duration) -> Received {
+    let mut got = Received::default();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        // Once everything expected came, anything more must come quickly.
+        let left = if got.ids.len() >= want {
+            left.min(Duration::from_millis(700))
+        } else {
+            left
+        };
+        let Some(message) = next(socket, left).await else {
+            return got;
+        };
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(&text).expect("JSON");
+        match v["type"].as_str() {
+            Some("events") => {
+                for e in v["events"].as_array().expect("events") {
+                    got.ids
+                        .push(e["event_id"].as_str().expect("id").parse().expect("uuid"));
+                }
+            }
+            Some("lagged") => got.lagged += v["dropped"].as_u64().expect("dropped"),
+            Some("caught_up") => got.caught_up_at = Some(got.ids.len()),
+            other => panic!("unexpected message {other:?}: {v}"),
+        }
+    }
+}
+
+fn ids(events: &[&AuditEvent]) -> HashSet<Uuid> {
+    events.iter().map(|e| e.event_id).collect()
+}
+
+fn assert_once(got: &[Uuid], want: &HashSet<Uuid>, who: &str) {
+    let set: HashSet<Uuid> = got.iter().copied().collect();
+    assert_eq!(set.len(), got.len(), "{who}: an event came twice");
+    assert!(
+        &set == want,
+        "{who}: exactly the matching events: {} received, {} wanted, {} missing, {} extra",
+        set.len(),
+        want.len(),
+        want.difference(&set).count(),
+        set.difference(want).count()
+    );
+}
+
+#[actix_web::test]
+async fn clients_get_exactly_their_matching_events_and_a_stalled_one_is_told_it_lagged() {
+    let env = TestEnv::new().await;
+    let writer = InProcessWriter::start(&env).await;
+    let mut settings = env.settings.clone();
+    // Room for every event a reading client wants (5,333), even if the test
+    // machine starves it for a while; the stalled client wants 16,000, more
+    // than its queue, the session's 32 frames and its socket hold together.
+    settings.stream.client_queue = 6_000;
+    let admin = InProcessAdmin::start_with(settings).await;
+    let token = env.named_token("watcher", &[Scope::Read]).await;
+
+    let mut alpha = open(&admin, &token).await;
+    subscribe(
+        &mut alpha,
+        json!({"type": "subscribe", "filter": {"service": "alpha"}}),
+    )
+    .await;
+    let mut failures = open(&admin, &token).await;
+    subscribe(
+        &mut failures,
+        json!({"type": "subscribe", "filter": {"action_type": ["file", "auth"], "status": "5xx"}}),
+    )
+    .await;
+    // Wants all the test's events and never reads until the end (with a small socket
+    // buffer, so that it stalls soon).
+    let mut stalled = open_slow_reader(&admin, &token).await;
+    // (Every test event; not the admin's own audit events of this test.)
+    subscribe(
+        &mut stalled,
+        json!({"type": "subscribe", "filter": {"service": ["alpha", "beta"]}}),
+    )
+    .await;
+
+    // Enough bytes to fill the stalled client's socket buffers many times over.
+    let now = chrono::Utc::now();
+    let padding = "x".repeat(2_000);
+    let events: Vec<AuditEvent> = (0..16_000usize)
+        .map(|i| {
+            let mut e = event_at(if i % 3 == 0 { "alpha" } else { "beta" }, now, i);
+            e.metadata = Some(
+                json!({"n": i, "padding": padding})
+                    .as_object()
+                    .expect("object")
+                    .clone(),
+            );
+            e
+        })
+        .collect();
+    let publisher = env.publisher().await;
+    // At a pace a reading client keeps up with on this shared machine.
+    for chunk in events.chunks(500) {
+        publisher.publish_batch(chunk).await.expect("published");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let want_alpha = ids(&events
+        .iter()
+        .filter(|e| e.service == "alpha")
+        .collect::<Vec<_>>());
+    let want_failures = ids(&events
+        .iter()
+        .filter(|e| {
+            ["file", "auth"].contains(&e.action_type.as_str())
+                && e.status_code.is_some_and(|s| s >= 500)
+        })
+        .collect::<Vec<_>>());
+    assert!(!want_failures.is_empty());
+    let (got_alpha, got_failures) = tokio::join!(
+        read(&mut alpha, want_alpha.len(), Duration::from_secs(60)),
+        read(&mut failures, want_failures.len(), Duration::from_secs(60)),
+    );
+    assert_eq!(got_alpha.lagged, 0, "the reading client lost nothing");
+    assert_once(&got_alpha.ids, &want_alpha, "alpha");
+    assert_once(&got_failures.ids, &want_failures, "failures");
+
+    // The stalled client reads at last: it was told how much it missed, and
+    // what it did get plus what it missed is everything.
+    let got_stalled = read(&mut stalled, events.len(), Duration::from_secs(30)).await;
+    assert!(
+        got_stalled.lagged > 0,
+        "no lagged message ({} events received)",
+        got_stalled.ids.len()
+    );
+    assert_eq!(
+        got_stalled.ids.len() as u64 + got_stalled.lagged,
+        events.len() as u64,
+        "received + dropped = published"
+    );
+    let (status, metrics) = crate::helpers::http_get(admin.port, "/metrics").await;
+    assert_eq!(status, 200);
+    let dropped_line = metrics
+        .lines()
+        .find(|l| l.starts_with("auditline_stream_events_dropped_total"))
+        .expect("dropped metric");
+    assert!(
+        dropped_line.ends_with(&format!(" {}", got_stalled.lagged)),
+        "{dropped_line}"
+    );
+    admin.stop().await;
+    writer.stop().await;
+    env.cleanup().await;
+}
+
+#[actix_web::test]
+async fn since_a_search_cursor_every_later_event_comes_once_across_the_switch() {
+    let env = TestEnv::new().await;
+    let writer = InProcessWriter::start(&env).await;
+    let admin = InProcessAdmin::start(&env).await;
+    let token = env.named_token("watcher", &[Scope::Read]).await;
+    let publisher = env.publisher().await;
+    let start = chrono::Utc::now() - chrono::TimeDelta::minutes(10);
+    let stored: Vec<AuditEvent> = (0..60usize)
+        .map(|i| event_at("since", start + chrono::TimeDelta::seconds(i as i64), i))
+        .collect();
+    publisher.publish_batch(&stored).await.expect("published");
+    env.wait_for_rows(60, Duration::from_secs(30)).await;
+    let (status, page) = admin
+        .get_json(
+            Some(&token),
+            "/admin/audit/logs?service=since&order=asc&limit=20",
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let cursor = page["next_cursor"].as_str().expect("cursor").to_owned();
+
+    let mut socket = open(&admin, &token).await;
+    socket
+        .send(Message::text(
+            json!({"type": "subscribe", "filter": {"service": "since"}, "since": cursor})
+                .to_string(),
+        ))
+        .await
+        .expect("send");
+    // New events while the stored ones are being sent.
+    let live: Vec<AuditEvent> = (0..40usize)
+        .map(|i| event_at("since", chrono::Utc::now(), 1000 + i))
+        .collect();
+    for chunk in live.chunks(5) {
+        publisher.publish_batch(chunk).await.expect("published");
+    }
+    let mut want: HashSet<Uuid> = stored[20..].iter().map(|e| e.event_id).collect();
+    want.extend(live.iter().map(|e| e.event_id));
+    let got = read(&mut socket, want.len(), Duration::from_secs(30)).await;
+    assert!(got.caught_up_at.is_some(), "caught_up was sent");
+    assert_eq!(got.lagged, 0);
+    assert_once(&got.ids, &want, "since + live");
+    // The stored part came first, in order.
+    let first: Vec<Uuid> = got.ids[..40.min(got.ids.len())]
+        .iter()
+        .copied()
+        .filter(|id| stored.iter().any(|e| e.event_id == *id))
+        .collect();
+    let expected_order: Vec<Uuid> = stored[20..].iter().map(|e| e.event_id).collect();
+    assert_eq!(first, expected_order);
+    admin.stop().await;
+    writer.stop().await;
+    env.cleanup().await;
+}
+
+#[actix_web::test]
+async fn tickets_origins_filters_and_the_connection_cap_are_enforced() {
+    let env = TestEnv::new().await;
+    let mut settings = env.settings.clone();
+    settings.stream.max_clients = 2;
+    settings.stream.allowed_origins = vec!["https://audit.example.com".into()];
+    let admin = InProcessAdmin::start_with(settings).await;
+    let token = env.named_token("watcher", &[Scope::Read]).await;
+
+    let (status, body) = connect(&admin, None, None).await.expect_err("no ticket");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("ticket_required"), "{body}");
+    let (status, _) = connect(&admin, Some("0123abcd"), None)
+        .await
+        .expect_err("unknown ticket");
+    assert_eq!(status, 401);
+
+    let used = ticket(&admin, &token).await;
+    let (status, body) = connect(&admin, Some(&used), Some("https://evil.example.net"))
+        .await
+        .expect_err("foreign origin");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("origin_not_allowed"), "{body}");
+    let mut first = connect(&admin, Some(&used), Some("https://audit.example.com"))
+        .await
+        .expect("an allowed origin connects");
+    let (status, body) = connect(&admin, Some(&used), None)
+        .await
+        .expect_err("used ticket");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("invalid_ticket"), "{body}");
+
+    // A ticket needs a token with the read scope.
+    let auth = format!(
+        "Bearer {}",
+        env.named_token("exporter", &[Scope::Export]).await
+    );
+    let (status, _, _) = http(
+        admin.port,
+        "POST",
+        "/admin/audit/stream/ticket",
+        &[("Authorization", auth.as_str())],
+        &[],
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    // Bad subscribe messages are answered with an error naming the field;
+    // the connection stays usable.
+    for (message, field) in [
+        (
+            json!({"type": "subscribe", "filter": {"status": "9xx"}}),
+            "filter.status",
+        ),
+        (
+            json!({"type": "subscribe", "filter": {"client_ip": "10.0.0.0/8"}}),
+            "filter.client_ip",
+        ),
+        (json!({"type": "subscribe", "since": "forged"}), "since"),
+        (json!({"type": "unsubscribe"}), "type"),
+        (json!({"type": "subscribe", "extra": 1}), "extra"),
+    ] {
+        first
+            .send(Message::text(message.to_string()))
+            .await
+            .expect("send");
+        let Some(Message::Text(text)) = next(&mut first, Duration::from_secs(5)).await else {
+            panic!("no answer to {message}");
+        };
+        let answer: Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(answer["type"], "error", "{answer}");
+        assert_eq!(answer["error"]["details"][0]["field"], field, "{answer}");
+    }
+    subscribe(
+        &mut first,
+        json!({"type": "subscribe", "filter": {"success": false}}),
+    )
+    .await;
+
+    // The cap: two clients, the third is refused clearly.
+    let _second = open(&admin, &token).await;
+    let third = ticket(&admin, &token).await;
+    let (status, body) = connect(&admin, Some(&third), None)
+        .await
+        .expect_err("over the cap");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("too_many_clients"), "{body}");
+    admin.stop().await;
+    env.cleanup().await;
+}
