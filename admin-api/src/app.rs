@@ -145,6 +145,7 @@ impl Application {
         // The admin service's own requests are audit events, published like
         // any app's; they spool beside the gateway's spool while the broker is away.
         let publisher = Publisher::new(&settings, "auditline-admin");
+        publisher.register_metrics(&registry)?;
         let spool = Arc::new(Spool::open(
             format!("{}-admin", settings.ingest.spool_dir.trim_end_matches('/')),
             settings.ingest.spool_max_bytes,

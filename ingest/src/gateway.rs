@@ -212,6 +212,7 @@ impl Application {
             None
         };
         let metrics = IngestMetrics::new(&registry)?;
+        publisher.register_metrics(&registry)?;
         let replayer = spool.clone().map(|spool| {
             let (publisher, metrics) = (publisher.clone(), metrics.clone());
             let chunk = settings.publisher.events_per_message * 10;

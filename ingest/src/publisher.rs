@@ -98,6 +98,46 @@ struct Inner {
     link: Mutex<Option<Link>>,
     generation: AtomicU64,
     name: String,
+    metrics: PublisherMetrics,
+}
+
+/// Messages sent, and what the broker answered (labelled with the
+/// publisher's name; see [`Publisher::register_metrics`]).
+#[derive(Clone)]
+struct PublisherMetrics {
+    published: prometheus::IntCounter,
+    confirmed: prometheus::IntCounter,
+    nacked: prometheus::IntCounter,
+    returned: prometheus::IntCounter,
+}
+
+impl PublisherMetrics {
+    fn new(name: &str) -> Self {
+        let counter = |metric: &str, help: &str| {
+            prometheus::IntCounter::with_opts(
+                prometheus::Opts::new(metric, help).const_label("publisher", name),
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+        };
+        Self {
+            published: counter(
+                "auditline_publisher_messages_published_total",
+                "Messages sent to the events exchange",
+            ),
+            confirmed: counter(
+                "auditline_publisher_messages_confirmed_total",
+                "Messages the broker confirmed (stored in the queue)",
+            ),
+            nacked: counter(
+                "auditline_publisher_messages_nacked_total",
+                "Messages the broker refused (nack; e.g. the queue is full)",
+            ),
+            returned: counter(
+                "auditline_publisher_messages_returned_total",
+                "Messages the broker returned as unroutable",
+            ),
+        }
+    }
 }
 
 /// Publishes validated audit events to `<ns>.events`. Cheap to clone; clones
@@ -117,6 +157,16 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
+    /// Adds this publisher's counters to `registry` (published, confirmed,
+    /// nacked, returned; labelled `publisher="<name>"`).
+    pub fn register_metrics(&self, registry: &prometheus::Registry) -> prometheus::Result<()> {
+        let m = &self.inner.metrics;
+        for counter in [&m.published, &m.confirmed, &m.nacked, &m.returned] {
+            registry.register(Box::new(counter.clone()))?;
+        }
+        Ok(())
+    }
+
     /// Connects, declares the topology (idempotent) and enables confirms.
     pub async fn connect(settings: &Settings, name: &str) -> anyhow::Result<Self> {
         let publisher = Self::new(settings, name);
@@ -135,6 +185,7 @@ impl Publisher {
                 link: Mutex::new(None),
                 generation: AtomicU64::new(0),
                 name: name.to_owned(),
+                metrics: PublisherMetrics::new(name),
             }),
         }
     }
@@ -252,7 +303,10 @@ impl Publisher {
                 )
                 .await;
             match sent {
-                Ok(confirm) => confirms.push((*message, confirm)),
+                Ok(confirm) => {
+                    self.inner.metrics.published.inc();
+                    confirms.push((*message, confirm));
+                }
                 Err(e) => {
                     last_error = e.to_string();
                     retry.extend_from_slice(&messages[i..]);
@@ -277,14 +331,16 @@ impl Publisher {
         let mut refusal = None;
         for (message, outcome) in outcomes {
             match outcome {
-                Ok(Confirmation::Ack(None)) => {}
+                Ok(Confirmation::Ack(None)) => self.inner.metrics.confirmed.inc(),
                 Ok(Confirmation::Ack(Some(returned))) => {
+                    self.inner.metrics.returned.inc();
                     refusal.get_or_insert(PublishError::Unroutable(format!(
                         "{} {} (routing key {})",
                         returned.reply_code, returned.reply_text, message.routing_key
                     )));
                 }
                 Ok(Confirmation::Nack(_)) => {
+                    self.inner.metrics.nacked.inc();
                     refusal.get_or_insert(PublishError::Nacked);
                 }
                 Ok(Confirmation::NotRequested) => {

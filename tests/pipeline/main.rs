@@ -7,5 +7,6 @@ mod faults;
 mod helpers;
 mod ingest;
 mod live;
+mod metrics;
 mod middleware;
 mod storage;

@@ -129,9 +129,10 @@ impl Application {
             keeper: keeper.clone(),
             writer_id,
         };
-        let slots = (0..shared.settings.writer.consumers)
+        let mut slots: Vec<_> = (0..shared.settings.writer.consumers)
             .map(|slot| actix::spawn(run_slot(slot, shared.clone(), stop_rx.clone())))
             .collect();
+        slots.push(actix::spawn(watch_queues(shared.clone(), stop_rx.clone())));
         Ok(Self {
             port,
             server,
@@ -307,5 +308,51 @@ impl Pipeline {
             cancelled,
             down,
         })
+    }
+}
+
+/// Keeps the queue-depth gauges current (consumer lag, dead letters), every
+/// 5 s, until stopped.
+async fn watch_queues(shared: Shared, mut stop: watch::Receiver<bool>) {
+    let topology = &shared.topology;
+    loop {
+        let polled = async {
+            let connection =
+                amqp::connect(&shared.settings.amqp_url, "auditline-writer-queues").await?;
+            let channel = connection.create_channel().await?;
+            loop {
+                for (queue, gauge) in [
+                    (&topology.writer_queue, &shared.metrics.queue_messages),
+                    (&topology.dead_queue, &shared.metrics.dead_queue_messages),
+                ] {
+                    let declared = channel
+                        .queue_declare(
+                            queue.as_str().into(),
+                            lapin::options::QueueDeclareOptions {
+                                passive: true,
+                                ..Default::default()
+                            },
+                            FieldTable::default(),
+                        )
+                        .await?;
+                    gauge.set(i64::from(declared.message_count()));
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), anyhow::Error>(())
+        };
+        tokio::select! {
+            result = polled => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %format!("{e:#}"), "cannot read queue depths; retrying");
+                }
+            }
+            _ = stop.changed() => return,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+            _ = stop.changed() => return,
+        }
     }
 }

@@ -35,8 +35,9 @@ use crate::{
     partitions::{EnsureDays, Forget, PartitionKeeper},
 };
 use actix::prelude::*;
+use auditline_shared::AuditEvent;
 use auditline_shared::{amqp::REASON_HEADER, db, settings::SecretUrl};
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use futures_util::future::join_all;
 use lapin::{
     BasicProperties, Channel, Confirmation,
@@ -195,6 +196,23 @@ impl Handler<Batch> for DbWriter {
             .map(|core, writer, _| writer.core = Some(core)),
         ))
     }
+}
+
+/// The events a commit stored, with the time their message was received;
+/// `stored`, on the dedup path, names the events that were new (taking each
+/// out also skips a second copy of the same event within the batch).
+fn new_events(
+    messages: &[Incoming],
+    mut stored: Option<HashSet<Uuid>>,
+) -> Vec<(&AuditEvent, DateTime<Utc>)> {
+    messages
+        .iter()
+        .flat_map(|m| m.events.iter().map(move |e| (e, m.received_at)))
+        .filter(|(e, _)| match stored.as_mut() {
+            Some(ids) => ids.remove(&e.event_id),
+            None => true,
+        })
+        .collect()
 }
 
 /// Exponential backoff from 100 ms to 5 s.
@@ -481,7 +499,14 @@ impl Core {
         .await?;
         tx.commit().await?;
         if inserted > 0 {
-            self.publish_live(messages, stored).await;
+            let stored = new_events(messages, stored);
+            self.config
+                .metrics
+                .audit
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .observe(stored.iter().map(|(event, _)| *event));
+            self.publish_live(&stored).await;
         }
 
         let m = &self.config.metrics;
@@ -494,36 +519,25 @@ impl Core {
     }
 
     /// Announces committed events on `<ns>.live`: the stored events as
-    /// NDJSON (each with its `received_at`), zstd-compressed. `stored`, on
-    /// the dedup path, names the events that were new. Failures are logged
-    /// and counted, never retried: a live view that missed a commit is
+    /// NDJSON (each with its `received_at`), zstd-compressed. Failures are
+    /// logged and counted, never retried: a live view that missed a commit is
     /// caught up by searching.
-    async fn publish_live(&self, messages: &[Incoming], mut stored: Option<HashSet<Uuid>>) {
+    async fn publish_live(&self, stored: &[(&AuditEvent, DateTime<Utc>)]) {
         let Some(live) = &self.config.live else {
             return;
         };
-        let mut body = Vec::with_capacity(512 * messages.len());
+        let mut body = Vec::with_capacity(512 * stored.len());
         let mut events = 0u64;
-        for message in messages {
-            let received = auditline_shared::event::rfc3339_text(message.received_at);
-            for event in &message.events {
-                // A set of the new ids: taking each out also skips a second
-                // copy of the same event within the batch.
-                if let Some(ids) = stored.as_mut()
-                    && !ids.remove(&event.event_id)
-                {
-                    continue;
-                }
-                let Ok(json) = serde_json::to_vec(event) else {
-                    continue;
-                };
-                // The event object with `received_at` added before its `}`.
-                body.extend_from_slice(&json[..json.len() - 1]);
-                body.extend_from_slice(b",\"received_at\":\"");
-                body.extend_from_slice(received.as_bytes());
-                body.extend_from_slice(b"\"}\n");
-                events += 1;
-            }
+        for (event, received_at) in stored {
+            let Ok(json) = serde_json::to_vec(event) else {
+                continue;
+            };
+            // The event object with `received_at` added before its `}`.
+            body.extend_from_slice(&json[..json.len() - 1]);
+            body.extend_from_slice(b",\"received_at\":\"");
+            body.extend_from_slice(auditline_shared::event::rfc3339_text(*received_at).as_bytes());
+            body.extend_from_slice(b"\"}\n");
+            events += 1;
         }
         if events == 0 {
             return;

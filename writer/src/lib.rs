@@ -16,6 +16,7 @@
 //! - [`copy_row`] — the COPY text encoding; [`metrics`]: the writer's metrics.
 
 pub mod app;
+pub mod audit_metrics;
 pub mod batcher;
 pub mod consumer;
 pub mod copy_row;

@@ -25,6 +25,10 @@ pub struct WriterMetrics {
     pub rollup_batches: IntCounter,
     pub rollup_events: IntCounter,
     pub rollup_pending: IntGauge,
+    pub queue_messages: IntGauge,
+    pub dead_queue_messages: IntGauge,
+    /// What the audited users did (see [`crate::audit_metrics`]).
+    pub audit: std::sync::Arc<std::sync::Mutex<crate::audit_metrics::AuditMetrics>>,
 }
 
 impl WriterMetrics {
@@ -146,6 +150,26 @@ impl WriterMetrics {
                 )
                 .unwrap_or_else(|e| panic!("{e}")),
             ),
+            queue_messages: register(
+                registry,
+                IntGauge::new(
+                    "auditline_writer_queue_messages",
+                    "Messages waiting in <ns>.writer (consumer lag), polled every 5 s.",
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            dead_queue_messages: register(
+                registry,
+                IntGauge::new(
+                    "auditline_dead_letter_queue_messages",
+                    "Messages in <ns>.dead, waiting for an operator, polled every 5 s.",
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            audit: std::sync::Arc::new(std::sync::Mutex::new(
+                crate::audit_metrics::AuditMetrics::new(registry)
+                    .unwrap_or_else(|e| panic!("{e}")),
+            )),
         }
     }
 }
