@@ -13,6 +13,13 @@ log=$(mktemp)
 moto_log=$(mktemp)
 moto_pid=
 trap 'rm -f "$log" "$moto_log"; [ -z "$moto_pid" ] || kill "$moto_pid" 2>/dev/null || true' EXIT
+# The deploy assets are checked with promtool, and a real Prometheus scrapes
+# the services in one test: Debian's prometheus package.
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq prometheus >/dev/null
+fi
 # S3 export destinations are tested against a real S3-compatible server:
 # moto's server mode, on a free port, for the length of the run (each test
 # makes its own bucket).

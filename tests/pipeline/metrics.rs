@@ -126,3 +126,205 @@ async fn every_service_exposes_its_named_series_with_the_right_values() {
     writer.stop().await;
     env.cleanup().await;
 }
+
+/// Runs a command; panics with its output unless it succeeds.
+fn run(program: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {program} ({e}); deploy/scripts/test.sh installs Debian's prometheus"
+            )
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{program} {args:?}:\n{text}");
+    text
+}
+
+#[test]
+fn the_shipped_prometheus_config_and_alert_rules_pass_promtool() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text = run(
+        "promtool",
+        &[
+            "check",
+            "config",
+            &format!("{root}/deploy/prometheus/prometheus.yml"),
+        ],
+    );
+    assert!(text.contains("SUCCESS"), "{text}");
+    let text = run(
+        "promtool",
+        &[
+            "check",
+            "rules",
+            &format!("{root}/deploy/prometheus/alerts.yml"),
+        ],
+    );
+    assert!(text.contains("8 rules found"), "{text}");
+    // Every metric the rules and the dashboard name is one the services export.
+    let exported = [
+        include_str!("../../writer/src/metrics.rs"),
+        include_str!("../../writer/src/audit_metrics.rs"),
+        include_str!("../../ingest/src/gateway.rs"),
+        include_str!("../../ingest/src/publisher.rs"),
+        include_str!("../../admin-api/src/live.rs"),
+        include_str!("../../admin-api/src/jobs.rs"),
+    ]
+    .concat();
+    let assets = [
+        include_str!("../../deploy/prometheus/alerts.yml"),
+        include_str!("../../deploy/grafana/auditline-dashboard.json"),
+    ]
+    .concat();
+    let mut named = 0;
+    for word in assets.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if let Some(base) = word.strip_prefix("auditline_") {
+            let base = base
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_count")
+                .trim_end_matches("_sum");
+            assert!(
+                exported.contains(&format!("\"auditline_{base}\"")),
+                "auditline_{base} is used by a deploy asset but no service exports it"
+            );
+            named += 1;
+        }
+    }
+    assert!(named > 10);
+}
+
+#[actix_web::test]
+async fn the_rabbitmq_definitions_match_the_topology_the_services_declare() {
+    let env = TestEnv::new().await;
+    let ns = &env.settings.namespace;
+    let connection = auditline_shared::amqp::connect(&env.settings.amqp_url, "test-defs")
+        .await
+        .expect("amqp");
+    let channel = connection.create_channel().await.expect("channel");
+    auditline_shared::amqp::Topology::new(ns)
+        .declare(&channel)
+        .await
+        .expect("declared");
+    let definitions: serde_json::Value =
+        serde_json::from_str(include_str!("../../deploy/rabbitmq/definitions.json")).expect("JSON");
+    // Declaring an existing queue with other arguments is refused by the
+    // broker: each declare below passes only if the file says what the code does.
+    for queue in definitions["queues"].as_array().expect("queues") {
+        let name = queue["name"]
+            .as_str()
+            .expect("name")
+            .replacen("auditline", ns, 1);
+        let mut args = lapin::types::FieldTable::default();
+        for (key, value) in queue["arguments"].as_object().expect("arguments") {
+            let value = match value {
+                serde_json::Value::String(s) => {
+                    lapin::types::AMQPValue::LongString(s.replacen("auditline", ns, 1).into())
+                }
+                serde_json::Value::Number(n) => {
+                    lapin::types::AMQPValue::LongLongInt(n.as_i64().expect("integer"))
+                }
+                other => panic!("unexpected argument {other}"),
+            };
+            args.insert(key.as_str().into(), value);
+        }
+        channel
+            .queue_declare(
+                name.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{name}: the definitions differ from the topology: {e}"));
+    }
+    assert_eq!(definitions["exchanges"].as_array().map(Vec::len), Some(3));
+    env.cleanup().await;
+}
+
+#[actix_web::test]
+async fn a_real_prometheus_scrapes_the_services_and_answers_an_audit_query() {
+    let env = TestEnv::new().await;
+    let writer = InProcessWriter::start(&env).await;
+    let ingest = InProcessIngest::start_with(env.settings.clone()).await;
+    let admin = InProcessAdmin::start(&env).await;
+    let dir = std::env::temp_dir().join(format!("auditline-prom-{}", env.id));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n\
+         - job_name: auditline-ingest\n  static_configs: [{{targets: ['127.0.0.1:{}']}}]\n\
+         - job_name: auditline-writer\n  static_configs: [{{targets: ['127.0.0.1:{}']}}]\n\
+         - job_name: auditline-admin\n  static_configs: [{{targets: ['127.0.0.1:{}']}}]\n",
+        ingest.port, writer.port, admin.port
+    );
+    std::fs::write(dir.join("prometheus.yml"), config).expect("config");
+    let port = crate::helpers::free_port();
+    let mut prometheus = std::process::Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus (deploy/scripts/test.sh installs Debian's package)");
+
+    let token = env.token(&[Scope::Publish], Some("shop")).await;
+    let lines: Vec<String> = (0..30)
+        .map(|i| {
+            json!({
+                "occurred_at": chrono::Utc::now().to_rfc3339(),
+                "session_id": "s", "user_id": "u", "action_type": "code_exec",
+                "endpoint": format!("/run/{i}"), "http_method": "POST",
+                "status_code": 200, "success": true,
+            })
+            .to_string()
+        })
+        .collect();
+    let (status, _, _) = ingest
+        .post(
+            Some(&token),
+            "application/x-ndjson",
+            lines.join("\n").as_bytes(),
+        )
+        .await;
+    assert_eq!(status, 202);
+    env.wait_for_rows(30, Duration::from_secs(30)).await;
+
+    let query =
+        "/api/v1/query?query=auditline_audit_actions_total%7Baction_type%3D%22code_exec%22%7D";
+    let seen = crate::helpers::wait_until(Duration::from_secs(60), || async {
+        let (_, body) = http_get(port, query).await;
+        serde_json::from_str::<serde_json::Value>(&body)
+            .is_ok_and(|json| json["data"]["result"][0]["value"][1].as_str() == Some("30"))
+    })
+    .await;
+    let (_, targets) = http_get(port, "/api/v1/targets").await;
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        seen,
+        "Prometheus did not report 30 code_exec actions; its targets: {targets}"
+    );
+    for job in ["auditline-ingest", "auditline-writer", "auditline-admin"] {
+        assert!(targets.contains(job), "{job} not scraped: {targets}");
+    }
+    assert!(!targets.contains("\"health\":\"down\""), "{targets}");
+    admin.stop().await;
+    ingest.stop().await;
+    writer.stop().await;
+    env.cleanup().await;
+}
