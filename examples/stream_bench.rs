@@ -32,7 +32,13 @@ struct Totals {
     latencies_us: Mutex<Vec<u32>>,
 }
 
-async fn post(port: u16, path: &str, token: &str, content_type: &str, body: &[u8]) -> (u16, String) {
+async fn post(
+    port: u16,
+    path: &str,
+    token: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -57,7 +63,14 @@ async fn post(port: u16, path: &str, token: &str, content_type: &str, body: &[u8
 }
 
 async fn ticket(admin: u16, token: &str) -> String {
-    let (status, body) = post(admin, "/admin/audit/stream/ticket", token, "application/json", b"").await;
+    let (status, body) = post(
+        admin,
+        "/admin/audit/stream/ticket",
+        token,
+        "application/json",
+        b"",
+    )
+    .await;
     assert_eq!(status, 201, "ticket: {body}");
     let v: Value = serde_json::from_str(&body).expect("JSON");
     v["ticket"].as_str().expect("ticket").to_owned()
@@ -95,7 +108,10 @@ async fn main() {
         let url = format!("ws://127.0.0.1:{admin}/admin/audit/stream?ticket={ticket}");
         let (mut socket, _) = connect_async(url).await.expect("websocket");
         let message = json!({"type": "subscribe", "filter": filter(i)});
-        socket.send(Message::text(message.to_string())).await.expect("send");
+        socket
+            .send(Message::text(message.to_string()))
+            .await
+            .expect("send");
         let totals = totals.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(Ok(message)) = socket.next().await {
@@ -109,19 +125,18 @@ async fn main() {
                     panic!("client {i}: {v}");
                 }
                 for e in v["events"].as_array().into_iter().flatten() {
-                    let at: chrono::DateTime<chrono::Utc> =
-                        e["occurred_at"].as_str().expect("time").parse().expect("time");
+                    let at: chrono::DateTime<chrono::Utc> = e["occurred_at"]
+                        .as_str()
+                        .expect("time")
+                        .parse()
+                        .expect("time");
                     let us = (now - at).num_microseconds().unwrap_or(0).max(0);
                     latencies.push(u32::try_from(us).unwrap_or(u32::MAX));
                 }
                 totals
                     .delivered
                     .fetch_add(latencies.len() as u64, Ordering::Relaxed);
-                totals
-                    .latencies_us
-                    .lock()
-                    .expect("lock")
-                    .extend(latencies);
+                totals.latencies_us.lock().expect("lock").extend(latencies);
             }
         }));
     }
@@ -130,10 +145,14 @@ async fn main() {
     let url = format!("ws://127.0.0.1:{admin}/admin/audit/stream?ticket={ticket}");
     let (mut stalled, _) = connect_async(url).await.expect("websocket");
     stalled
-        .send(Message::text(json!({"type": "subscribe", "filter": {}}).to_string()))
+        .send(Message::text(
+            json!({"type": "subscribe", "filter": {}}).to_string(),
+        ))
         .await
         .expect("send");
-    eprintln!("{clients} clients and 1 stalled client connected; publishing {rate} events/s for {seconds} s");
+    eprintln!(
+        "{clients} clients and 1 stalled client connected; publishing {rate} events/s for {seconds} s"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let per_post = (rate / 20).max(1) as usize;

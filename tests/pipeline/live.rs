@@ -17,7 +17,7 @@ use crate::helpers::{InProcess, InProcessAdmin, InProcessWriter, TestEnv, event_
 
 type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn ticket(admin: &InProcess, token: &str) -> String {
+async fn post_ticket(admin: &InProcess, token: &str) -> (u16, String) {
     let auth = format!("Bearer {token}");
     let (status, _, body) = http(
         admin.port,
@@ -27,6 +27,11 @@ async fn ticket(admin: &InProcess, token: &str) -> String {
         &[],
     )
     .await;
+    (status, body)
+}
+
+async fn ticket(admin: &InProcess, token: &str) -> String {
+    let (status, body) = post_ticket(admin, token).await;
     assert_eq!(status, 201, "{body}");
     let body: Value = serde_json::from_str(&body).expect("JSON");
     body["ticket"].as_str().expect("ticket").to_owned()
@@ -370,19 +375,8 @@ async fn tickets_origins_filters_and_the_connection_cap_are_enforced() {
     assert!(body.contains("invalid_ticket"), "{body}");
 
     // A ticket needs a token with the read scope.
-    let auth = format!(
-        "Bearer {}",
-        env.named_token("exporter", &[Scope::Export]).await
-    );
-    let (status, _, _) = http(
-        admin.port,
-        "POST",
-        "/admin/audit/stream/ticket",
-        &[("Authorization", auth.as_str())],
-        &[],
-    )
-    .await;
-    assert_eq!(status, 403);
+    let exporter = env.named_token("exporter", &[Scope::Export]).await;
+    assert_eq!(post_ticket(&admin, &exporter).await.0, 403);
 
     // Bad subscribe messages are answered with an error naming the field;
     // the connection stays usable.
@@ -424,6 +418,61 @@ async fn tickets_origins_filters_and_the_connection_cap_are_enforced() {
         .expect_err("over the cap");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("too_many_clients"), "{body}");
+    admin.stop().await;
+    env.cleanup().await;
+}
+
+#[actix_web::test]
+async fn a_silent_client_is_closed_and_an_oversized_frame_ends_the_connection() {
+    let env = TestEnv::new().await;
+    let mut settings = env.settings.clone();
+    settings.stream.ping_secs = 1;
+    settings.stream.idle_secs = 2;
+    let admin = InProcessAdmin::start_with(settings).await;
+    let token = env.named_token("watcher", &[Scope::Read]).await;
+
+    // Reads nothing (so answers no ping) for longer than the idle limit.
+    let mut silent = open(&admin, &token).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut told_idle = false;
+    let mut closed = false;
+    while let Some(message) = next(&mut silent, Duration::from_secs(5)).await {
+        match message {
+            Message::Text(text) => {
+                let v: Value = serde_json::from_str(&text).expect("JSON");
+                told_idle |= v["error"]["code"] == "idle";
+            }
+            Message::Close(_) => closed = true,
+            _ => {}
+        }
+    }
+    assert!(told_idle, "the client was told why");
+    assert!(closed, "the server closed the connection");
+
+    // A client that keeps answering is not closed.
+    let mut lively = open(&admin, &token).await;
+    subscribe(&mut lively, json!({"type": "subscribe", "filter": {}})).await;
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        // Reading answers the server's pings.
+        if let Some(Message::Close(_)) = next(&mut lively, Duration::from_millis(200)).await {
+            panic!("a responsive client was closed");
+        }
+    }
+
+    // A frame over 64 KiB is a protocol error: the server ends the connection.
+    let big = json!({"type": "subscribe", "filter": {"user_id": "x".repeat(70_000)}});
+    let _ = lively.send(Message::text(big.to_string())).await;
+    let mut ended = false;
+    for _ in 0..20 {
+        if let Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) =
+            tokio::time::timeout(Duration::from_secs(1), lively.next()).await
+        {
+            ended = true;
+            break;
+        }
+    }
+    assert!(ended, "the oversized frame ended the connection");
     admin.stop().await;
     env.cleanup().await;
 }
