@@ -427,13 +427,14 @@ async fn a_silent_client_is_closed_and_an_oversized_frame_ends_the_connection() 
     let env = TestEnv::new().await;
     let mut settings = env.settings.clone();
     settings.stream.ping_secs = 1;
-    settings.stream.idle_secs = 2;
+    settings.stream.idle_secs = 3;
     let admin = InProcessAdmin::start_with(settings).await;
     let token = env.named_token("watcher", &[Scope::Read]).await;
 
-    // Reads nothing (so answers no ping) for longer than the idle limit.
+    // Reads nothing (so answers no ping) for three times the idle limit (a
+    // margin for a loaded machine: reading later would answer the pings).
     let mut silent = open(&admin, &token).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(9)).await;
     let mut told_idle = false;
     let mut closed = false;
     while let Some(message) = next(&mut silent, Duration::from_secs(5)).await {
@@ -453,7 +454,7 @@ async fn a_silent_client_is_closed_and_an_oversized_frame_ends_the_connection() 
     let mut lively = open(&admin, &token).await;
     subscribe(&mut lively, json!({"type": "subscribe", "filter": {}})).await;
     let start = std::time::Instant::now();
-    while start.elapsed() < Duration::from_secs(4) {
+    while start.elapsed() < Duration::from_secs(5) {
         // Reading answers the server's pings.
         if let Some(Message::Close(_)) = next(&mut lively, Duration::from_millis(200)).await {
             panic!("a responsive client was closed");
