@@ -203,6 +203,12 @@ impl Application {
                 .app_data(registry.clone())
                 .app_data(openapi.clone())
                 .service(get("/admin/openapi.json", web::get().to(openapi_json)))
+                .service(get("/admin/", web::get().to(crate::dashboard::index)))
+                .service(get("/admin", web::get().to(crate::dashboard::redirect)))
+                .service(get(
+                    "/admin/assets/{file}",
+                    web::get().to(crate::dashboard::asset),
+                ))
                 .service(
                     web::scope("/admin/audit")
                         .wrap_fn(|req, srv| {

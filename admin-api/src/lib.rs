@@ -5,6 +5,7 @@
 //! in metadata) through `AuditMiddleware` and the pipeline.
 //!
 //! - [`app`] — `Application` (routes, state, start and stop).
+//! - [`dashboard`] — `GET /admin/`: the web dashboard, embedded, under a strict CSP.
 //! - [`search`] — `GET /admin/audit/logs[/{event_id}]`, filters, signed keyset cursors.
 //! - [`users`] — `GET /admin/audit/users[/{user_id}]` from the rollups.
 //! - [`export`] — `GET /admin/audit/export`: streamed CSV / JSON / NDJSON, zstd.
@@ -18,6 +19,7 @@
 //! - [`error`] — `ApiError` and its JSON answers.
 
 pub mod app;
+pub mod dashboard;
 pub mod error;
 pub mod export;
 pub mod jobs;

@@ -2,6 +2,7 @@
 //! RabbitMQ. Each test owns a database and a broker namespace.
 
 mod admin;
+mod dashboard;
 mod export;
 mod faults;
 mod helpers;

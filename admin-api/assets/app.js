@@ -1,0 +1,192 @@
+// The Auditline dashboard: plain JavaScript served by the admin service, no
+// build step, no external request. Data is only ever put into the page with
+// textContent (never as HTML), and the Content-Security-Policy forbids inline
+// scripts and styles.
+"use strict";
+
+const TOKEN_KEY = "auditline.token";
+const PAGE = 50;
+const FILTERS = ["user_id", "session_id", "service", "action_type", "endpoint", "http_method",
+  "status", "success", "client_ip", "from", "to", "min_response_time_ms", "q", "order"];
+// Filters that take several values, typed comma-separated.
+const REPEATABLE = new Set(["user_id", "session_id", "service", "action_type", "http_method", "status"]);
+
+const $ = (id) => document.getElementById(id);
+let cursors = [null]; // the cursor of each page shown so far (null: the first)
+let page = 0;
+
+function token() { return sessionStorage.getItem(TOKEN_KEY); }
+
+function notice(text) {
+  const el = $("notice");
+  el.textContent = text || "";
+  el.hidden = !text;
+}
+
+// GET an admin API path with the bearer token; the JSON body, or an Error
+// whose message is for the user.
+async function api(path) {
+  let response;
+  try {
+    response = await fetch(path, { headers: { Authorization: `Bearer ${token()}` } });
+  } catch (e) {
+    throw new Error("The admin service cannot be reached. Is it running?");
+  }
+  let body = null;
+  try { body = await response.json(); } catch (e) { /* not JSON */ }
+  if (response.status === 401) {
+    signOut();
+    throw new Error("Your token was not accepted (unknown, expired or revoked). Sign in again.");
+  }
+  if (!response.ok) {
+    const message = body && body.error ? body.error.message : `HTTP ${response.status}`;
+    throw new Error(message);
+  }
+  return body;
+}
+
+function show(view) {
+  const signedIn = view !== "sign-in";
+  $("sign-in").hidden = signedIn;
+  $("search").hidden = view !== "search";
+  $("nav").hidden = !signedIn;
+  $("sign-out").hidden = !signedIn;
+}
+
+function signOut() {
+  sessionStorage.removeItem(TOKEN_KEY);
+  show("sign-in");
+}
+
+// The search form as query parameters (repeatable ones split on commas).
+function formParams() {
+  const form = new FormData($("search-form"));
+  const params = new URLSearchParams();
+  for (const name of FILTERS) {
+    const value = String(form.get(name) || "").trim();
+    if (!value || (name === "order" && value === "desc")) continue;
+    const values = REPEATABLE.has(name) ? value.split(",").map((v) => v.trim()).filter(Boolean) : [value];
+    for (const v of values) params.append(name, v);
+  }
+  return params;
+}
+
+// Fills the form from the page URL (a shared or bookmarked search).
+function fillForm(params) {
+  const form = $("search-form");
+  for (const name of FILTERS) {
+    const values = params.getAll(name);
+    if (form.elements[name]) form.elements[name].value = values.join(", ");
+  }
+  if (!params.get("order")) form.elements.order.value = "desc";
+}
+
+function cell(row, text, className) {
+  const td = document.createElement("td");
+  td.textContent = text == null ? "" : String(text);
+  if (className) td.className = className;
+  row.appendChild(td);
+}
+
+function render(events) {
+  const body = $("results").querySelector("tbody");
+  body.replaceChildren();
+  for (const e of events) {
+    const row = document.createElement("tr");
+    row.tabIndex = 0;
+    row.dataset.eventId = e.event_id;
+    if (!e.success) row.classList.add("failed");
+    cell(row, e.occurred_at.replace("T", " ").replace("Z", ""));
+    cell(row, e.user_id);
+    cell(row, e.service);
+    cell(row, e.action_type);
+    cell(row, e.http_method);
+    cell(row, e.endpoint, "endpoint");
+    cell(row, e.status_code, "status");
+    cell(row, e.response_time_ms);
+    const open = () => detail(e);
+    row.addEventListener("click", open);
+    row.addEventListener("keydown", (ev) => { if (ev.key === "Enter") open(); });
+    body.appendChild(row);
+  }
+}
+
+function detail(event) {
+  $("detail-json").textContent = JSON.stringify(event, null, 2);
+  $("detail").hidden = false;
+  $("detail-close").focus();
+}
+
+async function search() {
+  const params = new URLSearchParams(location.search);
+  params.set("limit", String(PAGE));
+  const cursor = cursors[page];
+  if (cursor) params.set("cursor", cursor);
+  $("status").textContent = "Searching…";
+  try {
+    const result = await api(`/admin/audit/logs?${params}`);
+    notice("");
+    render(result.events);
+    cursors[page + 1] = result.next_cursor;
+    $("next").disabled = !result.next_cursor;
+    $("previous").disabled = page === 0;
+    $("status").textContent = result.events.length
+      ? `Page ${page + 1}: ${result.events.length} events.`
+      : "No event matches these filters in this time window.";
+  } catch (e) {
+    $("status").textContent = "";
+    render([]);
+    notice(e.message);
+  }
+}
+
+// A new search: the filters go into the page URL, paging starts over.
+function newSearch() {
+  const params = formParams();
+  history.pushState(null, "", `${location.pathname}${params.toString() ? "?" + params : ""}`);
+  cursors = [null];
+  page = 0;
+  $("detail").hidden = true;
+  search();
+}
+
+async function signIn(value) {
+  sessionStorage.setItem(TOKEN_KEY, value);
+  try {
+    await api("/admin/audit/metrics");
+  } catch (e) {
+    notice(e.message);
+    signOut();
+    return;
+  }
+  notice("");
+  start();
+}
+
+function start() {
+  show("search");
+  fillForm(new URLSearchParams(location.search));
+  cursors = [null];
+  page = 0;
+  search();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("sign-in-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const field = $("token");
+    const value = field.value.trim();
+    field.value = "";
+    if (value) signIn(value);
+  });
+  $("sign-out").addEventListener("click", () => { signOut(); notice(""); });
+  $("search-form").addEventListener("submit", (ev) => { ev.preventDefault(); newSearch(); });
+  $("search-form").addEventListener("reset", () => {
+    setTimeout(() => { history.pushState(null, "", location.pathname); }, 0);
+  });
+  $("next").addEventListener("click", () => { page += 1; search(); });
+  $("previous").addEventListener("click", () => { if (page > 0) { page -= 1; search(); } });
+  $("detail-close").addEventListener("click", () => { $("detail").hidden = true; });
+  window.addEventListener("popstate", () => { if (token()) start(); });
+  if (token()) start(); else show("sign-in");
+});

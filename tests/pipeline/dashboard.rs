@@ -1,0 +1,67 @@
+//! The dashboard as served: the page and its assets come from the admin
+//! service itself, under a strict Content-Security-Policy, and name no other
+//! origin.
+
+use crate::helpers::{InProcessAdmin, TestEnv, http};
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("")
+}
+
+#[actix_web::test]
+async fn the_dashboard_is_served_whole_from_the_admin_service_under_a_strict_policy() {
+    let env = TestEnv::new().await;
+    let admin = InProcessAdmin::start(&env).await;
+    let (status, headers, page) = http(admin.port, "GET", "/admin/", &[], &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "content-type"), "text/html; charset=utf-8");
+    let csp = header(&headers, "content-security-policy");
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(
+        !csp.contains("unsafe"),
+        "no unsafe-inline or unsafe-eval: {csp}"
+    );
+    assert_eq!(header(&headers, "x-content-type-options"), "nosniff");
+    // No inline script or style for the policy to block.
+    assert!(
+        !page.contains("<script>") && !page.contains("style="),
+        "{page}"
+    );
+
+    let mut bodies = vec![page];
+    for (asset, content_type) in [
+        ("app.js", "text/javascript; charset=utf-8"),
+        ("app.css", "text/css; charset=utf-8"),
+    ] {
+        let path = format!("/admin/assets/{asset}");
+        assert!(bodies[0].contains(&path), "the page loads {path}");
+        let (status, headers, body) = http(admin.port, "GET", &path, &[], &[]).await;
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(header(&headers, "content-type"), content_type);
+        assert!(!header(&headers, "content-security-policy").is_empty());
+        bodies.push(body);
+    }
+    for body in &bodies {
+        assert!(
+            !body.contains("http://") && !body.contains("https://") && !body.contains("//cdn"),
+            "an asset names another origin"
+        );
+    }
+    // The token never goes into a URL: the script sends it as a header only.
+    assert!(bodies[1].contains("Authorization: `Bearer ${token()}`"));
+    assert!(!bodies[1].contains("token=") && !bodies[1].contains("access_token"));
+
+    let (status, headers, _) = http(admin.port, "GET", "/admin", &[], &[]).await;
+    assert_eq!(status, 308);
+    assert_eq!(header(&headers, "location"), "/admin/");
+    let (status, _, body) = http(admin.port, "GET", "/admin/assets/secrets.txt", &[], &[]).await;
+    assert_eq!(status, 404, "{body}");
+    admin.stop().await;
+    env.cleanup().await;
+}
