@@ -15,11 +15,19 @@ moto_pid=
 trap 'rm -f "$log" "$moto_log"; [ -z "$moto_pid" ] || kill "$moto_pid" 2>/dev/null || true' EXIT
 # The deploy assets are checked with promtool, and a real Prometheus scrapes
 # the services in one test: Debian's prometheus package.
-if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
-  as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_install() {
   as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq prometheus >/dev/null
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+}
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  apt_install prometheus
 fi
+# The dashboard's browser test drives Debian's Chromium with playwright-core
+# (from npm, pinned by tests/browser/package-lock.json; it downloads no browser).
+command -v chromium >/dev/null || apt_install chromium
+command -v node >/dev/null || apt_install nodejs npm
+npm ci --prefix tests/browser --no-audit --no-fund --silent >/dev/null
 # S3 export destinations are tested against a real S3-compatible server:
 # moto's server mode, on a free port, for the length of the run (each test
 # makes its own bucket).

@@ -65,3 +65,59 @@ async fn the_dashboard_is_served_whole_from_the_admin_service_under_a_strict_pol
     admin.stop().await;
     env.cleanup().await;
 }
+
+#[actix_web::test]
+async fn a_browser_signs_in_searches_pages_and_opens_an_event() {
+    use crate::helpers::{InProcessWriter, event_at};
+    use auditline_shared::auth::Scope;
+    let env = TestEnv::new().await;
+    let writer = InProcessWriter::start(&env).await;
+    let admin = InProcessAdmin::start(&env).await;
+    let token = env.named_token("browser", &[Scope::Read]).await;
+    // 120 events of alice (three pages of 50) among 40 of bob.
+    let start = chrono::Utc::now() - chrono::TimeDelta::hours(1);
+    let events: Vec<_> = (0..160usize)
+        .map(|i| {
+            let mut e = event_at("web", start + chrono::TimeDelta::seconds(i as i64), i);
+            e.user_id = Some(if i % 4 == 3 { "bob" } else { "alice" }.into());
+            e
+        })
+        .collect();
+    env.publisher()
+        .await
+        .publish_batch(&events)
+        .await
+        .expect("published");
+    env.wait_for_rows(160, std::time::Duration::from_secs(30))
+        .await;
+    let mut alice: Vec<_> = events
+        .iter()
+        .filter(|e| e.user_id.as_deref() == Some("alice"))
+        .map(|e| (e.occurred_at, e.event_id))
+        .collect();
+    alice.sort_unstable_by(|a, b| b.cmp(a));
+    let expected: Vec<String> = alice.iter().map(|(_, id)| id.to_string()).collect();
+    let screenshots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/dashboard.mjs");
+    let output = tokio::process::Command::new("node")
+        .arg(script)
+        .env("ADMIN", format!("http://127.0.0.1:{}", admin.port))
+        .env("TOKEN", &token)
+        .env("USER", "alice")
+        .env("EXPECTED", expected.join(","))
+        .env("SCREENSHOTS", &screenshots)
+        .output()
+        .await
+        .expect("node (deploy/scripts/test.sh installs Chromium and playwright-core)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "the browser test failed:\n{text}");
+    assert!(text.contains("ok: paging forward shows exactly"), "{text}");
+    println!("{text}screenshots: {}", screenshots.display());
+    admin.stop().await;
+    writer.stop().await;
+    env.cleanup().await;
+}

@@ -1,0 +1,140 @@
+// Drives Debian's Chromium (headless) through the dashboard. Run by the
+// Rust test `dashboard::a_browser_signs_in_searches_pages_and_opens_an_event`,
+// which starts the services, stores the events and passes:
+//   ADMIN (http://127.0.0.1:<port>), TOKEN (scope read), USER (whose events
+//   to search), EXPECTED (their ids, comma-separated, newest first),
+//   SCREENSHOTS (a directory for the pictures a reviewer looks at).
+// Prints one line per check; exits non-zero on the first failure.
+import { chromium } from "playwright-core";
+import { mkdirSync } from "node:fs";
+
+const { ADMIN, TOKEN, USER, EXPECTED, SCREENSHOTS } = process.env;
+const expected = EXPECTED.split(",");
+mkdirSync(SCREENSHOTS, { recursive: true });
+
+function check(condition, what) {
+  if (!condition) {
+    throw new Error(`FAILED: ${what}`);
+  }
+  console.log(`ok: ${what}`);
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu"],
+});
+let failed = false;
+try {
+  const page = await browser.newPage({ viewport: { width: 1366, height: 800 } });
+  // Every request the page makes must go to the admin service.
+  const foreign = [];
+  await page.route("**/*", (route) => {
+    const url = route.request().url();
+    if (url.startsWith(ADMIN)) {
+      route.continue();
+    } else {
+      foreign.push(url);
+      route.abort();
+    }
+  });
+  const policyErrors = [];
+  page.on("console", (m) => {
+    if (m.type() === "error") policyErrors.push(m.text());
+  });
+
+  await page.goto(`${ADMIN}/admin/`);
+  check(await page.isVisible("#sign-in"), "the sign-in form is shown first");
+
+  // A wrong token: a clear message, still signed out.
+  await page.fill("#token", "alt_0000_wrong");
+  await page.click("#sign-in-form button[type=submit]");
+  await page.waitForSelector("#notice:not([hidden])");
+  const message = await page.textContent("#notice");
+  check(/not accepted/.test(message), `a wrong token is refused clearly: "${message}"`);
+  check(await page.isVisible("#sign-in"), "still at the sign-in form");
+  await page.screenshot({ path: `${SCREENSHOTS}/sign-in-refused.png`, fullPage: true });
+
+  // Sign in, search by user.
+  await page.fill("#token", TOKEN);
+  await page.click("#sign-in-form button[type=submit]");
+  await page.waitForSelector("#search:not([hidden])");
+  check(!(await page.evaluate(() => location.href)).includes(TOKEN), "the token is not in the URL");
+  await page.fill("input[name=user_id]", USER);
+  await page.click("#search-form button[type=submit]");
+  await page.waitForFunction(() => /^Page 1/.test(document.querySelector("#status").textContent));
+  check(new URL(page.url()).searchParams.get("user_id") === USER, "the filter is in the page URL");
+  await page.screenshot({ path: `${SCREENSHOTS}/search.png`, fullPage: true });
+
+  // Page forward through every result, then back to the first page.
+  const ids = async () =>
+    page.$$eval("#results tbody tr", (rows) => rows.map((r) => r.dataset.eventId));
+  const users = async () =>
+    page.$$eval("#results tbody tr td:nth-child(2)", (cells) => cells.map((c) => c.textContent));
+  const first = await ids();
+  const seen = [...first];
+  check((await users()).every((u) => u === USER), "every row is the user's");
+  let pageNo = 1;
+  while (!(await page.isDisabled("#next"))) {
+    pageNo += 1;
+    await page.click("#next");
+    await page.waitForFunction(
+      (n) => document.querySelector("#status").textContent.startsWith(`Page ${n}:`),
+      pageNo,
+    );
+    seen.push(...(await ids()));
+    check((await users()).every((u) => u === USER), `page ${pageNo}: every row is the user's`);
+  }
+  check(
+    JSON.stringify(seen) === JSON.stringify(expected),
+    `paging forward shows exactly the user's ${expected.length} events, newest first, once each`,
+  );
+  while (!(await page.isDisabled("#previous"))) {
+    pageNo -= 1;
+    await page.click("#previous");
+    await page.waitForFunction(
+      (n) => document.querySelector("#status").textContent.startsWith(`Page ${n}:`),
+      pageNo,
+    );
+  }
+  check(JSON.stringify(await ids()) === JSON.stringify(first), "paging back returns to the first page");
+
+  // A shared link opens the same search.
+  const link = page.url();
+  const other = await browser.newPage();
+  await other.goto(link);
+  // Same tab storage is per page: sign in there too.
+  await other.fill("#token", TOKEN);
+  await other.click("#sign-in-form button[type=submit]");
+  await other.waitForFunction(() => /^Page 1/.test(document.querySelector("#status").textContent));
+  check(
+    (await other.inputValue("input[name=user_id]")) === USER,
+    "a bookmarked URL restores the filters",
+  );
+  await other.close();
+
+  // The detail panel.
+  await page.click("#results tbody tr:first-child");
+  await page.waitForSelector("#detail:not([hidden])");
+  const detail = JSON.parse(await page.textContent("#detail-json"));
+  check(detail.event_id === first[0], "the detail panel shows the whole event");
+  await page.screenshot({ path: `${SCREENSHOTS}/detail.png`, fullPage: true });
+
+  // Sign out.
+  await page.click("#sign-out");
+  check(await page.isVisible("#sign-in"), "signing out returns to the sign-in form");
+  check(
+    (await page.evaluate(() => sessionStorage.getItem("auditline.token"))) === null,
+    "signing out forgets the token",
+  );
+  check(foreign.length === 0, `no request left the admin service (${foreign.join(", ")})`);
+  check(
+    !policyErrors.some((e) => /Content Security Policy/.test(e)),
+    `nothing was blocked by the policy (${policyErrors.join(" | ")})`,
+  );
+} catch (e) {
+  failed = true;
+  console.log(e.message);
+} finally {
+  await browser.close();
+}
+process.exit(failed ? 1 : 0);
