@@ -55,6 +55,7 @@ function show(view) {
 
 function signOut() {
   sessionStorage.removeItem(TOKEN_KEY);
+  liveOff();
   show("sign-in");
 }
 
@@ -148,6 +149,8 @@ function newSearch() {
   page = 0;
   $("detail").hidden = true;
   search();
+  // The live tail follows the new filters.
+  if (socket) { liveOff(); liveOn(); }
 }
 
 async function signIn(value) {
@@ -170,6 +173,107 @@ function start() {
   page = 0;
   search();
 }
+
+// Live tail: a ticket, then a websocket; matching events go on top of the
+// table as they are stored.
+const LIVE_FILTERS = ["user_id", "session_id", "service", "action_type", "http_method", "status",
+  "success", "endpoint", "min_response_time_ms"];
+const LIVE_ROWS = 500;
+let socket = null;
+let paused = false;
+let held = [];
+
+function liveStatus(text) { $("live-status").textContent = text; }
+
+async function liveOn() {
+  let ticket;
+  try {
+    const response = await fetch("/admin/audit/stream/ticket", {
+      method: "POST", headers: { Authorization: `Bearer ${token()}` },
+    });
+    if (response.status === 401) { signOut(); throw new Error("Your token was not accepted. Sign in again."); }
+    if (!response.ok) throw new Error(`The live stream is not available (HTTP ${response.status}).`);
+    ticket = (await response.json()).ticket;
+  } catch (e) {
+    notice(e.message.startsWith("Failed") ? "The admin service cannot be reached. Is it running?" : e.message);
+    return;
+  }
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  socket = new WebSocket(`${scheme}://${location.host}/admin/audit/stream?ticket=${encodeURIComponent(ticket)}`);
+  const filter = {};
+  const params = new URLSearchParams(location.search);
+  for (const name of LIVE_FILTERS) {
+    const values = params.getAll(name);
+    if (values.length) filter[name] = REPEATABLE.has(name) ? values : values[0];
+  }
+  socket.addEventListener("open", () => {
+    socket.send(JSON.stringify({ type: "subscribe", filter }));
+    $("live").setAttribute("aria-pressed", "true");
+    $("live").textContent = "Live tail: on";
+    $("pause").hidden = false;
+    liveStatus("Waiting for new events…");
+  });
+  socket.addEventListener("message", (m) => {
+    const message = JSON.parse(m.data);
+    if (message.type === "events") {
+      if (paused) {
+        held.push(...message.events);
+        liveStatus(`Paused: ${held.length} new events held.`);
+      } else {
+        prepend(message.events);
+      }
+    } else if (message.type === "lagged") {
+      notice(`The live tail fell behind: ${message.dropped} events were skipped. Search to see them all.`);
+    } else if (message.type === "error") {
+      notice(message.error.message);
+    }
+  });
+  socket.addEventListener("close", () => {
+    if (socket) { liveStatus("The live stream closed."); }
+    liveReset();
+  });
+}
+
+function liveReset() {
+  socket = null;
+  paused = false;
+  held = [];
+  $("live").setAttribute("aria-pressed", "false");
+  $("live").textContent = "Live tail: off";
+  $("pause").hidden = true;
+  $("pause").textContent = "Pause";
+  $("pause").setAttribute("aria-pressed", "false");
+}
+
+function liveOff() {
+  const s = socket;
+  socket = null;
+  if (s) s.close();
+  liveReset();
+  liveStatus("");
+}
+
+// New events on top of the table, newest first.
+function prepend(events) {
+  const body = $("results").querySelector("tbody");
+  const current = [...body.children];
+  render(events.slice().reverse());
+  const fresh = [...body.children];
+  fresh.forEach((row) => row.classList.add("new"));
+  body.replaceChildren(...fresh, ...current.slice(0, Math.max(0, LIVE_ROWS - fresh.length)));
+  liveStatus(`${events.length} new event${events.length === 1 ? "" : "s"} at ${new Date().toLocaleTimeString()}.`);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("live").addEventListener("click", () => { if (socket) liveOff(); else liveOn(); });
+  $("pause").addEventListener("click", () => {
+    paused = !paused;
+    $("pause").textContent = paused ? "Resume" : "Pause";
+    $("pause").setAttribute("aria-pressed", String(paused));
+    if (!paused && held.length) { prepend(held); held = []; }
+    if (paused) liveStatus("Paused.");
+  });
+});
 
 document.addEventListener("DOMContentLoaded", () => {
   $("sign-in-form").addEventListener("submit", (ev) => {

@@ -3,12 +3,13 @@
 // which starts the services, stores the events and passes:
 //   ADMIN (http://127.0.0.1:<port>), TOKEN (scope read), USER (whose events
 //   to search), EXPECTED (their ids, comma-separated, newest first),
+//   INGEST (the gateway's URL) and PUBLISH_TOKEN (for the live tail),
 //   SCREENSHOTS (a directory for the pictures a reviewer looks at).
 // Prints one line per check; exits non-zero on the first failure.
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 
-const { ADMIN, TOKEN, USER, EXPECTED, SCREENSHOTS } = process.env;
+const { ADMIN, TOKEN, USER, EXPECTED, SCREENSHOTS, INGEST, PUBLISH_TOKEN } = process.env;
 const expected = EXPECTED.split(",");
 mkdirSync(SCREENSHOTS, { recursive: true });
 
@@ -112,11 +113,51 @@ try {
   );
   await other.close();
 
+  // Live tail: an event published now shows on top within 2 s; while
+  // paused, new events are held, and shown on resume.
+  const publish = async (endpoint) => {
+    const response = await fetch(`${INGEST}/v1/events`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${PUBLISH_TOKEN}`, "Content-Type": "application/json" },
+      body: JSON.stringify({
+        occurred_at: new Date().toISOString(), session_id: "live", user_id: USER,
+        action_type: "file", endpoint, http_method: "GET", status_code: 200, success: true,
+      }),
+    });
+    if (response.status !== 202) throw new Error(`FAILED: publish answered ${response.status}`);
+  };
+  await page.click("#live");
+  await page.waitForFunction(() => /Waiting/.test(document.querySelector("#live-status").textContent));
+  const sent = Date.now();
+  await publish("/live/first");
+  await page.waitForFunction(
+    () => document.querySelector("#results tbody tr td.endpoint")?.textContent === "/live/first",
+    null,
+    { timeout: 10_000 },
+  );
+  const shownAfter = Date.now() - sent;
+  check(shownAfter <= 2000, `a published event appeared live after ${shownAfter} ms (at most 2,000)`);
+  await page.screenshot({ path: `${SCREENSHOTS}/live.png`, fullPage: true });
+  await page.click("#pause");
+  await publish("/live/while-paused");
+  await page.waitForFunction(() => /held/.test(document.querySelector("#live-status").textContent));
+  check(
+    (await page.textContent("#results tbody tr td.endpoint")) === "/live/first",
+    "while paused, new events are held, not shown",
+  );
+  await page.click("#pause");
+  check(
+    (await page.textContent("#results tbody tr td.endpoint")) === "/live/while-paused",
+    "resuming shows the held events",
+  );
+  await page.click("#live");
+  check((await page.getAttribute("#live", "aria-pressed")) === "false", "live tail turns off");
+
   // The detail panel.
-  await page.click("#results tbody tr:first-child");
+  await page.click(`#results tbody tr[data-event-id="${first[0]}"]`);
   await page.waitForSelector("#detail:not([hidden])");
   const detail = JSON.parse(await page.textContent("#detail-json"));
-  check(detail.event_id === first[0], "the detail panel shows the whole event");
+  check(detail.event_id === first[0] && detail.user_id === USER, "the detail panel shows the whole event");
   await page.screenshot({ path: `${SCREENSHOTS}/detail.png`, fullPage: true });
 
   // Sign out.

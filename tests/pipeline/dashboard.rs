@@ -73,7 +73,9 @@ async fn a_browser_signs_in_searches_pages_and_opens_an_event() {
     let env = TestEnv::new().await;
     let writer = InProcessWriter::start(&env).await;
     let admin = InProcessAdmin::start(&env).await;
+    let ingest = crate::helpers::InProcessIngest::start_with(env.settings.clone()).await;
     let token = env.named_token("browser", &[Scope::Read]).await;
+    let publish_token = env.token(&[Scope::Publish], Some("web")).await;
     // 120 events of alice (three pages of 50) among 40 of bob.
     let start = chrono::Utc::now() - chrono::TimeDelta::hours(1);
     let events: Vec<_> = (0..160usize)
@@ -106,6 +108,8 @@ async fn a_browser_signs_in_searches_pages_and_opens_an_event() {
         .env("USER", "alice")
         .env("EXPECTED", expected.join(","))
         .env("SCREENSHOTS", &screenshots)
+        .env("INGEST", format!("http://127.0.0.1:{}", ingest.port))
+        .env("PUBLISH_TOKEN", &publish_token)
         .output()
         .await
         .expect("node (deploy/scripts/test.sh installs Chromium and playwright-core)");
@@ -117,6 +121,7 @@ async fn a_browser_signs_in_searches_pages_and_opens_an_event() {
     assert!(output.status.success(), "the browser test failed:\n{text}");
     assert!(text.contains("ok: paging forward shows exactly"), "{text}");
     println!("{text}screenshots: {}", screenshots.display());
+    ingest.stop().await;
     admin.stop().await;
     writer.stop().await;
     env.cleanup().await;
