@@ -168,6 +168,7 @@ async function signIn(value) {
 
 function start() {
   show("search");
+  refreshJobs();
   fillForm(new URLSearchParams(location.search));
   cursors = [null];
   page = 0;
@@ -263,6 +264,105 @@ function prepend(events) {
   body.replaceChildren(...fresh, ...current.slice(0, Math.max(0, LIVE_ROWS - fresh.length)));
   liveStatus(`${events.length} new event${events.length === 1 ? "" : "s"} at ${new Date().toLocaleTimeString()}.`);
 }
+
+// Exports of the current search: start one, watch it, download it.
+let watching = null;
+
+async function send(method, path, body) {
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers: { Authorization: `Bearer ${token()}`, "Content-Type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch (e) {
+    throw new Error("The admin service cannot be reached. Is it running?");
+  }
+  const json = await response.json().catch(() => null);
+  if (response.status === 401) { signOut(); throw new Error("Your token was not accepted. Sign in again."); }
+  if (response.status === 403) throw new Error("This token lacks the export scope.");
+  if (!response.ok) throw new Error(json && json.error ? json.error.message : `HTTP ${response.status}`);
+  return json;
+}
+
+async function startExport(form) {
+  const filters = {};
+  const params = new URLSearchParams(location.search);
+  for (const name of FILTERS) {
+    if (name === "order") continue;
+    const values = params.getAll(name);
+    if (values.length) filters[name] = REPEATABLE.has(name) ? values : values[0];
+  }
+  const data = new FormData(form);
+  try {
+    await send("POST", "/admin/audit/exports", {
+      format: data.get("format"), compression: data.get("compression"), filters,
+    });
+    notice("");
+    refreshJobs();
+  } catch (e) {
+    notice(e.message);
+  }
+}
+
+async function refreshJobs() {
+  let list;
+  try {
+    list = await send("GET", "/admin/audit/exports?limit=20");
+  } catch (e) {
+    return;
+  }
+  const body = $("jobs").querySelector("tbody");
+  body.replaceChildren();
+  let active = false;
+  for (const job of list.jobs) {
+    const row = document.createElement("tr");
+    row.dataset.jobId = job.id;
+    cell(row, job.created_at.replace("T", " ").slice(0, 19));
+    cell(row, job.format + (job.compression === "zstd" ? " + zstd" : ""));
+    cell(row, job.state, "state");
+    cell(row, job.rows);
+    cell(row, `${Math.round(job.progress * 100)}%`);
+    const td = document.createElement("td");
+    if (job.state === "done") {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.textContent = "Download";
+      button.addEventListener("click", () => download(job));
+      td.appendChild(button);
+    } else if (job.error) {
+      td.textContent = job.error;
+    }
+    row.appendChild(td);
+    body.appendChild(row);
+    active ||= job.state === "queued" || job.state === "running";
+  }
+  clearTimeout(watching);
+  if (active) watching = setTimeout(refreshJobs, 1000);
+}
+
+async function download(job) {
+  try {
+    const response = await fetch(job.download, { headers: { Authorization: `Bearer ${token()}` } });
+    if (!response.ok) throw new Error(`The download failed (HTTP ${response.status}).`);
+    const name = /filename="?([^";]+)"?/.exec(response.headers.get("Content-Disposition") || "");
+    const url = URL.createObjectURL(await response.blob());
+    const link = document.createElement("a");
+    link.href = url;
+    link.download = name ? name[1] : `export-${job.id}`;
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10_000);
+  } catch (e) {
+    notice(e.message.startsWith("Failed") ? "The admin service cannot be reached. Is it running?" : e.message);
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("export-form").addEventListener("submit", (ev) => { ev.preventDefault(); startExport(ev.target); });
+});
 
 document.addEventListener("DOMContentLoaded", () => {
   $("live").addEventListener("click", () => { if (socket) liveOff(); else liveOn(); });

@@ -153,6 +153,22 @@ try {
   await page.click("#live");
   check((await page.getAttribute("#live", "aria-pressed")) === "false", "live tail turns off");
 
+  // Export the search and download the file.
+  await page.selectOption("#export-form select[name=format]", "csv");
+  await page.click("#export-form button[type=submit]");
+  await page.waitForSelector("#jobs tbody tr button", { timeout: 30_000 });
+  const [file] = await Promise.all([
+    page.waitForEvent("download"),
+    page.click("#jobs tbody tr button"),
+  ]);
+  const { readFileSync } = await import("node:fs");
+  const csv = readFileSync(await file.path(), "utf8").trim().split(/\r?\n/);
+  // The user's stored events plus the two published during the live tail.
+  check(csv.length === 1 + expected.length + 2, `the downloaded CSV has a header and ${expected.length + 2} rows`);
+  check(csv.slice(1).every((line) => line.includes(`,${USER},`)), "every exported row is the user's");
+  check(/\.csv$/.test(file.suggestedFilename()), `the file is named ${file.suggestedFilename()}`);
+  await page.screenshot({ path: `${SCREENSHOTS}/export.png`, fullPage: true });
+
   // The detail panel.
   await page.click(`#results tbody tr[data-event-id="${first[0]}"]`);
   await page.waitForSelector("#detail:not([hidden])");

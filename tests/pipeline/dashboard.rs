@@ -74,7 +74,9 @@ async fn a_browser_signs_in_searches_pages_and_opens_an_event() {
     let writer = InProcessWriter::start(&env).await;
     let admin = InProcessAdmin::start(&env).await;
     let ingest = crate::helpers::InProcessIngest::start_with(env.settings.clone()).await;
-    let token = env.named_token("browser", &[Scope::Read]).await;
+    let token = env
+        .named_token("browser", &[Scope::Read, Scope::Export])
+        .await;
     let publish_token = env.token(&[Scope::Publish], Some("web")).await;
     // 120 events of alice (three pages of 50) among 40 of bob.
     let start = chrono::Utc::now() - chrono::TimeDelta::hours(1);
