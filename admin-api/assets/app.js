@@ -45,12 +45,19 @@ async function api(path) {
   return body;
 }
 
+const VIEWS = ["search", "users", "overview"];
+
 function show(view) {
   const signedIn = view !== "sign-in";
   $("sign-in").hidden = signedIn;
-  $("search").hidden = view !== "search";
+  for (const v of VIEWS) $(v).hidden = view !== v;
   $("nav").hidden = !signedIn;
   $("sign-out").hidden = !signedIn;
+  for (const link of document.querySelectorAll("#nav a")) {
+    if (link.dataset.view === view) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  if (view !== "overview") clearTimeout(overviewTimer);
 }
 
 function signOut() {
@@ -166,7 +173,24 @@ async function signIn(value) {
   start();
 }
 
+// The view named by the page's hash (#users, #users/<id>, #overview).
+function route() {
+  const [view, arg] = location.hash.slice(1).split("/");
+  if (view === "users") {
+    show("users");
+    loadUsers(arg ? decodeURIComponent(arg) : null);
+    return true;
+  }
+  if (view === "overview") {
+    show("overview");
+    overview();
+    return true;
+  }
+  return false;
+}
+
 function start() {
+  if (route()) return;
   show("search");
   refreshJobs();
   fillForm(new URLSearchParams(location.search));
@@ -359,6 +383,145 @@ async function download(job) {
     notice(e.message.startsWith("Failed") ? "The admin service cannot be reached. Is it running?" : e.message);
   }
 }
+
+// Users: the per-user summaries, sortable; a user's hourly timeline.
+let userSort = { by: "total", order: "desc" };
+
+async function loadUsers(userId) {
+  try {
+    const page = await api(`/admin/audit/users?sort=${userSort.by}&order=${userSort.order}&limit=100`);
+    notice("");
+    const body = $("user-table").querySelector("tbody");
+    body.replaceChildren();
+    for (const u of page.users) {
+      const row = document.createElement("tr");
+      row.tabIndex = 0;
+      row.dataset.userId = u.user_id;
+      cell(row, u.user_id);
+      cell(row, u.total);
+      cell(row, u.failures);
+      cell(row, `${(u.failure_rate * 100).toFixed(1)}%`);
+      cell(row, u.avg_response_time_ms == null ? "" : u.avg_response_time_ms.toFixed(1));
+      cell(row, u.last_seen.replace("T", " ").slice(0, 19));
+      cell(row, u.top_action_types.map((a) => `${a.action_type} ${a.count}`).join(", "));
+      const open = () => { location.hash = `#users/${encodeURIComponent(u.user_id)}`; };
+      row.addEventListener("click", open);
+      row.addEventListener("keydown", (ev) => { if (ev.key === "Enter") open(); });
+      body.appendChild(row);
+    }
+    for (const b of document.querySelectorAll("#user-table th button")) {
+      if (b.dataset.sort === userSort.by) b.setAttribute("aria-sort", userSort.order === "desc" ? "descending" : "ascending");
+      else b.removeAttribute("aria-sort");
+    }
+    if (!page.users.length) $("user-table").querySelector("tbody").textContent = "No activity in the last 24 hours.";
+  } catch (e) {
+    notice(e.message);
+  }
+  $("user").hidden = !userId;
+  if (userId) loadUser(userId);
+}
+
+// A namespace name, not an address: nothing is fetched from it.
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(name, attributes) {
+  const el = document.createElementNS(SVG, name);
+  for (const [k, v] of Object.entries(attributes)) el.setAttribute(k, String(v));
+  return el;
+}
+
+async function loadUser(userId) {
+  try {
+    const detail = await api(`/admin/audit/users/${encodeURIComponent(userId)}`);
+    const s = detail.summary;
+    $("user-title").textContent = `User ${s.user_id}`;
+    $("user-summary").textContent = `${s.total} actions, ${s.failures} failed, first seen ${s.first_seen}, last seen ${s.last_seen}.`;
+    const chart = $("timeline");
+    chart.replaceChildren();
+    const hours = detail.timeline;
+    const max = Math.max(1, ...hours.map((h) => h.total));
+    const width = 960 / Math.max(1, hours.length);
+    hours.forEach((h, i) => {
+      const total = (h.total / max) * 150;
+      const failed = (h.failures / max) * 150;
+      const bar = svg("rect", { x: i * width + 1, y: 160 - total, width: Math.max(1, width - 2), height: total, fill: "#7aa7f0" });
+      const title = svg("title", {});
+      title.textContent = `${h.hour}: ${h.total} actions, ${h.failures} failed`;
+      bar.appendChild(title);
+      chart.appendChild(bar);
+      chart.appendChild(svg("rect", { x: i * width + 1, y: 160 - failed, width: Math.max(1, width - 2), height: failed, fill: "#a4161a" }));
+    });
+    chart.dataset.hours = String(hours.length);
+  } catch (e) {
+    notice(e.message);
+  }
+}
+
+// Overview: the trailing windows every 5 s; the 1-minute window's figures
+// are kept as points for the three charts.
+let overviewTimer = null;
+const points = [];
+
+function line(id, values) {
+  const chart = $(id);
+  chart.replaceChildren();
+  if (values.length < 1) return;
+  const max = Math.max(1e-9, ...values);
+  const step = 300 / Math.max(1, values.length - 1);
+  const path = values.map((v, i) => `${(i * step).toFixed(1)},${(98 - (v / max) * 94).toFixed(1)}`).join(" ");
+  chart.appendChild(svg("polyline", { points: values.length === 1 ? `0,${path.split(",")[1]} 300,${path.split(",")[1]}` : path, fill: "none", stroke: "#1f5fbf", "stroke-width": 2 }));
+  chart.dataset.points = String(values.length);
+}
+
+async function overview() {
+  clearTimeout(overviewTimer);
+  try {
+    const m = await api("/admin/audit/metrics");
+    notice("");
+    const body = $("windows").querySelector("tbody");
+    body.replaceChildren();
+    for (const w of m.windows) {
+      const row = document.createElement("tr");
+      cell(row, `${w.minutes} min`);
+      cell(row, w.events);
+      cell(row, w.events_per_second.toFixed(2));
+      cell(row, `${(w.failure_rate * 100).toFixed(1)}%`);
+      cell(row, w.p50_response_time_ms ?? "");
+      cell(row, w.p95_response_time_ms ?? "");
+      body.appendChild(row);
+    }
+    const one = m.windows.find((w) => w.minutes === 1);
+    if (one) {
+      points.push({ rate: one.events_per_second * 60, failures: one.failure_rate, p95: one.p95_response_time_ms || 0 });
+      if (points.length > 120) points.shift();
+    }
+    line("chart-rate", points.map((p) => p.rate));
+    line("chart-failures", points.map((p) => p.failures));
+    line("chart-p95", points.map((p) => p.p95));
+    for (const [id, list] of [["top-users", m.top_users], ["top-actions", m.top_action_types]]) {
+      const ol = $(id);
+      ol.replaceChildren();
+      for (const r of list) {
+        const li = document.createElement("li");
+        li.textContent = `${r.name}: ${r.events}`;
+        ol.appendChild(li);
+      }
+    }
+  } catch (e) {
+    notice(e.message);
+  }
+  if (!$("overview").hidden) overviewTimer = setTimeout(overview, 5000);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  for (const b of document.querySelectorAll("#user-table th button")) {
+    b.addEventListener("click", () => {
+      userSort = { by: b.dataset.sort, order: userSort.by === b.dataset.sort && userSort.order === "desc" ? "asc" : "desc" };
+      loadUsers(null);
+    });
+  }
+  window.addEventListener("hashchange", () => { if (token()) { if (!route()) { show("search"); } } });
+});
 
 document.addEventListener("DOMContentLoaded", () => {
   $("export-form").addEventListener("submit", (ev) => { ev.preventDefault(); startExport(ev.target); });
