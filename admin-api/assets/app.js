@@ -193,6 +193,7 @@ function start() {
   if (route()) return;
   show("search");
   refreshJobs();
+  refreshSchedules();
   fillForm(new URLSearchParams(location.search));
   cursors = [null];
   page = 0;
@@ -521,6 +522,73 @@ document.addEventListener("DOMContentLoaded", () => {
     });
   }
   window.addEventListener("hashchange", () => { if (token()) { if (!route()) { show("search"); } } });
+});
+
+// Schedules: list, add (with the current search's filters, without its
+// time window: each run covers its own), delete.
+async function refreshSchedules() {
+  let list;
+  try {
+    list = await send("GET", "/admin/audit/export-schedules");
+  } catch (e) {
+    return;
+  }
+  const body = $("schedules").querySelector("tbody");
+  body.replaceChildren();
+  for (const s of list.schedules) {
+    const row = document.createElement("tr");
+    row.dataset.scheduleId = s.id;
+    cell(row, s.name);
+    cell(row, s.cron);
+    cell(row, s.window.replace("_", " "));
+    cell(row, s.format + (s.compression === "zstd" ? " + zstd" : ""));
+    cell(row, s.destination);
+    cell(row, s.next_run_at.replace("T", " ").slice(0, 16));
+    cell(row, s.runs);
+    const td = document.createElement("td");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = "Delete";
+    button.setAttribute("aria-label", `Delete schedule ${s.name}`);
+    button.addEventListener("click", async () => {
+      try {
+        await send("DELETE", `/admin/audit/export-schedules/${s.id}`);
+        refreshSchedules();
+      } catch (e) {
+        notice(e.message);
+      }
+    });
+    td.appendChild(button);
+    row.appendChild(td);
+    body.appendChild(row);
+  }
+}
+
+async function addSchedule(form) {
+  const data = new FormData(form);
+  const filters = {};
+  const params = new URLSearchParams(location.search);
+  for (const name of FILTERS) {
+    if (name === "order" || name === "from" || name === "to") continue;
+    const values = params.getAll(name);
+    if (values.length) filters[name] = REPEATABLE.has(name) ? values : values[0];
+  }
+  try {
+    await send("POST", "/admin/audit/export-schedules", {
+      name: data.get("name"), cron: data.get("cron"), window: data.get("window"),
+      format: data.get("format"), compression: data.get("compression"),
+      destination: data.get("destination") || "local", filters,
+    });
+    notice("");
+    form.reset();
+    refreshSchedules();
+  } catch (e) {
+    notice(e.message);
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("schedule-form").addEventListener("submit", (ev) => { ev.preventDefault(); addSchedule(ev.target); });
 });
 
 document.addEventListener("DOMContentLoaded", () => {

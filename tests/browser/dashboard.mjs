@@ -169,6 +169,32 @@ try {
   check(/\.csv$/.test(file.suggestedFilename()), `the file is named ${file.suggestedFilename()}`);
   await page.screenshot({ path: `${SCREENSHOTS}/export.png`, fullPage: true });
 
+  // Schedules: a bad cron is refused with the server's message; a good one
+  // is listed with the search's filters; deleting removes it.
+  await page.fill("#schedule-form input[name=name]", "nightly");
+  await page.fill("#schedule-form input[name=cron]", "61 * * * *");
+  await page.click("#schedule-form button[type=submit]");
+  await page.waitForSelector("#notice:not([hidden])");
+  check(/cron/.test(await page.textContent("#notice")), "a bad cron is refused with a message naming it");
+  await page.fill("#schedule-form input[name=cron]", "5 0 * * *");
+  await page.click("#schedule-form button[type=submit]");
+  await page.waitForSelector("#schedules tbody tr");
+  check(
+    (await page.textContent("#schedules tbody tr td:first-child")) === "nightly",
+    "the schedule is listed",
+  );
+  const listed = await (await fetch(`${ADMIN}/admin/audit/export-schedules`, {
+    headers: { Authorization: `Bearer ${TOKEN}` },
+  })).json();
+  check(
+    JSON.stringify(listed.schedules[0].filters) === JSON.stringify({ user_id: USER }),
+    "the schedule carries the search's filters",
+  );
+  await page.screenshot({ path: `${SCREENSHOTS}/schedules.png`, fullPage: true });
+  await page.click("#schedules tbody tr button");
+  await page.waitForFunction(() => document.querySelectorAll("#schedules tbody tr").length === 0);
+  check(true, "deleting a schedule removes it");
+
   // Users: sortable summaries, a user's hourly timeline.
   await page.click("#nav a[data-view=users]");
   await page.waitForSelector(`#user-table tbody tr[data-user-id="${USER}"]`);
@@ -208,6 +234,15 @@ try {
   const detail = JSON.parse(await page.textContent("#detail-json"));
   check(detail.event_id === first[0] && detail.user_id === USER, "the detail panel shows the whole event");
   await page.screenshot({ path: `${SCREENSHOTS}/detail.png`, fullPage: true });
+
+  // The server going away is said plainly.
+  const down = (route) => route.abort("connectionrefused");
+  await page.route("**/admin/audit/logs**", down);
+  await page.click("#search-form button[type=submit]");
+  await page.waitForFunction(() => /cannot be reached/.test(document.querySelector("#notice").textContent));
+  check(true, "an unreachable server is reported as such");
+  await page.screenshot({ path: `${SCREENSHOTS}/server-down.png`, fullPage: true });
+  await page.unroute("**/admin/audit/logs**", down);
 
   // Sign out.
   await page.click("#sign-out");
