@@ -64,6 +64,7 @@ pub struct AuditMetrics {
     others: u64,
     action_types: Bounded,
     routes: Bounded,
+    route_key: String,
 }
 
 impl AuditMetrics {
@@ -122,6 +123,7 @@ impl AuditMetrics {
             others: 0,
             action_types: Bounded::new(MAX_ACTION_TYPES),
             routes: Bounded::new(MAX_ROUTES),
+            route_key: String::new(),
         })
     }
 
@@ -154,8 +156,13 @@ impl AuditMetrics {
                     .copied()
                     .unwrap_or("OTHER");
                 let route = event.route.as_deref().unwrap_or("none");
-                let key = format!("{method} {route}");
-                let route = if self.routes.label(&key) == "other" {
+                // The key in a buffer kept between events: no allocation
+                // for a pair already seen.
+                self.route_key.clear();
+                self.route_key.push_str(method);
+                self.route_key.push(' ');
+                self.route_key.push_str(route);
+                let route = if self.routes.label(&self.route_key) == "other" {
                     "other"
                 } else {
                     route
@@ -179,9 +186,17 @@ impl AuditMetrics {
 
     /// Sets the gauge to the current hour's top users and `other`.
     fn publish_top_users(&self) {
+        // Once per commit over up to 100,000 users: select the top, do
+        // not sort everyone.
         let mut top: Vec<(&String, &u64)> = self.users.iter().collect();
-        top.sort_unstable_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        let order =
+            |a: &(&String, &u64), b: &(&String, &u64)| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0));
+        if top.len() > TOP_USERS {
+            top.select_nth_unstable_by(TOP_USERS, order);
+        }
         let rest: u64 = top.iter().skip(TOP_USERS).map(|(_, n)| **n).sum();
+        top.truncate(TOP_USERS);
+        top.sort_unstable_by(order);
         self.user_actions_hour.reset();
         for (user, n) in top.into_iter().take(TOP_USERS) {
             self.user_actions_hour

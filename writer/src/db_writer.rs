@@ -526,21 +526,18 @@ impl Core {
         let Some(live) = &self.config.live else {
             return;
         };
+        if stored.is_empty() {
+            return;
+        }
+        let events = stored.len() as u64;
         let mut body = Vec::with_capacity(512 * stored.len());
-        let mut events = 0u64;
         for (event, received_at) in stored {
-            let Ok(json) = serde_json::to_vec(event) else {
-                continue;
-            };
             // The event object with `received_at` added before its `}`.
-            body.extend_from_slice(&json[..json.len() - 1]);
+            event.write_json(&mut body);
+            body.pop();
             body.extend_from_slice(b",\"received_at\":\"");
             body.extend_from_slice(auditline_shared::event::rfc3339_text(*received_at).as_bytes());
             body.extend_from_slice(b"\"}\n");
-            events += 1;
-        }
-        if events == 0 {
-            return;
         }
         let body = auditline_shared::amqp::compress(&body);
         let properties = BasicProperties::default()
