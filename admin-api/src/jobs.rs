@@ -182,11 +182,12 @@ pub struct NewExport {
     destination: Option<String>,
 }
 
-/// The filters object as a query string, for the search's own parser.
-pub(crate) fn filters_query(filters: &Map<String, Value>) -> Result<String, ApiError> {
+/// A filters object (the body field `field`) as a query string, for the
+/// search's own parser.
+pub(crate) fn filters_query(field: &str, filters: &Map<String, Value>) -> Result<String, ApiError> {
     let mut query = form_urlencoded::Serializer::new(String::new());
     for (name, value) in filters {
-        let field = format!("filters.{name}");
+        let field = format!("{field}.{name}");
         let scalar = |v: &Value| match v {
             Value::String(s) => Ok(s.clone()),
             Value::Number(n) => Ok(n.to_string()),
@@ -267,7 +268,7 @@ impl Body {
     pub(crate) fn filters(&mut self) -> Result<String, ApiError> {
         match self.0.remove("filters") {
             None => Ok(String::new()),
-            Some(Value::Object(filters)) => filters_query(&filters),
+            Some(Value::Object(filters)) => filters_query("filters", &filters),
             Some(_) => Err(ApiError::body("filters", "must be an object")),
         }
     }
@@ -291,18 +292,19 @@ fn parse_new(body: &[u8], storage: &Storage) -> Result<(String, Export, String),
     let query = body.filters()?;
     let destination = body.destination(storage)?;
     body.finish("format, compression, filters, destination")?;
-    let params = Params::parse_from(&query, export::FILTER_PARAMS).map_err(in_filters)?;
-    let mut export = Export::parse(&params).map_err(in_filters)?;
+    let params = Params::parse_from(&query, export::FILTER_PARAMS).map_err(in_field("filters"))?;
+    let mut export = Export::parse(&params).map_err(in_field("filters"))?;
     export.format = format;
     export.compression = compression;
     Ok((query, export, destination))
 }
 
-/// A parameter error about the filters object, named as a body field.
-pub(crate) fn in_filters(error: ApiError) -> ApiError {
-    match error {
+/// Names a parameter error about a filters object as the body field
+/// `field.<parameter>`.
+pub(crate) fn in_field(field: &str) -> impl Fn(ApiError) -> ApiError + '_ {
+    move |error| match error {
         ApiError::BadParam { param, message } => {
-            ApiError::body(&format!("filters.{param}"), message)
+            ApiError::body(&format!("{field}.{param}"), message)
         }
         other => other,
     }

@@ -24,7 +24,7 @@ use crate::{
     app::{Exporter, State},
     error::ApiError,
     export::{Compression, Export, Format},
-    jobs::{Body, in_filters},
+    jobs::{Body, in_field},
     params::Params,
 };
 
@@ -180,8 +180,8 @@ pub async fn create(
     let query = body.filters()?;
     body.finish("name, cron, window, format, compression, filters, destination")?;
     // Validated as a job would parse it (the window is the schedule's).
-    let params = Params::parse_from(&query, SCHEDULE_FILTERS).map_err(in_filters)?;
-    Export::parse(&params).map_err(in_filters)?;
+    let params = Params::parse_from(&query, SCHEDULE_FILTERS).map_err(in_field("filters"))?;
+    Export::parse(&params).map_err(in_field("filters"))?;
     let now = Utc::now();
     let next_run_at = next_fire(&cron, now).ok_or_else(|| ApiError::body("cron", "never fires"))?;
     let schedule: Schedule = sqlx::query_as(concat!(

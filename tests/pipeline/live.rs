@@ -389,6 +389,10 @@ async fn tickets_origins_filters_and_the_connection_cap_are_enforced() {
             json!({"type": "subscribe", "filter": {"client_ip": "10.0.0.0/8"}}),
             "filter.client_ip",
         ),
+        (
+            json!({"type": "subscribe", "filter": {"user_id": {"a": 1}}}),
+            "filter.user_id",
+        ),
         (json!({"type": "subscribe", "since": "forged"}), "since"),
         (json!({"type": "unsubscribe"}), "type"),
         (json!({"type": "subscribe", "extra": 1}), "extra"),
