@@ -23,26 +23,45 @@ function notice(text) {
   el.hidden = !text;
 }
 
-// GET an admin API path with the bearer token; the JSON body, or an Error
-// whose message is for the user.
-async function api(path) {
+// Calls the admin API with the bearer token (and a JSON body, if any); the
+// response when it succeeded, else an Error whose message is for the user.
+async function call(method, path, body) {
   let response;
   try {
-    response = await fetch(path, { headers: { Authorization: `Bearer ${token()}` } });
+    response = await fetch(path, {
+      method,
+      headers: { Authorization: `Bearer ${token()}`, "Content-Type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
   } catch (e) {
     throw new Error("The admin service cannot be reached. Is it running?");
   }
-  let body = null;
-  try { body = await response.json(); } catch (e) { /* not JSON */ }
   if (response.status === 401) {
     signOut();
     throw new Error("Your token was not accepted (unknown, expired or revoked). Sign in again.");
   }
   if (!response.ok) {
-    const message = body && body.error ? body.error.message : `HTTP ${response.status}`;
-    throw new Error(message);
+    const json = await response.json().catch(() => null);
+    throw new Error(json && json.error ? json.error.message : `HTTP ${response.status}`);
   }
-  return body;
+  return response;
+}
+
+// The JSON answer of an API call.
+async function api(path, method = "GET", body = undefined) {
+  return (await call(method, path, body)).json();
+}
+
+// The search filters of the page URL named in `names`, as a JSON object
+// (repeatable ones as arrays).
+function urlFilters(names) {
+  const params = new URLSearchParams(location.search);
+  const filters = {};
+  for (const name of names) {
+    const values = params.getAll(name);
+    if (values.length) filters[name] = REPEATABLE.has(name) ? values : values[0];
+  }
+  return filters;
 }
 
 const VIEWS = ["search", "users", "overview"];
@@ -214,24 +233,14 @@ function liveStatus(text) { $("live-status").textContent = text; }
 async function liveOn() {
   let ticket;
   try {
-    const response = await fetch("/admin/audit/stream/ticket", {
-      method: "POST", headers: { Authorization: `Bearer ${token()}` },
-    });
-    if (response.status === 401) { signOut(); throw new Error("Your token was not accepted. Sign in again."); }
-    if (!response.ok) throw new Error(`The live stream is not available (HTTP ${response.status}).`);
-    ticket = (await response.json()).ticket;
+    ticket = (await api("/admin/audit/stream/ticket", "POST")).ticket;
   } catch (e) {
-    notice(e.message.startsWith("Failed") ? "The admin service cannot be reached. Is it running?" : e.message);
+    notice(e.message);
     return;
   }
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   socket = new WebSocket(`${scheme}://${location.host}/admin/audit/stream?ticket=${encodeURIComponent(ticket)}`);
-  const filter = {};
-  const params = new URLSearchParams(location.search);
-  for (const name of LIVE_FILTERS) {
-    const values = params.getAll(name);
-    if (values.length) filter[name] = REPEATABLE.has(name) ? values : values[0];
-  }
+  const filter = urlFilters(LIVE_FILTERS);
   socket.addEventListener("open", () => {
     socket.send(JSON.stringify({ type: "subscribe", filter }));
     $("live").setAttribute("aria-pressed", "true");
@@ -293,35 +302,11 @@ function prepend(events) {
 // Exports of the current search: start one, watch it, download it.
 let watching = null;
 
-async function send(method, path, body) {
-  let response;
-  try {
-    response = await fetch(path, {
-      method,
-      headers: { Authorization: `Bearer ${token()}`, "Content-Type": "application/json" },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-  } catch (e) {
-    throw new Error("The admin service cannot be reached. Is it running?");
-  }
-  const json = await response.json().catch(() => null);
-  if (response.status === 401) { signOut(); throw new Error("Your token was not accepted. Sign in again."); }
-  if (response.status === 403) throw new Error("This token lacks the export scope.");
-  if (!response.ok) throw new Error(json && json.error ? json.error.message : `HTTP ${response.status}`);
-  return json;
-}
-
 async function startExport(form) {
-  const filters = {};
-  const params = new URLSearchParams(location.search);
-  for (const name of FILTERS) {
-    if (name === "order") continue;
-    const values = params.getAll(name);
-    if (values.length) filters[name] = REPEATABLE.has(name) ? values : values[0];
-  }
+  const filters = urlFilters(FILTERS.filter((name) => name !== "order"));
   const data = new FormData(form);
   try {
-    await send("POST", "/admin/audit/exports", {
+    await api("/admin/audit/exports", "POST", {
       format: data.get("format"), compression: data.get("compression"), filters,
     });
     notice("");
@@ -334,7 +319,7 @@ async function startExport(form) {
 async function refreshJobs() {
   let list;
   try {
-    list = await send("GET", "/admin/audit/exports?limit=20");
+    list = await api("/admin/audit/exports?limit=20");
   } catch (e) {
     return;
   }
@@ -369,8 +354,7 @@ async function refreshJobs() {
 
 async function download(job) {
   try {
-    const response = await fetch(job.download, { headers: { Authorization: `Bearer ${token()}` } });
-    if (!response.ok) throw new Error(`The download failed (HTTP ${response.status}).`);
+    const response = await call("GET", job.download);
     const name = /filename="?([^";]+)"?/.exec(response.headers.get("Content-Disposition") || "");
     const url = URL.createObjectURL(await response.blob());
     const link = document.createElement("a");
@@ -381,7 +365,7 @@ async function download(job) {
     link.remove();
     setTimeout(() => URL.revokeObjectURL(url), 10_000);
   } catch (e) {
-    notice(e.message.startsWith("Failed") ? "The admin service cannot be reached. Is it running?" : e.message);
+    notice(e.message);
   }
 }
 
@@ -529,7 +513,7 @@ document.addEventListener("DOMContentLoaded", () => {
 async function refreshSchedules() {
   let list;
   try {
-    list = await send("GET", "/admin/audit/export-schedules");
+    list = await api("/admin/audit/export-schedules");
   } catch (e) {
     return;
   }
@@ -552,7 +536,7 @@ async function refreshSchedules() {
     button.setAttribute("aria-label", `Delete schedule ${s.name}`);
     button.addEventListener("click", async () => {
       try {
-        await send("DELETE", `/admin/audit/export-schedules/${s.id}`);
+        await call("DELETE", `/admin/audit/export-schedules/${s.id}`);
         refreshSchedules();
       } catch (e) {
         notice(e.message);
@@ -566,15 +550,10 @@ async function refreshSchedules() {
 
 async function addSchedule(form) {
   const data = new FormData(form);
-  const filters = {};
-  const params = new URLSearchParams(location.search);
-  for (const name of FILTERS) {
-    if (name === "order" || name === "from" || name === "to") continue;
-    const values = params.getAll(name);
-    if (values.length) filters[name] = REPEATABLE.has(name) ? values : values[0];
-  }
+  // Without the time window: each run covers its own.
+  const filters = urlFilters(FILTERS.filter((name) => !["order", "from", "to"].includes(name)));
   try {
-    await send("POST", "/admin/audit/export-schedules", {
+    await api("/admin/audit/export-schedules", "POST", {
       name: data.get("name"), cron: data.get("cron"), window: data.get("window"),
       format: data.get("format"), compression: data.get("compression"),
       destination: data.get("destination") || "local", filters,
