@@ -2,15 +2,7 @@
 //! service itself, under a strict Content-Security-Policy, and name no other
 //! origin.
 
-use crate::helpers::{InProcessAdmin, TestEnv, http};
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
-    headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("")
-}
+use crate::helpers::{InProcessAdmin, TestEnv, header, http};
 
 #[actix_web::test]
 async fn the_dashboard_is_served_whole_from_the_admin_service_under_a_strict_policy() {

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::{
     admin::{enc, known_events, rfc, stored_set},
-    helpers::{InProcess, TestEnv, http_raw},
+    helpers::{InProcess, TestEnv, header, http_raw},
 };
 
 /// Every event of a search, oldest first, as the search API renders them.
@@ -49,14 +49,6 @@ async fn get_export(
         &[],
     )
     .await
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
-    headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("")
 }
 
 /// A CSV export's rows as JSON objects shaped like the search API's events.
@@ -340,14 +332,7 @@ async fn export_jobs_write_a_file_equal_to_the_streamed_export_with_a_true_manif
     // The job shows on the admin's /metrics.
     let (status, metrics) = crate::helpers::http_get(port, "/metrics").await;
     assert_eq!(status, 200);
-    let value = |series: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(series))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{series} missing from /metrics"))
-    };
+    let value = |series: &str| crate::helpers::metric(&metrics, series);
     assert_eq!(
         value("auditline_export_jobs_finished_total{outcome=\"done\"}"),
         1.0

@@ -807,3 +807,23 @@ impl TestBucket {
             .to_vec()
     }
 }
+
+/// A response header's value ("" when absent); names are lower case.
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("")
+}
+
+/// The value of the series whose line starts with `series` (name and
+/// labels) in a Prometheus text page; panics when it is missing.
+pub fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{metrics}"))
+}

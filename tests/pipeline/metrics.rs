@@ -6,17 +6,9 @@ use std::time::Duration;
 use auditline_shared::auth::Scope;
 use serde_json::json;
 
-use crate::helpers::{InProcessAdmin, InProcessIngest, InProcessWriter, TestEnv, http_get};
-
-/// The value of the series whose line starts with `series` (name and labels).
-fn value(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{metrics}"))
-}
+use crate::helpers::{
+    InProcessAdmin, InProcessIngest, InProcessWriter, TestEnv, http_get, metric as value,
+};
 
 #[actix_web::test]
 async fn every_service_exposes_its_named_series_with_the_right_values() {
