@@ -2,6 +2,7 @@
 
 use crate::loadgen::{self, LoadgenArgs};
 use anyhow::Context;
+use auditline_admin_api::{checkpoint, storage::Storage};
 use auditline_shared::{
     Settings,
     auth::{self, Scope},
@@ -75,7 +76,31 @@ pub enum Command {
     },
     /// Publish generated events and report throughput and publish→committed latency.
     Loadgen(LoadgenArgs),
+    /// Prove the stored events untouched: recompute every seal, check each
+    /// chain against the newest signed checkpoint, and every row in the range
+    /// against its seal. Exit status 0 when clean, 1 on any finding, 2 when
+    /// verify itself failed.
+    Verify {
+        /// Verify rows that occurred at or after this (RFC 3339; default: all).
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// Verify rows that occurred before this (RFC 3339; default: all).
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// Print the report as JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a checkpoint of every seal chain to storage now.
+    Checkpoint,
+    /// Print a new Ed25519 key pair for `integrity.signing_key` / `integrity.verify_key`.
+    Keygen,
 }
+
+/// `verify` found something: the process exits with status 1.
+#[derive(Debug, thiserror::Error)]
+#[error("verify found {0} problems")]
+pub struct Findings(pub u64);
 
 impl Cli {
     /// The flags that override settings, as a partial settings table.
@@ -105,7 +130,10 @@ impl Cli {
             Command::Migrate
             | Command::Loadgen(_)
             | Command::Token { .. }
-            | Command::DemoApp(_) => {}
+            | Command::DemoApp(_)
+            | Command::Verify { .. }
+            | Command::Checkpoint
+            | Command::Keygen => {}
         }
         Value::Object(map)
     }
@@ -142,6 +170,68 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Token { action } => token(&settings, action).await,
         Command::Loadgen(args) => loadgen::run(&settings, args).await,
+        Command::Verify { from, to, json } => verify(&settings, from, to, json).await,
+        Command::Checkpoint => {
+            let (storage, keys) = integrity(&settings)?;
+            let pool = db::pool(&settings.database_url, 2)?;
+            let (file, cp) = checkpoint::publish(
+                &pool,
+                &storage,
+                &settings.integrity.checkpoint_destination,
+                &keys,
+            )
+            .await?;
+            println!(
+                "{file}: {} chains, {}",
+                cp.chains.len(),
+                if cp.signature.is_some() {
+                    "signed"
+                } else {
+                    "unsigned (no integrity.signing_key)"
+                }
+            );
+            Ok(())
+        }
+        Command::Keygen => {
+            let (private, public) = checkpoint::Keys::generate()?;
+            println!("signing_key = \"{private}\"\nverify_key = \"{public}\"");
+            Ok(())
+        }
+    }
+}
+
+/// The storage checkpoints live in, and the installation's keys.
+fn integrity(settings: &Settings) -> anyhow::Result<(Storage, checkpoint::Keys)> {
+    auditline_admin_api::storage::install_tls_provider();
+    let storage = Storage::new(PathBuf::from(&settings.export_dir), &settings.exports)?;
+    storage
+        .check(&settings.integrity.checkpoint_destination)
+        .map_err(|e| anyhow::anyhow!("integrity.checkpoint_destination: {e}"))?;
+    Ok((
+        storage,
+        checkpoint::Keys::from_settings(&settings.integrity)?,
+    ))
+}
+
+async fn verify(
+    settings: &Settings,
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    to: Option<chrono::DateTime<chrono::Utc>>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (storage, keys) = integrity(settings)?;
+    let pool = db::pool(&settings.database_url, 2)?;
+    let cp = checkpoint::latest(&storage, &settings.integrity.checkpoint_destination, &keys).await;
+    let report = auditline_admin_api::verify::verify(&pool, from, to, cp).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", auditline_admin_api::verify::render(&report));
+    }
+    if report.ok {
+        Ok(())
+    } else {
+        Err(Findings(report.total()).into())
     }
 }
 

@@ -39,6 +39,9 @@ pub struct State {
     pub jobs_waiting: Arc<tokio::sync::Notify>,
     /// The live stream's clients.
     pub hub: Arc<crate::live::Hub>,
+    /// Checkpoint signing and verification keys.
+    pub keys: Arc<crate::checkpoint::Keys>,
+    pub integrity: auditline_shared::settings::IntegritySettings,
 }
 
 /// Authenticates the caller, names it as the user of the request's own audit
@@ -89,6 +92,20 @@ impl FromRequest for Exporter {
     }
 }
 
+/// An authenticated caller with the `admin` scope (extractor).
+#[derive(Debug)]
+pub struct Administrator(pub String);
+
+impl FromRequest for Administrator {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let authorized = authorize(req, payload, Scope::Admin);
+        Box::pin(async move { authorized.await.map(Administrator) })
+    }
+}
+
 /// The query string as audit metadata: `{"query": {"name": "value" | ["v1", "v2"]}}`,
 /// each value clipped to 256 characters.
 fn query_metadata(query: &str) -> Map<String, Value> {
@@ -116,6 +133,7 @@ pub struct Application {
     server: Server,
     runner: tokio::task::JoinHandle<()>,
     live: tokio::task::JoinHandle<()>,
+    checkpoints: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Application {
@@ -179,12 +197,29 @@ impl Application {
             auditline_shared::amqp::Topology::new(&settings.namespace).live_exchange,
             hub.clone(),
         ));
+        let keys = Arc::new(crate::checkpoint::Keys::from_settings(&settings.integrity)?);
+        storage
+            .check(&settings.integrity.checkpoint_destination)
+            .map_err(|e| anyhow::anyhow!("integrity.checkpoint_destination: {e}"))?;
+        let checkpoint_metrics = crate::checkpoint::Metrics::register(&registry)?;
+        let checkpoints = (settings.integrity.checkpoint_interval_secs > 0).then(|| {
+            tokio::spawn(crate::checkpoint::run(
+                pool.clone(),
+                storage.clone(),
+                settings.integrity.checkpoint_destination.clone(),
+                keys.clone(),
+                Duration::from_secs(settings.integrity.checkpoint_interval_secs),
+                checkpoint_metrics,
+            ))
+        });
         let state = web::Data::new(State {
             pool: pool.clone(),
             cursor_key,
             storage,
             jobs_waiting,
             hub,
+            keys,
+            integrity: settings.integrity.clone(),
         });
         let tokens = web::Data::new(TokenStore(pool));
         let registry = web::Data::new(registry);
@@ -258,6 +293,7 @@ impl Application {
                             vec![web::post().to(crate::live::ticket)],
                         ))
                         .service(get("/stream", web::get().to(crate::live::stream)))
+                        .service(get("/verify", web::get().to(crate::verify::handler)))
                         .default_service(web::to(not_found)),
                 )
                 .service(get("/metrics", web::get().to(metrics_handler)))
@@ -273,6 +309,7 @@ impl Application {
             server,
             runner,
             live,
+            checkpoints,
         })
     }
 
@@ -292,6 +329,9 @@ impl Application {
         // one, restarted) once its heartbeat is old enough.
         self.runner.abort();
         self.live.abort();
+        if let Some(checkpoints) = &self.checkpoints {
+            checkpoints.abort();
+        }
         outcome
     }
 }

@@ -19,6 +19,7 @@
 //! - [`error`] — `ApiError` and its JSON answers.
 
 pub mod app;
+pub mod checkpoint;
 pub mod dashboard;
 pub mod error;
 pub mod export;
@@ -31,5 +32,6 @@ pub mod schedules;
 pub mod search;
 pub mod storage;
 pub mod users;
+pub mod verify;
 
 pub use app::Application;

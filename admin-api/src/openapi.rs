@@ -114,6 +114,7 @@ fn post_events() {}
         schedules::delete,
         crate::live::ticket,
         crate::live::stream,
+        crate::verify::handler,
         post_events,
     ),
     components(schemas(ErrorEnvelope, ErrorObject, Accepted, crate::params::Text)),
@@ -126,6 +127,7 @@ fn post_events() {}
         (name = "export", description = "Export audit events (scope `export`)"),
         (name = "stream", description = "Watch audit events live (websocket, scope `read`)"),
         (name = "ingest", description = "Publish audit events over HTTP"),
+        (name = "integrity", description = "Prove the stored events untouched (scope `admin`)"),
     )
 )]
 pub struct ApiDoc;

@@ -168,6 +168,9 @@ impl Storage {
     pub async fn put(&self, destination: &str, file: &str, data: Vec<u8>) -> anyhow::Result<()> {
         match self.bucket(destination)? {
             None => {
+                tokio::fs::create_dir_all(&self.dir)
+                    .await
+                    .with_context(|| format!("cannot create {}", self.dir.display()))?;
                 let partial = self.dir.join(format!(".{file}.partial"));
                 let mut out = tokio::fs::File::create(&partial)
                     .await
@@ -186,6 +189,30 @@ impl Storage {
                     .await
                     .with_context(|| format!("destination {destination:?}: cannot write {path}"))?;
                 Ok(())
+            }
+        }
+    }
+
+    /// Reads a small file whole; `None` when it does not exist.
+    pub async fn get(&self, destination: &str, file: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        match self.bucket(destination)? {
+            None => {
+                let path = self.dir.join(file);
+                match tokio::fs::read(&path).await {
+                    Ok(bytes) => Ok(Some(bytes)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+                }
+            }
+            Some(bucket) => {
+                let path = bucket.path(file);
+                match bucket.store.get(&path).await {
+                    Ok(got) => Ok(Some(got.bytes().await?.to_vec())),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(e).with_context(|| {
+                        format!("destination {destination:?}: cannot read {path}")
+                    }),
+                }
             }
         }
     }

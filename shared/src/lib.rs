@@ -8,6 +8,7 @@
 //! - [`db`] — PostgreSQL pool, migrations and partition upkeep.
 //! - [`metrics`] — the Prometheus registry and `/metrics` handler.
 //! - [`rollup`] — per-minute/hour/day aggregates behind summaries and metrics.
+//! - [`seal`] — row digests and chained batch seals (tamper evidence).
 //! - [`error`] — the JSON error body every HTTP service answers with.
 
 pub mod amqp;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod event;
 pub mod metrics;
 pub mod rollup;
+pub mod seal;
 pub mod settings;
 pub mod telemetry;
 

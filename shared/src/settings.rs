@@ -107,6 +107,48 @@ pub struct Settings {
     pub exports: ExportSettings,
     #[serde(default)]
     pub stream: StreamSettings,
+    /// Seals, checkpoints and verify.
+    #[serde(default)]
+    pub integrity: IntegritySettings,
+}
+
+/// Checkpoints of the seal chains, anchored outside the database.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntegritySettings {
+    /// Ed25519 private key (the 32-byte seed, hex) checkpoints and
+    /// retention drops are signed with (`auditline keygen` makes one).
+    /// Without it they are written unsigned.
+    #[serde(default)]
+    pub signing_key: Option<Secret>,
+    /// The matching public key (hex). `verify` refuses a checkpoint it does
+    /// not verify; derived from `signing_key` when absent.
+    #[serde(default)]
+    pub verify_key: Option<String>,
+    /// How often the admin service publishes a checkpoint (0: never).
+    #[serde(default = "default_checkpoint_interval_secs")]
+    pub checkpoint_interval_secs: u64,
+    /// The storage destination checkpoints are written to (`local` is the export directory).
+    #[serde(default = "default_checkpoint_destination")]
+    pub checkpoint_destination: String,
+}
+
+impl Default for IntegritySettings {
+    fn default() -> Self {
+        Self {
+            signing_key: None,
+            verify_key: None,
+            checkpoint_interval_secs: default_checkpoint_interval_secs(),
+            checkpoint_destination: default_checkpoint_destination(),
+        }
+    }
+}
+
+fn default_checkpoint_interval_secs() -> u64 {
+    60
+}
+fn default_checkpoint_destination() -> String {
+    "local".into()
 }
 
 /// The live stream (`GET /admin/audit/stream`).
@@ -493,6 +535,7 @@ impl Default for Settings {
             ingest: IngestSettings::default(),
             exports: ExportSettings::default(),
             stream: StreamSettings::default(),
+            integrity: IntegritySettings::default(),
         }
     }
 }

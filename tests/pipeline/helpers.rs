@@ -308,6 +308,32 @@ impl Process {
 
     /// With extra environment variables (they win over the test's settings).
     pub fn spawn_with(env: &TestEnv, args: &[&str], vars: &[(&str, &str)]) -> Self {
+        let mut command = Self::command(env, args, vars);
+        if std::env::var_os("TEST_LOG").is_none() {
+            command.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        Self {
+            child: command.spawn().expect("spawn auditline"),
+        }
+    }
+
+    /// Runs a command to its end: exit code, standard output, standard error.
+    pub async fn output(
+        env: &TestEnv,
+        args: &[&str],
+        vars: &[(&str, &str)],
+    ) -> (i32, String, String) {
+        let mut command = tokio::process::Command::from(Self::command(env, args, vars));
+        let out = command.output().await.expect("run auditline");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The binary with the test's settings in its environment.
+    fn command(env: &TestEnv, args: &[&str], vars: &[(&str, &str)]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_auditline"));
         command
             .args(args)
@@ -330,12 +356,7 @@ impl Process {
             )
             .envs(vars.iter().copied())
             .stdin(Stdio::null());
-        if std::env::var_os("TEST_LOG").is_none() {
-            command.stdout(Stdio::null()).stderr(Stdio::null());
-        }
-        Self {
-            child: command.spawn().expect("spawn auditline"),
-        }
+        command
     }
 
     pub fn signal(&self, signal: &str) {

@@ -7,6 +7,7 @@ mod export;
 mod faults;
 mod helpers;
 mod ingest;
+mod integrity;
 mod live;
 mod metrics;
 mod middleware;

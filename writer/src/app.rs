@@ -285,6 +285,7 @@ impl Pipeline {
         let db_writer = DbWriter::new(DbWriterConfig {
             database_url: s.database_url.clone(),
             writer_id: shared.writer_id.clone(),
+            chain: format!("{}/{slot}", shared.writer_id),
             dead_exchange: shared.topology.dead_exchange.clone(),
             ack_channel: channel.clone(),
             dead_channel,

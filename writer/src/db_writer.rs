@@ -36,7 +36,7 @@ use crate::{
 };
 use actix::prelude::*;
 use auditline_shared::AuditEvent;
-use auditline_shared::{amqp::REASON_HEADER, db, settings::SecretUrl};
+use auditline_shared::{amqp::REASON_HEADER, db, seal, settings::SecretUrl};
 use chrono::{DateTime, NaiveDate, Utc};
 use futures_util::future::join_all;
 use lapin::{
@@ -93,6 +93,11 @@ impl From<sqlx::Error> for WriteError {
         match code.get(..2).unwrap_or("") {
             // The only unique constraint COPY can meet is the events' primary
             // key (reported under the partition's name, events_YYYYMMDD_pkey).
+            // Another process sealed on this chain (a writer id configured
+            // twice): reload the chain's tip and try again.
+            _ if code == "23505" && db.constraint() == Some("batches_chain_seq") => {
+                Self::Transient(message)
+            }
             _ if code == "23505" => Self::Duplicate,
             _ if code == "23514" && db.constraint().is_none() => Self::MissingPartition(message),
             "22" | "23" => Self::Data(message),
@@ -107,6 +112,8 @@ impl From<sqlx::Error> for WriteError {
 pub struct DbWriterConfig {
     pub database_url: SecretUrl,
     pub writer_id: String,
+    /// The seal chain this pipeline extends (`<writer id>/<slot>`).
+    pub chain: String,
     pub dead_exchange: String,
     /// The consume channel: acks must go to the channel that delivered.
     pub ack_channel: Channel,
@@ -139,6 +146,9 @@ struct Core {
     direct_copy: String,
     staging_copy: String,
     buffer: String,
+    entries: Vec<seal::Entry>,
+    /// The chain's newest seal (sequence number and hash), once read.
+    tip: Option<(i64, [u8; 32])>,
 }
 
 /// Writes one batch at a time (see the module doc).
@@ -165,6 +175,8 @@ impl DbWriter {
                     copy_row::COLUMNS
                 ),
                 buffer: String::new(),
+                entries: Vec::new(),
+                tip: None,
             }),
         }
     }
@@ -403,8 +415,10 @@ impl Core {
         }
         if let Err(e) = &result {
             // A failed COPY or transaction can leave the session in an
-            // unknown state: start the next attempt on a fresh connection.
+            // unknown state: start the next attempt on a fresh connection,
+            // and read the seal chain's tip again.
             self.conn = None;
+            self.tip = None;
             if matches!(e, WriteError::MissingPartition(_)) {
                 self.known_days.clear();
                 self.config.keeper.do_send(Forget);
@@ -425,13 +439,15 @@ impl Core {
     ) -> Result<u64, WriteError> {
         let batch_id = Uuid::now_v7();
         self.buffer.clear();
-        let mut events = 0usize;
+        self.entries.clear();
         for message in messages {
             for event in &message.events {
                 copy_row::encode(&mut self.buffer, event, message.received_at, batch_id);
-                events += 1;
+                self.entries
+                    .push(seal::Entry::of(event, message.received_at, batch_id));
             }
         }
+        let events = self.entries.len();
         let first = messages
             .iter()
             .flat_map(|m| m.events.first())
@@ -451,6 +467,29 @@ impl Core {
             return Err(WriteError::Transient("no database connection".into()));
         };
         let mut tx = conn.begin().await?;
+        let (prev_seq, prev_hash) = match self.tip {
+            Some(tip) => tip,
+            None => {
+                let tip: Option<(i64, Vec<u8>)> = sqlx::query_as(
+                    "SELECT seq, seal_hash FROM auditline.batches WHERE chain = $1 \
+                     ORDER BY seq DESC LIMIT 1",
+                )
+                .bind(&self.config.chain)
+                .fetch_optional(&mut *tx)
+                .await?;
+                match tip {
+                    Some((seq, hash)) => (
+                        seq,
+                        hash.try_into().map_err(|_| {
+                            WriteError::Refused(
+                                "the chain's newest seal hash is not 32 bytes".into(),
+                            )
+                        })?,
+                    ),
+                    None => (0, seal::GENESIS),
+                }
+            }
+        };
         let statement = if dedup {
             &self.staging_copy
         } else {
@@ -466,25 +505,57 @@ impl Core {
         // show an absorbed duplicate again).
         let (inserted, stored) = if dedup {
             self.config.metrics.dedup_batches.inc();
-            let ids: Vec<Uuid> = sqlx::query_scalar(
+            let keys: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
                 "INSERT INTO auditline.events SELECT * FROM pg_temp.auditline_staging \
-                 ON CONFLICT DO NOTHING RETURNING event_id",
+                 ON CONFLICT DO NOTHING RETURNING event_id, occurred_at",
             )
             .fetch_all(&mut *tx)
             .await?;
+            // Only the rows this commit stored belong to its seal: the
+            // first copy of each new key, in staging order.
+            let mut new: HashSet<(Uuid, i64)> = keys
+                .iter()
+                .map(|(id, at)| (*id, at.timestamp_micros()))
+                .collect();
+            self.entries
+                .retain(|e| new.remove(&(e.event_id, e.occurred_micros)));
             (
-                ids.len() as u64,
-                Some(ids.into_iter().collect::<HashSet<Uuid>>()),
+                keys.len() as u64,
+                Some(
+                    keys.into_iter()
+                        .map(|(id, _)| id)
+                        .collect::<HashSet<Uuid>>(),
+                ),
             )
         } else {
             (copied, None)
         };
-        // The batch row, and (when it stored anything) the note that the
-        // rollup keeper has to fold it in: one round trip.
+        // The batch row with its seal, and (when it stored anything) the
+        // note that the rollup keeper has to fold it in: one round trip.
+        let micros = self.entries.iter().map(|e| e.occurred_micros);
+        let occurred_min = micros
+            .clone()
+            .min()
+            .and_then(DateTime::<Utc>::from_timestamp_micros);
+        let occurred_max = micros
+            .max()
+            .and_then(DateTime::<Utc>::from_timestamp_micros);
+        let entries = seal::encode_entries(&mut self.entries);
+        let seq = prev_seq + 1;
+        let seal_hash = seal::seal_hash(&seal::SealInput {
+            chain: &self.config.chain,
+            seq,
+            prev_hash: &prev_hash,
+            batch_id,
+            entry_count: self.entries.len() as i64,
+            entries_hash: &seal::sha256(&entries),
+        });
         sqlx::query(
             "WITH batch AS (INSERT INTO auditline.batches \
-             (batch_id, writer_id, message_count, event_count, inserted_count, first_event_id, last_event_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING batch_id, inserted_count) \
+             (batch_id, writer_id, message_count, event_count, inserted_count, first_event_id, last_event_id, \
+              chain, seq, prev_hash, seal_hash, entries, occurred_min, occurred_max) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+             RETURNING batch_id, inserted_count) \
              INSERT INTO auditline.rollup_pending (batch_id) \
              SELECT batch_id FROM batch WHERE inserted_count > 0",
         )
@@ -495,9 +566,17 @@ impl Core {
         .bind(i32::try_from(inserted).unwrap_or(i32::MAX))
         .bind(first)
         .bind(last)
+        .bind(&self.config.chain)
+        .bind(seq)
+        .bind(&prev_hash[..])
+        .bind(&seal_hash[..])
+        .bind(&entries)
+        .bind(occurred_min)
+        .bind(occurred_max)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.tip = Some((seq, seal_hash));
         if inserted > 0 {
             let stored = new_events(messages, stored);
             self.config

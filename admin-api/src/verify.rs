@@ -1,0 +1,632 @@
+//! `auditline verify` and `GET /admin/audit/verify`: recomputes the seals
+//! (see `auditline_shared::seal`) and reports precisely what does not match.
+//!
+//! 1. **Chains**: every writer pipeline's seals must be numbered 1, 2, 3, …
+//!    with each one naming its predecessor's hash, and each seal hash must
+//!    recompute from its fields (the entry list included): a gap is a missing
+//!    batch, a wrong link a re-ordered or altered seal.
+//! 2. **Checkpoint**: the newest signed checkpoint in storage (see
+//!    [`crate::checkpoint`]) names each chain's newest seal at the time it was
+//!    written; a chain that ends before it lost its newest batches, a seal
+//!    that differs from it was rewritten.
+//! 3. **Rows** in the range: each stored row's digest is recomputed and looked
+//!    up in the seals' entries. A row no seal lists was inserted, a row whose
+//!    digest differs was changed, an entry with no row was removed, except
+//!    on days retention archived and dropped (`auditline.partition_drops`).
+//!
+//! Rows are compared in memory (~100 bytes per row of the range), so verify
+//! a long history a month at a time.
+
+use crate::checkpoint::{self, Checkpoint};
+use auditline_shared::{AuditEvent, seal};
+use chrono::{DateTime, NaiveDate, Utc};
+use futures_util::TryStreamExt;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sqlx::{PgPool, types::Json};
+use std::collections::{BTreeMap, HashMap};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// The most findings a report lists (all are counted).
+pub const MAX_LISTED: usize = 1000;
+
+/// What verify found wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A stored row differs from the row its seal lists.
+    ChangedRow,
+    /// A row a seal lists is not stored (and its day was not dropped by retention).
+    RemovedRow,
+    /// A stored row no seal lists.
+    InsertedRow,
+    /// A chain skips sequence numbers: the batches in between are gone.
+    MissingBatch,
+    /// A seal does not name its predecessor's hash (re-ordered or rewritten).
+    BrokenChain,
+    /// A seal's hash does not recompute from its fields.
+    AlteredSeal,
+    /// A chain ends before the seal the checkpoint anchors: its newest batches are gone.
+    Truncated,
+    /// A seal differs from the hash the checkpoint anchors for it.
+    CheckpointMismatch,
+    /// The checkpoint in storage is unreadable or its signature does not verify.
+    BadCheckpoint,
+}
+
+/// One finding.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Finding {
+    pub kind: Kind,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub occurred_at: Option<DateTime<Utc>>,
+}
+
+impl Finding {
+    fn new(kind: Kind, message: String) -> Self {
+        Self {
+            kind,
+            message,
+            chain: None,
+            seq: None,
+            batch_id: None,
+            event_id: None,
+            occurred_at: None,
+        }
+    }
+
+    fn at_seal(mut self, seal: &SealRef) -> Self {
+        self.chain = Some(seal.chain.clone());
+        self.seq = Some(seal.seq);
+        self.batch_id = Some(seal.batch_id);
+        self
+    }
+}
+
+/// The verify report.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Report {
+    /// True when nothing was found.
+    pub ok: bool,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    /// Seal chains (writer pipelines) checked.
+    pub chains: usize,
+    /// Seals checked.
+    pub seals: u64,
+    /// Stored rows in the range checked against their seals.
+    pub rows: u64,
+    /// Batches committed before sealing existed (their rows cannot be proven).
+    pub unsealed_batches: i64,
+    /// Days retention archived and dropped (their rows are not expected).
+    pub dropped_days: Vec<NaiveDate>,
+    /// The anchored checkpoint the chains were compared with.
+    pub checkpoint: Option<CheckpointUsed>,
+    /// Findings per kind.
+    pub counts: BTreeMap<String, u64>,
+    /// The first findings (at most 1,000).
+    pub findings: Vec<Finding>,
+}
+
+/// Which checkpoint a report used.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CheckpointUsed {
+    pub file: String,
+    pub created_at: DateTime<Utc>,
+    pub chains: usize,
+}
+
+impl Report {
+    fn add(&mut self, finding: Finding) {
+        let key = serde_json::to_value(finding.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        *self.counts.entry(key).or_default() += 1;
+        self.ok = false;
+        if self.findings.len() < MAX_LISTED {
+            self.findings.push(finding);
+        }
+    }
+
+    /// Total findings, listed or not.
+    pub fn total(&self) -> u64 {
+        self.counts.values().sum()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct SealRef {
+    chain: String,
+    seq: i64,
+    batch_id: Uuid,
+}
+
+#[derive(sqlx::FromRow)]
+struct SealRow {
+    chain: String,
+    seq: i64,
+    prev_hash: Vec<u8>,
+    seal_hash: Vec<u8>,
+    batch_id: Uuid,
+    inserted_count: i32,
+    entries_hash: Vec<u8>,
+}
+
+#[derive(sqlx::FromRow)]
+struct StoredRow {
+    event_id: Uuid,
+    occurred_at: DateTime<Utc>,
+    received_at: DateTime<Utc>,
+    batch_id: Uuid,
+    service: String,
+    session_id: String,
+    user_id: Option<String>,
+    client_ip: Option<String>,
+    action_type: String,
+    endpoint: String,
+    route: Option<String>,
+    http_method: String,
+    request_size: Option<i64>,
+    response_size: Option<i64>,
+    response_time_ms: Option<f64>,
+    status_code: Option<i16>,
+    success: bool,
+    resource_usage: Option<Json<Map<String, Value>>>,
+    metadata: Option<Json<Map<String, Value>>>,
+}
+
+impl StoredRow {
+    /// The row's seal entry; `None` when a column holds what no event can
+    /// (a negative size, an address that does not parse): a changed row.
+    fn entry(self) -> (Uuid, i64, Option<seal::Entry>) {
+        let key = (self.event_id, self.occurred_at.timestamp_micros());
+        let client_ip = match self.client_ip.map(|ip| ip.parse()) {
+            Some(Ok(ip)) => Some(ip),
+            Some(Err(_)) => return (key.0, key.1, None),
+            None => None,
+        };
+        let size = |v: Option<i64>| v.map(u64::try_from).transpose();
+        let (Ok(request_size), Ok(response_size), Ok(status_code)) = (
+            size(self.request_size),
+            size(self.response_size),
+            self.status_code.map(u16::try_from).transpose(),
+        ) else {
+            return (key.0, key.1, None);
+        };
+        let event = AuditEvent {
+            event_id: self.event_id,
+            occurred_at: self.occurred_at,
+            service: self.service,
+            session_id: self.session_id,
+            user_id: self.user_id,
+            client_ip,
+            action_type: self.action_type,
+            endpoint: self.endpoint,
+            route: self.route,
+            http_method: self.http_method,
+            request_size,
+            response_size,
+            response_time_ms: self.response_time_ms,
+            status_code,
+            success: self.success,
+            resource_usage: self.resource_usage.map(|j| j.0),
+            metadata: self.metadata.map(|j| j.0),
+        };
+        let entry = seal::Entry::of(&event, self.received_at, self.batch_id);
+        (key.0, key.1, Some(entry))
+    }
+}
+
+/// Verifies the seals, the chains against `checkpoint`, and the rows that
+/// occurred in `[from, to)` (everything when unbounded).
+pub async fn verify(
+    pool: &PgPool,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    checkpoint: Option<Result<(String, Checkpoint), String>>,
+) -> anyhow::Result<Report> {
+    let mut report = Report {
+        ok: true,
+        from,
+        to,
+        chains: 0,
+        seals: 0,
+        rows: 0,
+        unsealed_batches: 0,
+        dropped_days: Vec::new(),
+        checkpoint: None,
+        counts: BTreeMap::new(),
+        findings: Vec::new(),
+    };
+    report.unsealed_batches =
+        sqlx::query_scalar("SELECT count(*) FROM auditline.batches WHERE chain IS NULL")
+            .fetch_one(pool)
+            .await?;
+    let tips = check_chains(pool, &mut report).await?;
+    match checkpoint {
+        None => {}
+        Some(Err(e)) => report.add(Finding::new(Kind::BadCheckpoint, e)),
+        Some(Ok((file, cp))) => {
+            check_checkpoint(&cp, &tips, &mut report);
+            report.checkpoint = Some(CheckpointUsed {
+                file,
+                created_at: cp.created_at,
+                chains: cp.chains.len(),
+            });
+        }
+    }
+    check_rows(pool, from, to, &mut report).await?;
+    Ok(report)
+}
+
+/// Checks each chain's numbering, links and hashes; returns each chain's
+/// seals by sequence number (their stored hash).
+async fn check_chains(
+    pool: &PgPool,
+    report: &mut Report,
+) -> anyhow::Result<HashMap<String, BTreeMap<i64, Vec<u8>>>> {
+    let mut rows = sqlx::query_as::<_, SealRow>(
+        "SELECT chain, seq, prev_hash, seal_hash, batch_id, inserted_count, \
+                sha256(entries) AS entries_hash \
+         FROM auditline.batches WHERE chain IS NOT NULL ORDER BY chain, seq",
+    )
+    .fetch(pool);
+    let mut chains: HashMap<String, BTreeMap<i64, Vec<u8>>> = HashMap::new();
+    let mut current: Option<(String, i64, Vec<u8>)> = None;
+    while let Some(row) = rows.try_next().await? {
+        report.seals += 1;
+        let at = SealRef {
+            chain: row.chain.clone(),
+            seq: row.seq,
+            batch_id: row.batch_id,
+        };
+        let (expected_seq, prev) = match &current {
+            Some((chain, seq, hash)) if *chain == row.chain => (seq + 1, hash.clone()),
+            _ => (1, seal::GENESIS.to_vec()),
+        };
+        if row.seq > expected_seq {
+            report.add(
+                Finding::new(
+                    Kind::MissingBatch,
+                    format!(
+                        "chain {}: batches {expected_seq}..={} are missing (seal {} follows {})",
+                        row.chain,
+                        row.seq - 1,
+                        row.seq,
+                        expected_seq - 1
+                    ),
+                )
+                .at_seal(&at),
+            );
+        } else if row.prev_hash != prev {
+            report.add(
+                Finding::new(
+                    Kind::BrokenChain,
+                    format!(
+                        "chain {} seal {} does not name seal {}'s hash: seals were re-ordered or rewritten",
+                        row.chain,
+                        row.seq,
+                        row.seq - 1
+                    ),
+                )
+                .at_seal(&at),
+            );
+        }
+        let recomputed = seal::seal_hash(&seal::SealInput {
+            chain: &row.chain,
+            seq: row.seq,
+            prev_hash: &row.prev_hash,
+            batch_id: row.batch_id,
+            entry_count: i64::from(row.inserted_count),
+            entries_hash: &row.entries_hash,
+        });
+        if recomputed[..] != row.seal_hash[..] {
+            report.add(
+                Finding::new(
+                    Kind::AlteredSeal,
+                    format!(
+                        "chain {} seal {}: its hash does not recompute from its fields (batch {})",
+                        row.chain, row.seq, row.batch_id
+                    ),
+                )
+                .at_seal(&at),
+            );
+        }
+        chains
+            .entry(row.chain.clone())
+            .or_default()
+            .insert(row.seq, row.seal_hash.clone());
+        current = Some((row.chain, row.seq, row.seal_hash));
+    }
+    report.chains = chains.len();
+    Ok(chains)
+}
+
+fn check_checkpoint(
+    cp: &Checkpoint,
+    tips: &HashMap<String, BTreeMap<i64, Vec<u8>>>,
+    report: &mut Report,
+) {
+    for anchored in &cp.chains {
+        let at = SealRef {
+            chain: anchored.chain.clone(),
+            seq: anchored.seq,
+            batch_id: anchored.batch_id,
+        };
+        let seals = tips.get(&anchored.chain);
+        let newest = seals
+            .and_then(|s| s.keys().next_back().copied())
+            .unwrap_or(0);
+        match seals.and_then(|s| s.get(&anchored.seq)) {
+            Some(hash) if seal::hex(hash) == anchored.seal_hash => {}
+            Some(_) => report.add(
+                Finding::new(
+                    Kind::CheckpointMismatch,
+                    format!(
+                        "chain {} seal {} differs from the checkpoint of {}: the chain was rewritten",
+                        anchored.chain, anchored.seq, cp.created_at
+                    ),
+                )
+                .at_seal(&at),
+            ),
+            None if newest < anchored.seq => report.add(
+                Finding::new(
+                    Kind::Truncated,
+                    format!(
+                        "chain {} ends at seal {newest} but the checkpoint of {} anchors seal {}: \
+                         its newest batches were removed",
+                        anchored.chain, cp.created_at, anchored.seq
+                    ),
+                )
+                .at_seal(&at),
+            ),
+            // A seal inside the chain is gone: reported as a missing batch.
+            None => {}
+        }
+    }
+}
+
+async fn check_rows(
+    pool: &PgPool,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let drops: Vec<(NaiveDate, DateTime<Utc>)> =
+        sqlx::query_as("SELECT day, dropped_at FROM auditline.partition_drops ORDER BY day")
+            .fetch_all(pool)
+            .await?;
+    report.dropped_days = drops.iter().map(|(day, _)| *day).collect();
+    let dropped: HashMap<NaiveDate, DateTime<Utc>> = drops.into_iter().collect();
+    let from_micros = from.map_or(i64::MIN, |t| t.timestamp_micros());
+    let to_micros = to.map_or(i64::MAX, |t| t.timestamp_micros());
+
+    // What the seals say the range holds.
+    let mut seals: Vec<SealRef> = Vec::new();
+    let mut expected: HashMap<(Uuid, i64), ([u8; 16], u32)> = HashMap::new();
+    let mut rows = sqlx::query_as::<_, (String, i64, Uuid, DateTime<Utc>, Vec<u8>)>(
+        "SELECT chain, seq, batch_id, committed_at, entries FROM auditline.batches \
+         WHERE chain IS NOT NULL AND inserted_count > 0 \
+           AND ($1::timestamptz IS NULL OR occurred_max >= $1) \
+           AND ($2::timestamptz IS NULL OR occurred_min < $2)",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch(pool);
+    while let Some((chain, seq, batch_id, committed_at, bytes)) = rows.try_next().await? {
+        let at = SealRef {
+            chain,
+            seq,
+            batch_id,
+        };
+        // A malformed entry list fails its seal hash: reported as an altered seal.
+        let Some(entries) = seal::decode_entries(&bytes) else {
+            continue;
+        };
+        let index = seals.len() as u32;
+        for e in entries {
+            if e.occurred_micros < from_micros || e.occurred_micros >= to_micros {
+                continue;
+            }
+            let day =
+                DateTime::<Utc>::from_timestamp_micros(e.occurred_micros).map(|t| t.date_naive());
+            let dropped_after = day
+                .and_then(|d| dropped.get(&d))
+                .is_some_and(|dropped_at| *dropped_at > committed_at);
+            if !dropped_after {
+                expected.insert((e.event_id, e.occurred_micros), (e.digest, index));
+            }
+        }
+        seals.push(at);
+    }
+    drop(rows);
+
+    let mut stored = sqlx::query_as::<_, StoredRow>(
+        "SELECT event_id, occurred_at, received_at, batch_id, service, session_id, user_id, \
+                host(client_ip) AS client_ip, action_type, endpoint, route, http_method, \
+                request_size, response_size, response_time_ms, status_code, success, \
+                resource_usage, metadata \
+         FROM auditline.events \
+         WHERE ($1::timestamptz IS NULL OR occurred_at >= $1) \
+           AND ($2::timestamptz IS NULL OR occurred_at < $2)",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch(pool);
+    while let Some(row) = stored.try_next().await? {
+        report.rows += 1;
+        let batch_id = row.batch_id;
+        let occurred_at = row.occurred_at;
+        let (event_id, micros, entry) = row.entry();
+        let mut finding = match (expected.remove(&(event_id, micros)), entry) {
+            (Some((digest, _)), Some(entry)) if entry.digest == digest => continue,
+            (Some((_, index)), _) => {
+                let at = &seals[index as usize];
+                Finding::new(
+                    Kind::ChangedRow,
+                    format!(
+                        "event {event_id} ({occurred_at}) differs from the row chain {} seal {} \
+                         stored: it was changed after commit",
+                        at.chain, at.seq
+                    ),
+                )
+                .at_seal(at)
+            }
+            (None, _) => {
+                let mut f = Finding::new(
+                    Kind::InsertedRow,
+                    format!(
+                        "event {event_id} ({occurred_at}, batch {batch_id}) is in no seal: \
+                         it was inserted outside the writer"
+                    ),
+                );
+                f.batch_id = Some(batch_id);
+                f
+            }
+        };
+        finding.event_id = Some(event_id);
+        finding.occurred_at = Some(occurred_at);
+        report.add(finding);
+    }
+    let mut removed: Vec<_> = expected.into_iter().collect();
+    removed.sort_unstable_by_key(|((id, micros), _)| (*micros, *id));
+    for ((event_id, micros), (_, index)) in removed {
+        let at = &seals[index as usize];
+        let occurred_at = DateTime::<Utc>::from_timestamp_micros(micros);
+        let mut finding = Finding::new(
+            Kind::RemovedRow,
+            format!(
+                "event {event_id} ({}) sealed by chain {} seal {} is not stored: it was removed",
+                occurred_at.map(|t| t.to_string()).unwrap_or_default(),
+                at.chain,
+                at.seq
+            ),
+        )
+        .at_seal(at);
+        finding.event_id = Some(event_id);
+        finding.occurred_at = occurred_at;
+        report.add(finding);
+    }
+    Ok(())
+}
+
+/// The report as lines for a terminal.
+pub fn render(report: &Report) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "checked {} chains, {} seals, {} rows{}",
+        report.chains,
+        report.seals,
+        report.rows,
+        match (report.from, report.to) {
+            (None, None) => String::new(),
+            (f, t) => format!(
+                " occurred in [{}, {})",
+                f.map(|t| t.to_string()).unwrap_or_else(|| "-inf".into()),
+                t.map(|t| t.to_string()).unwrap_or_else(|| "+inf".into())
+            ),
+        }
+    );
+    match &report.checkpoint {
+        Some(cp) => {
+            let _ = writeln!(
+                out,
+                "checkpoint {} ({}, {} chains)",
+                cp.file, cp.created_at, cp.chains
+            );
+        }
+        None => out.push_str(
+            "no anchored checkpoint used: truncation of the newest batches cannot be detected\n",
+        ),
+    }
+    if report.unsealed_batches > 0 {
+        let _ = writeln!(
+            out,
+            "{} batches were committed before sealing existed; their rows are not proven",
+            report.unsealed_batches
+        );
+    }
+    if !report.dropped_days.is_empty() {
+        let _ = writeln!(
+            out,
+            "{} days archived and dropped by retention",
+            report.dropped_days.len()
+        );
+    }
+    for f in &report.findings {
+        let _ = writeln!(out, "{:?}: {}", f.kind, f.message);
+    }
+    if report.ok {
+        out.push_str("OK: every seal and row verifies\n");
+    } else {
+        let _ = writeln!(
+            out,
+            "FAILED: {} findings ({})",
+            report.total(),
+            report
+                .counts
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    out
+}
+
+/// `GET /admin/audit/verify?from&to`: the verify report (scope `admin`).
+/// 200 whether or not something was found: `ok` says which.
+#[utoipa::path(
+    get,
+    path = "/admin/audit/verify",
+    tag = "integrity",
+    params(
+        ("from" = Option<String>, Query, description = "RFC 3339: verify rows that occurred at or after this (default: all)"),
+        ("to" = Option<String>, Query, description = "RFC 3339: verify rows that occurred before this (default: all)"),
+    ),
+    responses(
+        (status = 200, description = "The report; `ok` is false when something was found", body = Report),
+        (status = 400, description = "A bad parameter", body = crate::openapi::ErrorEnvelope),
+        (status = 401, description = "No valid token", body = crate::openapi::ErrorEnvelope),
+        (status = 403, description = "The token lacks the `admin` scope", body = crate::openapi::ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn handler(
+    _admin: crate::app::Administrator,
+    req: actix_web::HttpRequest,
+    state: actix_web::web::Data<crate::app::State>,
+) -> Result<actix_web::HttpResponse, crate::error::ApiError> {
+    let params = crate::params::Params::parse(req.query_string(), &["from", "to"])?;
+    let from = params.time("from")?;
+    let to = params.time("to")?;
+    if let (Some(f), Some(t)) = (from, to)
+        && f >= t
+    {
+        return Err(crate::error::ApiError::BadParam {
+            param: "to".into(),
+            message: "must be after `from`".into(),
+        });
+    }
+    let checkpoint = checkpoint::latest(
+        &state.storage,
+        &state.integrity.checkpoint_destination,
+        &state.keys,
+    )
+    .await;
+    let report = verify(&state.pool, from, to, checkpoint).await?;
+    Ok(actix_web::HttpResponse::Ok().json(report))
+}
