@@ -93,8 +93,36 @@ pub enum Command {
     },
     /// Write a checkpoint of every seal chain to storage now.
     Checkpoint,
+    /// Daily partitions: list them, archive one, or drop one (archived and
+    /// verified first, the drop recorded and signed).
+    Partitions {
+        #[command(subcommand)]
+        action: PartitionAction,
+    },
     /// Print a new Ed25519 key pair for `integrity.signing_key` / `integrity.verify_key`.
     Keygen,
+}
+
+/// `auditline partitions …`
+#[derive(Debug, Subcommand)]
+pub enum PartitionAction {
+    /// The partitions (estimated rows, size) and the days retention dropped.
+    List,
+    /// Archive a past day to `partitions.archive_destination` and verify the archive; nothing is dropped.
+    Archive {
+        /// The UTC day, YYYY-MM-DD.
+        #[arg(long)]
+        day: chrono::NaiveDate,
+    },
+    /// Archive, verify, then detach and drop a day's partition.
+    Drop {
+        /// The UTC day, YYYY-MM-DD.
+        #[arg(long, required_unless_present = "expired", conflicts_with = "expired")]
+        day: Option<chrono::NaiveDate>,
+        /// Every day older than `partitions.retention_days`.
+        #[arg(long)]
+        expired: bool,
+    },
 }
 
 /// `verify` found something: the process exits with status 1.
@@ -133,6 +161,7 @@ impl Cli {
             | Command::DemoApp(_)
             | Command::Verify { .. }
             | Command::Checkpoint
+            | Command::Partitions { .. }
             | Command::Keygen => {}
         }
         Value::Object(map)
@@ -192,6 +221,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Partitions { action } => partitions(&settings, action).await,
         Command::Keygen => {
             let (private, public) = checkpoint::Keys::generate()?;
             println!("signing_key = \"{private}\"\nverify_key = \"{public}\"");
@@ -213,6 +243,66 @@ fn integrity(settings: &Settings) -> anyhow::Result<(Storage, checkpoint::Keys)>
     ))
 }
 
+async fn partitions(settings: &Settings, action: PartitionAction) -> anyhow::Result<()> {
+    use auditline_admin_api::retention;
+    let (storage, keys) = integrity(settings)?;
+    let destination = &settings.partitions.archive_destination;
+    storage
+        .check(destination)
+        .map_err(|e| anyhow::anyhow!("partitions.archive_destination: {e}"))?;
+    let pool = db::pool(&settings.database_url, 2)?;
+    match action {
+        PartitionAction::List => {
+            let (partitions, drops) = retention::list(&pool).await?;
+            println!("{:<16} {:>12} {:>12}", "partition", "rows (est.)", "bytes");
+            for p in partitions {
+                println!("{:<16} {:>12} {:>12}", p.table, p.rows_estimate, p.bytes);
+            }
+            for d in drops {
+                println!(
+                    "dropped {} at {}: {} rows archived in {} (sha256 {}){}",
+                    d.day,
+                    d.dropped_at,
+                    d.rows,
+                    d.archive,
+                    d.archive_sha256,
+                    if d.signature.is_some() {
+                        ", signed"
+                    } else {
+                        ", unsigned"
+                    }
+                );
+            }
+        }
+        PartitionAction::Archive { day } => {
+            let a = retention::archive(&pool, &storage, destination, &keys, day).await?;
+            println!(
+                "{day}: {} rows archived in {} (sha256 {}), manifest {}; verified",
+                a.rows, a.file, a.sha256, a.manifest
+            );
+        }
+        PartitionAction::Drop { day, expired } => {
+            let days = match (day, expired) {
+                (Some(day), _) => vec![day],
+                (None, _) => {
+                    let Some(keep) = settings.partitions.retention_days else {
+                        anyhow::bail!("--expired needs partitions.retention_days");
+                    };
+                    retention::expired(&pool, keep).await?
+                }
+            };
+            for day in days {
+                let d = retention::drop_day(&pool, &storage, destination, &keys, day).await?;
+                println!(
+                    "{day}: {} rows archived in {} and verified; partition dropped",
+                    d.rows, d.archive
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn verify(
     settings: &Settings,
     from: Option<chrono::DateTime<chrono::Utc>>,
@@ -222,7 +312,7 @@ async fn verify(
     let (storage, keys) = integrity(settings)?;
     let pool = db::pool(&settings.database_url, 2)?;
     let cp = checkpoint::latest(&storage, &settings.integrity.checkpoint_destination, &keys).await;
-    let report = auditline_admin_api::verify::verify(&pool, from, to, cp).await?;
+    let report = auditline_admin_api::verify::verify(&pool, from, to, &keys, cp).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

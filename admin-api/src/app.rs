@@ -134,6 +134,7 @@ pub struct Application {
     runner: tokio::task::JoinHandle<()>,
     live: tokio::task::JoinHandle<()>,
     checkpoints: Option<tokio::task::JoinHandle<()>>,
+    retention: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Application {
@@ -186,6 +187,7 @@ impl Application {
             ),
             metrics: jobs::JobMetrics::register(&registry)?,
             wake: jobs_waiting.clone(),
+            checkpoint_destination: settings.integrity.checkpoint_destination.clone(),
         };
         let runner = tokio::spawn(runner.run());
         let hub = Arc::new(crate::live::Hub::new(
@@ -202,6 +204,11 @@ impl Application {
             .check(&settings.integrity.checkpoint_destination)
             .map_err(|e| anyhow::anyhow!("integrity.checkpoint_destination: {e}"))?;
         let checkpoint_metrics = crate::checkpoint::Metrics::register(&registry)?;
+        if settings.partitions.retention_days.is_some() {
+            storage
+                .check(&settings.partitions.archive_destination)
+                .map_err(|e| anyhow::anyhow!("partitions.archive_destination: {e}"))?;
+        }
         let checkpoints = (settings.integrity.checkpoint_interval_secs > 0).then(|| {
             tokio::spawn(crate::checkpoint::run(
                 pool.clone(),
@@ -210,6 +217,16 @@ impl Application {
                 keys.clone(),
                 Duration::from_secs(settings.integrity.checkpoint_interval_secs),
                 checkpoint_metrics,
+            ))
+        });
+        let retention = settings.partitions.retention_days.map(|days| {
+            tokio::spawn(crate::retention::run(
+                pool.clone(),
+                storage.clone(),
+                settings.partitions.archive_destination.clone(),
+                keys.clone(),
+                days,
+                Duration::from_secs(3600),
             ))
         });
         let state = web::Data::new(State {
@@ -310,6 +327,7 @@ impl Application {
             runner,
             live,
             checkpoints,
+            retention,
         })
     }
 
@@ -329,8 +347,8 @@ impl Application {
         // one, restarted) once its heartbeat is old enough.
         self.runner.abort();
         self.live.abort();
-        if let Some(checkpoints) = &self.checkpoints {
-            checkpoints.abort();
+        for task in [&self.checkpoints, &self.retention].into_iter().flatten() {
+            task.abort();
         }
         outcome
     }

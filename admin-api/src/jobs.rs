@@ -603,6 +603,8 @@ pub struct Runner {
     pub instance: String,
     pub metrics: JobMetrics,
     pub wake: Arc<tokio::sync::Notify>,
+    /// Where the seal checkpoints are, so each manifest carries the newest.
+    pub checkpoint_destination: String,
 }
 
 /// How a run ended without finishing the file.
@@ -803,6 +805,16 @@ impl Runner {
             first,
             last,
         } = written;
+        // The newest checkpoint of the seal chains, as written: whoever checks
+        // the export later can tie its rows to the sealed history.
+        let checkpoint = match self
+            .storage
+            .get(&self.checkpoint_destination, crate::checkpoint::LATEST)
+            .await
+        {
+            Ok(Some(bytes)) => serde_json::from_slice::<serde_json::Value>(&bytes).ok(),
+            _ => None,
+        };
         let manifest = json!({
             "id": job.id,
             "file": file,
@@ -820,6 +832,7 @@ impl Runner {
             "requested_by": job.requested_by,
             "schedule_id": job.schedule_id,
             "created_at": Utc::now(),
+            "checkpoint": checkpoint,
         });
         let manifest = serde_json::to_vec_pretty(&manifest)?;
         if let Err(e) = self

@@ -28,6 +28,7 @@ pub mod live;
 pub mod openapi;
 pub mod params;
 pub mod realtime;
+pub mod retention;
 pub mod schedules;
 pub mod search;
 pub mod storage;

@@ -53,6 +53,9 @@ pub enum Kind {
     CheckpointMismatch,
     /// The checkpoint in storage is unreadable or its signature does not verify.
     BadCheckpoint,
+    /// A retention drop record is not signed by the configured key: the
+    /// day's rows are expected as if it had not been dropped.
+    BadDropRecord,
 }
 
 /// One finding.
@@ -127,6 +130,22 @@ pub struct CheckpointUsed {
 }
 
 impl Report {
+    pub fn new(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> Self {
+        Self {
+            ok: true,
+            from,
+            to,
+            chains: 0,
+            seals: 0,
+            rows: 0,
+            unsealed_batches: 0,
+            dropped_days: Vec::new(),
+            checkpoint: None,
+            counts: BTreeMap::new(),
+            findings: Vec::new(),
+        }
+    }
+
     fn add(&mut self, finding: Finding) {
         let key = serde_json::to_value(finding.kind)
             .ok()
@@ -163,8 +182,65 @@ struct SealRow {
     entries_hash: Vec<u8>,
 }
 
-#[derive(sqlx::FromRow)]
-struct StoredRow {
+/// A stored row with every column, as archives hold it (one JSON line each).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Row {
+    pub event_id: Uuid,
+    pub occurred_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    pub batch_id: Uuid,
+    pub service: String,
+    pub session_id: String,
+    pub user_id: Option<String>,
+    pub client_ip: Option<std::net::IpAddr>,
+    pub action_type: String,
+    pub endpoint: String,
+    pub route: Option<String>,
+    pub http_method: String,
+    pub request_size: Option<u64>,
+    pub response_size: Option<u64>,
+    pub response_time_ms: Option<f64>,
+    pub status_code: Option<u16>,
+    pub success: bool,
+    pub resource_usage: Option<Map<String, Value>>,
+    pub metadata: Option<Map<String, Value>>,
+}
+
+impl Row {
+    /// The row's seal entry.
+    pub fn entry(&self) -> seal::Entry {
+        let event = AuditEvent {
+            event_id: self.event_id,
+            occurred_at: self.occurred_at,
+            service: self.service.clone(),
+            session_id: self.session_id.clone(),
+            user_id: self.user_id.clone(),
+            client_ip: self.client_ip,
+            action_type: self.action_type.clone(),
+            endpoint: self.endpoint.clone(),
+            route: self.route.clone(),
+            http_method: self.http_method.clone(),
+            request_size: self.request_size,
+            response_size: self.response_size,
+            response_time_ms: self.response_time_ms,
+            status_code: self.status_code,
+            success: self.success,
+            resource_usage: self.resource_usage.clone(),
+            metadata: self.metadata.clone(),
+        };
+        seal::Entry::of(&event, self.received_at, self.batch_id)
+    }
+}
+
+/// The columns of [`StoredRow`], for `SELECT`.
+pub const ROW_COLUMNS: &str = "event_id, occurred_at, received_at, batch_id, service, session_id, user_id, \
+     host(client_ip) AS client_ip, action_type, endpoint, route, http_method, \
+     request_size, response_size, response_time_ms, status_code, success, \
+     resource_usage, metadata";
+
+/// A row as PostgreSQL returns it.
+#[derive(Debug, sqlx::FromRow)]
+pub struct StoredRow {
     event_id: Uuid,
     occurred_at: DateTime<Utc>,
     received_at: DateTime<Utc>,
@@ -187,13 +263,14 @@ struct StoredRow {
 }
 
 impl StoredRow {
-    /// The row's seal entry; `None` when a column holds what no event can
-    /// (a negative size, an address that does not parse): a changed row.
-    fn entry(self) -> (Uuid, i64, Option<seal::Entry>) {
-        let key = (self.event_id, self.occurred_at.timestamp_micros());
+    /// The typed row; `Err` with the row's key when a column holds what no
+    /// event can (a negative size, an address that does not parse): such a
+    /// row was changed.
+    pub fn into_row(self) -> Result<Row, (Uuid, DateTime<Utc>)> {
+        let key = (self.event_id, self.occurred_at);
         let client_ip = match self.client_ip.map(|ip| ip.parse()) {
             Some(Ok(ip)) => Some(ip),
-            Some(Err(_)) => return (key.0, key.1, None),
+            Some(Err(_)) => return Err(key),
             None => None,
         };
         let size = |v: Option<i64>| v.map(u64::try_from).transpose();
@@ -202,11 +279,13 @@ impl StoredRow {
             size(self.response_size),
             self.status_code.map(u16::try_from).transpose(),
         ) else {
-            return (key.0, key.1, None);
+            return Err(key);
         };
-        let event = AuditEvent {
+        Ok(Row {
             event_id: self.event_id,
             occurred_at: self.occurred_at,
+            received_at: self.received_at,
+            batch_id: self.batch_id,
             service: self.service,
             session_id: self.session_id,
             user_id: self.user_id,
@@ -222,9 +301,7 @@ impl StoredRow {
             success: self.success,
             resource_usage: self.resource_usage.map(|j| j.0),
             metadata: self.metadata.map(|j| j.0),
-        };
-        let entry = seal::Entry::of(&event, self.received_at, self.batch_id);
-        (key.0, key.1, Some(entry))
+        })
     }
 }
 
@@ -234,21 +311,10 @@ pub async fn verify(
     pool: &PgPool,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
+    keys: &checkpoint::Keys,
     checkpoint: Option<Result<(String, Checkpoint), String>>,
 ) -> anyhow::Result<Report> {
-    let mut report = Report {
-        ok: true,
-        from,
-        to,
-        chains: 0,
-        seals: 0,
-        rows: 0,
-        unsealed_batches: 0,
-        dropped_days: Vec::new(),
-        checkpoint: None,
-        counts: BTreeMap::new(),
-        findings: Vec::new(),
-    };
+    let mut report = Report::new(from, to);
     report.unsealed_batches =
         sqlx::query_scalar("SELECT count(*) FROM auditline.batches WHERE chain IS NULL")
             .fetch_one(pool)
@@ -266,7 +332,7 @@ pub async fn verify(
             });
         }
     }
-    check_rows(pool, from, to, &mut report).await?;
+    check_rows(pool, from, to, keys, &mut report).await?;
     Ok(report)
 }
 
@@ -401,78 +467,122 @@ async fn check_rows(
     pool: &PgPool,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
+    keys: &checkpoint::Keys,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let drops: Vec<(NaiveDate, DateTime<Utc>)> =
-        sqlx::query_as("SELECT day, dropped_at FROM auditline.partition_drops ORDER BY day")
-            .fetch_all(pool)
-            .await?;
-    report.dropped_days = drops.iter().map(|(day, _)| *day).collect();
-    let dropped: HashMap<NaiveDate, DateTime<Utc>> = drops.into_iter().collect();
-    let from_micros = from.map_or(i64::MIN, |t| t.timestamp_micros());
-    let to_micros = to.map_or(i64::MAX, |t| t.timestamp_micros());
-
-    // What the seals say the range holds.
-    let mut seals: Vec<SealRef> = Vec::new();
-    let mut expected: HashMap<(Uuid, i64), ([u8; 16], u32)> = HashMap::new();
-    let mut rows = sqlx::query_as::<_, (String, i64, Uuid, DateTime<Utc>, Vec<u8>)>(
-        "SELECT chain, seq, batch_id, committed_at, entries FROM auditline.batches \
-         WHERE chain IS NOT NULL AND inserted_count > 0 \
-           AND ($1::timestamptz IS NULL OR occurred_max >= $1) \
-           AND ($2::timestamptz IS NULL OR occurred_min < $2)",
-    )
-    .bind(from)
-    .bind(to)
-    .fetch(pool);
-    while let Some((chain, seq, batch_id, committed_at, bytes)) = rows.try_next().await? {
-        let at = SealRef {
-            chain,
-            seq,
-            batch_id,
-        };
-        // A malformed entry list fails its seal hash: reported as an altered seal.
-        let Some(entries) = seal::decode_entries(&bytes) else {
+    let (_, drops) = crate::retention::list(pool).await?;
+    let mut dropped = HashMap::new();
+    for d in drops {
+        let message = crate::retention::drop_message(d.day, d.rows, &d.archive, &d.archive_sha256);
+        if let Err(e) = keys.check(&message, d.signature.as_deref()) {
+            report.add(Finding::new(
+                Kind::BadDropRecord,
+                format!("the retention drop record of {} is refused: {e}", d.day),
+            ));
             continue;
-        };
-        let index = seals.len() as u32;
-        for e in entries {
-            if e.occurred_micros < from_micros || e.occurred_micros >= to_micros {
-                continue;
-            }
-            let day =
-                DateTime::<Utc>::from_timestamp_micros(e.occurred_micros).map(|t| t.date_naive());
-            let dropped_after = day
-                .and_then(|d| dropped.get(&d))
-                .is_some_and(|dropped_at| *dropped_at > committed_at);
-            if !dropped_after {
-                expected.insert((e.event_id, e.occurred_micros), (e.digest, index));
-            }
         }
-        seals.push(at);
+        report.dropped_days.push(d.day);
+        dropped.insert(d.day, d.dropped_at);
     }
-    drop(rows);
-
-    let mut stored = sqlx::query_as::<_, StoredRow>(
-        "SELECT event_id, occurred_at, received_at, batch_id, service, session_id, user_id, \
-                host(client_ip) AS client_ip, action_type, endpoint, route, http_method, \
-                request_size, response_size, response_time_ms, status_code, success, \
-                resource_usage, metadata \
-         FROM auditline.events \
+    let mut expected = Expected::load(pool, from, to, &dropped).await?;
+    let mut stored = sqlx::query_as::<_, StoredRow>(sqlx::AssertSqlSafe(format!(
+        "SELECT {ROW_COLUMNS} FROM auditline.events \
          WHERE ($1::timestamptz IS NULL OR occurred_at >= $1) \
-           AND ($2::timestamptz IS NULL OR occurred_at < $2)",
-    )
+           AND ($2::timestamptz IS NULL OR occurred_at < $2)"
+    )))
     .bind(from)
     .bind(to)
     .fetch(pool);
     while let Some(row) = stored.try_next().await? {
+        expected.check(row.into_row(), report);
+    }
+    expected.finish(report);
+    Ok(())
+}
+
+/// The rows the seals say a time range holds.
+#[derive(Debug, Default)]
+pub struct Expected {
+    seals: Vec<SealRef>,
+    entries: HashMap<(Uuid, i64), ([u8; 16], u32)>,
+}
+
+impl Expected {
+    /// The entries of `[from, to)`, except those of `dropped` days sealed
+    /// before their drop.
+    pub async fn load(
+        pool: &PgPool,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+        dropped: &HashMap<NaiveDate, DateTime<Utc>>,
+    ) -> anyhow::Result<Self> {
+        let from_micros = from.map_or(i64::MIN, |t| t.timestamp_micros());
+        let to_micros = to.map_or(i64::MAX, |t| t.timestamp_micros());
+        let mut this = Self::default();
+        let mut rows = sqlx::query_as::<_, (String, i64, Uuid, DateTime<Utc>, Vec<u8>)>(
+            "SELECT chain, seq, batch_id, committed_at, entries FROM auditline.batches \
+             WHERE chain IS NOT NULL AND inserted_count > 0 \
+               AND ($1::timestamptz IS NULL OR occurred_max >= $1) \
+               AND ($2::timestamptz IS NULL OR occurred_min < $2)",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch(pool);
+        while let Some((chain, seq, batch_id, committed_at, bytes)) = rows.try_next().await? {
+            // A malformed entry list fails its seal hash: reported as an altered seal.
+            let Some(entries) = seal::decode_entries(&bytes) else {
+                continue;
+            };
+            let index = this.seals.len() as u32;
+            for e in entries {
+                if e.occurred_micros < from_micros || e.occurred_micros >= to_micros {
+                    continue;
+                }
+                let day = DateTime::<Utc>::from_timestamp_micros(e.occurred_micros)
+                    .map(|t| t.date_naive());
+                let dropped_after = day
+                    .and_then(|d| dropped.get(&d))
+                    .is_some_and(|dropped_at| *dropped_at > committed_at);
+                if !dropped_after {
+                    this.entries
+                        .insert((e.event_id, e.occurred_micros), (e.digest, index));
+                }
+            }
+            this.seals.push(SealRef {
+                chain,
+                seq,
+                batch_id,
+            });
+        }
+        Ok(this)
+    }
+
+    /// How many rows are expected and not yet seen.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Checks one row (or the key of a row no event can be) against its seal.
+    pub fn check(&mut self, row: Result<Row, (Uuid, DateTime<Utc>)>, report: &mut Report) {
         report.rows += 1;
-        let batch_id = row.batch_id;
-        let occurred_at = row.occurred_at;
-        let (event_id, micros, entry) = row.entry();
-        let mut finding = match (expected.remove(&(event_id, micros)), entry) {
-            (Some((digest, _)), Some(entry)) if entry.digest == digest => continue,
+        let (event_id, occurred_at, batch_id, entry) = match &row {
+            Ok(row) => (
+                row.event_id,
+                row.occurred_at,
+                Some(row.batch_id),
+                Some(row.entry()),
+            ),
+            Err((id, at)) => (*id, *at, None, None),
+        };
+        let key = (event_id, occurred_at.timestamp_micros());
+        let mut finding = match (self.entries.remove(&key), entry) {
+            (Some((digest, _)), Some(entry)) if entry.digest == digest => return,
             (Some((_, index)), _) => {
-                let at = &seals[index as usize];
+                let at = &self.seals[index as usize];
                 Finding::new(
                     Kind::ChangedRow,
                     format!(
@@ -487,11 +597,10 @@ async fn check_rows(
                 let mut f = Finding::new(
                     Kind::InsertedRow,
                     format!(
-                        "event {event_id} ({occurred_at}, batch {batch_id}) is in no seal: \
-                         it was inserted outside the writer"
+                        "event {event_id} ({occurred_at}) is in no seal: it was inserted outside the writer"
                     ),
                 );
-                f.batch_id = Some(batch_id);
+                f.batch_id = batch_id;
                 f
             }
         };
@@ -499,26 +608,29 @@ async fn check_rows(
         finding.occurred_at = Some(occurred_at);
         report.add(finding);
     }
-    let mut removed: Vec<_> = expected.into_iter().collect();
-    removed.sort_unstable_by_key(|((id, micros), _)| (*micros, *id));
-    for ((event_id, micros), (_, index)) in removed {
-        let at = &seals[index as usize];
-        let occurred_at = DateTime::<Utc>::from_timestamp_micros(micros);
-        let mut finding = Finding::new(
-            Kind::RemovedRow,
-            format!(
-                "event {event_id} ({}) sealed by chain {} seal {} is not stored: it was removed",
-                occurred_at.map(|t| t.to_string()).unwrap_or_default(),
-                at.chain,
-                at.seq
-            ),
-        )
-        .at_seal(at);
-        finding.event_id = Some(event_id);
-        finding.occurred_at = occurred_at;
-        report.add(finding);
+
+    /// Reports every expected row that was not seen as removed.
+    pub fn finish(self, report: &mut Report) {
+        let mut removed: Vec<_> = self.entries.into_iter().collect();
+        removed.sort_unstable_by_key(|((id, micros), _)| (*micros, *id));
+        for ((event_id, micros), (_, index)) in removed {
+            let at = &self.seals[index as usize];
+            let occurred_at = DateTime::<Utc>::from_timestamp_micros(micros);
+            let mut finding = Finding::new(
+                Kind::RemovedRow,
+                format!(
+                    "event {event_id} ({}) sealed by chain {} seal {} is not stored: it was removed",
+                    occurred_at.map(|t| t.to_string()).unwrap_or_default(),
+                    at.chain,
+                    at.seq
+                ),
+            )
+            .at_seal(at);
+            finding.event_id = Some(event_id);
+            finding.occurred_at = occurred_at;
+            report.add(finding);
+        }
     }
-    Ok(())
 }
 
 /// The report as lines for a terminal.
@@ -627,6 +739,6 @@ pub async fn handler(
         &state.keys,
     )
     .await;
-    let report = verify(&state.pool, from, to, checkpoint).await?;
+    let report = verify(&state.pool, from, to, &state.keys, checkpoint).await?;
     Ok(actix_web::HttpResponse::Ok().json(report))
 }

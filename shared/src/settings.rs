@@ -406,6 +406,14 @@ pub struct PartitionSettings {
     /// How often the partition keeper checks the runway.
     #[serde(default = "default_check_interval_secs")]
     pub check_interval_secs: u64,
+    /// Days of events kept: older daily partitions are archived to
+    /// `archive_destination`, the archive verified, then dropped (by the admin
+    /// service, hourly). None (the default): kept forever.
+    #[serde(default)]
+    pub retention_days: Option<u32>,
+    /// Where retention archives go (`local` is the export directory).
+    #[serde(default = "default_checkpoint_destination")]
+    pub archive_destination: String,
 }
 
 /// The confirmed publisher.
@@ -504,6 +512,8 @@ impl Default for PartitionSettings {
         Self {
             ahead_days: default_ahead_days(),
             check_interval_secs: default_check_interval_secs(),
+            retention_days: None,
+            archive_destination: default_checkpoint_destination(),
         }
     }
 }

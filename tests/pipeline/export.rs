@@ -274,13 +274,22 @@ async fn wait_done(port: u16, token: &str, id: &str, timeout: Duration) -> Value
     }
 }
 
+/// The export directory's files, but the seal checkpoints the admin service
+/// writes there too.
+fn export_files(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .filter(|name| !name.starts_with("checkpoint-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Checks that the export directory holds one file and its manifest, nothing
 /// partial, and returns the manifest.
 fn only_file_and_manifest(dir: &std::path::Path) -> Value {
-    let names: Vec<String> = std::fs::read_dir(dir)
-        .expect("export dir")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
+    let names = export_files(dir);
     assert_eq!(
         names.len(),
         2,
@@ -387,6 +396,11 @@ async fn export_jobs_write_a_file_equal_to_the_streamed_export_with_a_true_manif
     assert_eq!(manifest["bytes"], file.len() as u64);
     assert_eq!(manifest["format"], "ndjson");
     assert_eq!(manifest["filters"]["service"], "web");
+    // It carries the newest checkpoint of the seal chains.
+    let chains = manifest["checkpoint"]["chains"]
+        .as_array()
+        .expect("checkpoint");
+    assert!(!chains.is_empty(), "{manifest:#}");
     let first: Value = serde_json::from_slice(decoded.split(|b| *b == b'\n').next().expect("line"))
         .expect("event");
     assert_eq!(manifest["first_event"]["event_id"], first["event_id"]);
@@ -412,11 +426,7 @@ async fn export_jobs_write_a_file_equal_to_the_streamed_export_with_a_true_manif
     .await;
     assert_eq!(status, 200);
     assert_eq!(deleted["state"], "expired");
-    assert_eq!(
-        std::fs::read_dir(dir).expect("dir").count(),
-        0,
-        "file and manifest removed"
-    );
+    assert_eq!(export_files(dir).len(), 0, "file and manifest removed");
     let (status, refusal) = send_json(
         port,
         "GET",
@@ -892,7 +902,7 @@ async fn an_s3_destination_gets_whole_files_and_manifests_from_jobs_and_schedule
     assert!(downloaded.as_deref() == Some(file.as_slice()));
     let local = std::path::Path::new(&env.settings.export_dir);
     assert!(
-        std::fs::read_dir(local).map_or(true, |d| d.count() == 0),
+        export_files(local).is_empty(),
         "nothing landed in the export directory"
     );
     // Deleting the finished job deletes its objects.

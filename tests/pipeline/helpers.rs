@@ -66,6 +66,8 @@ impl TestEnv {
             .into_owned();
         // A job whose admin died is taken over quickly in tests.
         settings.exports.claim_timeout_secs = 3;
+        // Checkpoints of the seal chains follow the writes closely.
+        settings.integrity.checkpoint_interval_secs = 2;
         let pool = db::pool(&settings.database_url, 4).expect("pool");
         db::migrate(&pool).await.expect("migrations run");
         db::ensure_runway(&pool, settings.partitions.ahead_days)

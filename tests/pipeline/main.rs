@@ -11,4 +11,6 @@ mod integrity;
 mod live;
 mod metrics;
 mod middleware;
+mod privilege;
+mod retention;
 mod storage;
