@@ -146,6 +146,12 @@ impl TestEnv {
         assert_eq!(found, ids.len() as i64, "a confirmed event is missing");
     }
 
+    /// Runs `auditline verify` over everything: every seal and row must check out.
+    pub async fn assert_verifies(&self) {
+        let (code, stdout, stderr) = Process::output(self, &["verify", "--json"], &[]).await;
+        assert_eq!(code, 0, "verify found something: {stdout} {stderr}");
+    }
+
     /// Takes every message from `<ns>.dead`, with its reason header.
     pub async fn dead_letters(&self) -> Vec<(Vec<u8>, Option<String>)> {
         let conn = amqp::connect(&self.settings.amqp_url, "test-dead-reader")

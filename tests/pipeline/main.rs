@@ -3,6 +3,7 @@
 
 mod admin;
 mod dashboard;
+mod drills;
 mod export;
 mod faults;
 mod helpers;
