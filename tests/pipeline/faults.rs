@@ -82,6 +82,7 @@ async fn a_writer_killed_mid_stream_loses_and_duplicates_nothing() {
         .await;
     writer.signal("TERM");
     assert_eq!(writer.wait(Duration::from_secs(30)).await, Some(0));
+    env.assert_verifies().await;
     env.cleanup().await;
 }
 
@@ -133,6 +134,7 @@ async fn the_writer_rides_out_a_database_refusing_connections() {
     assert!(retried, "the outage was felt and retried:\n{metrics}");
     writer.stop().await;
     admin.close().await;
+    env.assert_verifies().await;
     env.cleanup().await;
 }
 
@@ -174,5 +176,6 @@ async fn broker_connections_cut_mid_stream_lose_and_duplicate_nothing() {
     .await;
     assert!(ready, "both pipelines reconnected");
     writer.stop().await;
+    env.assert_verifies().await;
     env.cleanup().await;
 }
