@@ -3,7 +3,8 @@
 //! jobs.
 //!
 //! A schedule has a cron expression (five fields, UTC; a sixth, leading
-//! seconds field is accepted) and a window unit: each fire time `t` queues
+//! seconds field is accepted, but no schedule fires more often than once a
+//! minute) and a window unit: each fire time `t` queues
 //! one export job over the window that ends at `t` truncated to the unit and
 //! starts where the previous job's window ended, so consecutive files never
 //! overlap and never leave a gap. Fire times missed while no admin instance
@@ -184,6 +185,21 @@ pub async fn create(
     Export::parse(&params).map_err(in_field("filters"))?;
     let now = Utc::now();
     let next_run_at = next_fire(&cron, now).ok_or_else(|| ApiError::body("cron", "never fires"))?;
+    // Every fire queues a job and writes a file: more than one a minute
+    // would flood storage for windows too short to hold anything.
+    let mut fire = next_run_at;
+    for _ in 0..120 {
+        let Some(next) = next_fire(&cron, fire) else {
+            break;
+        };
+        if next - fire < TimeDelta::minutes(1) {
+            return Err(ApiError::body(
+                "cron",
+                "fires more often than once a minute; the shortest interval is one minute",
+            ));
+        }
+        fire = next;
+    }
     let schedule: Schedule = sqlx::query_as(concat!(
         "INSERT INTO auditline.export_schedules \
          (id, name, cron, window_unit, query, format, compression, destination, created_by, next_run_at) \

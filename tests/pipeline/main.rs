@@ -2,6 +2,7 @@
 //! RabbitMQ. Each test owns a database and a broker namespace.
 
 mod admin;
+mod bad_input;
 mod dashboard;
 mod drills;
 mod export;
