@@ -853,14 +853,17 @@ fn cases() -> Vec<Case> {
 }
 
 /// Websocket handshakes: (id, what, query, origin, status, code).
-fn stream_cases() -> Vec<(
+/// A websocket handshake case: id, what, query, origin, status, code.
+type StreamCase = (
     &'static str,
     &'static str,
     String,
     Option<&'static str>,
     u16,
     &'static str,
-)> {
+);
+
+fn stream_cases() -> Vec<StreamCase> {
     vec![
         (
             "W01",
