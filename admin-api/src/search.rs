@@ -390,6 +390,11 @@ impl std::fmt::Debug for CursorKey {
 type HmacSha256 = hmac::Hmac<Sha256>;
 
 impl CursorKey {
+    /// A key from its bytes (tests and fuzzing; services use [`CursorKey::load`]).
+    pub fn from_bytes(key: Vec<u8>) -> Self {
+        Self(key)
+    }
+
     /// The installation's key, created on first use and shared by every
     /// admin instance through the database.
     pub async fn load(pool: &PgPool) -> anyhow::Result<Self> {

@@ -47,4 +47,9 @@ cargo test --workspace --all-targets "$@" 2>&1 | tee "$log" || status=$?
 # One closing line over every test binary (cargo prints one per binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
      END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+# A short run of each fuzz target (event and query parsing), unless a test
+# filter was given.
+if [ "$status" -eq 0 ] && [ $# -eq 0 ]; then
+  deploy/scripts/fuzz.sh "${FUZZ_SECONDS:-20}" || status=$?
+fi
 exit "$status"
