@@ -82,8 +82,13 @@ async fn check(env: &TestEnv, mut confirmed: Vec<Uuid>, sent: &HashSet<Uuid>) {
     env.assert_verifies().await;
 }
 
-#[actix_web::test]
-async fn a_broker_restart_while_publishing_loses_and_duplicates_nothing() {
+/// Streams events to a writer, runs `restart` once they flow, then checks
+/// the outcome.
+async fn restart_while_streaming<F, Fut>(restart: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let _serial = SERIAL.lock().await;
     let env = TestEnv::new().await;
     let writer = Process::spawn(&env, &["writer"]);
@@ -93,10 +98,7 @@ async fn a_broker_restart_while_publishing_loses_and_duplicates_nothing() {
     })
     .await;
     assert!(flowing, "events were flowing before the restart");
-    as_root("rabbitmqctl", &["-q", "stop_app"]).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    as_root("rabbitmqctl", &["-q", "start_app"]).await;
-    as_root("rabbitmqctl", &["-q", "await_startup"]).await;
+    restart().await;
     let (confirmed, sent) = publishing.await.expect("publisher task");
     check(&env, confirmed, &sent).await;
     drop(writer);
@@ -104,30 +106,31 @@ async fn a_broker_restart_while_publishing_loses_and_duplicates_nothing() {
 }
 
 #[actix_web::test]
-async fn a_database_restart_while_writing_loses_and_duplicates_nothing() {
-    let _serial = SERIAL.lock().await;
-    let env = TestEnv::new().await;
-    let writer = Process::spawn(&env, &["writer"]);
-    let publishing = stream(&env);
-    let flowing = helpers::wait_until(Duration::from_secs(60), || async {
-        env.count().await.0 >= 3_000
+async fn a_broker_restart_while_publishing_loses_and_duplicates_nothing() {
+    restart_while_streaming(|| async {
+        as_root("rabbitmqctl", &["-q", "stop_app"]).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        as_root("rabbitmqctl", &["-q", "start_app"]).await;
+        as_root("rabbitmqctl", &["-q", "await_startup"]).await;
     })
     .await;
-    assert!(flowing, "events were flowing before the restart");
-    let version = std::fs::read_dir("/etc/postgresql")
-        .expect("/etc/postgresql")
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .max_by_key(|v| v.parse::<u32>().unwrap_or(0))
-        .expect("a PostgreSQL cluster");
-    as_root(
-        "pg_ctlcluster",
-        &["--skip-systemctl-redirect", &version, "main", "restart"],
-    )
+}
+
+#[actix_web::test]
+async fn a_database_restart_while_writing_loses_and_duplicates_nothing() {
+    restart_while_streaming(|| async {
+        let version = std::fs::read_dir("/etc/postgresql")
+            .expect("/etc/postgresql")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .max_by_key(|v| v.parse::<u32>().unwrap_or(0))
+            .expect("a PostgreSQL cluster");
+        as_root(
+            "pg_ctlcluster",
+            &["--skip-systemctl-redirect", &version, "main", "restart"],
+        )
+        .await;
+        let up = helpers::wait_until(Duration::from_secs(60), || port_open(5432)).await;
+        assert!(up, "PostgreSQL came back");
+    })
     .await;
-    let up = helpers::wait_until(Duration::from_secs(60), || port_open(5432)).await;
-    assert!(up, "PostgreSQL came back");
-    let (confirmed, sent) = publishing.await.expect("publisher task");
-    check(&env, confirmed, &sent).await;
-    drop(writer);
-    env.cleanup().await;
 }
