@@ -14,8 +14,8 @@
 //!    digest differs was changed, an entry with no row was removed, except
 //!    on days retention archived and dropped (`auditline.partition_drops`).
 //!
-//! Rows are compared in memory (~100 bytes per row of the range), so verify
-//! a long history a month at a time.
+//! Rows are compared one UTC day at a time, in memory (~100 bytes per row
+//! of the day); a seal whose rows span many days is decoded once per day.
 
 use crate::checkpoint::{self, Checkpoint};
 use auditline_shared::{AuditEvent, seal};
@@ -484,11 +484,45 @@ async fn check_rows(
         report.dropped_days.push(d.day);
         dropped.insert(d.day, d.dropped_at);
     }
-    let mut expected = Expected::load(pool, from, to, &dropped).await?;
+    // One UTC day at a time, so memory holds a day's rows, not the range's:
+    // from the earliest to the latest time any seal or row names.
+    let (first, last): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = sqlx::query_as(
+        "SELECT least((SELECT min(occurred_min) FROM auditline.batches WHERE chain IS NOT NULL), \
+                      (SELECT min(occurred_at) FROM auditline.events)), \
+                greatest((SELECT max(occurred_max) FROM auditline.batches WHERE chain IS NOT NULL), \
+                         (SELECT max(occurred_at) FROM auditline.events))",
+    )
+    .fetch_one(pool)
+    .await?;
+    let (Some(first), Some(last)) = (first, last) else {
+        return Ok(());
+    };
+    let mut start = from.map_or(first, |f| f.max(first));
+    let end = to.map_or(last + chrono::Duration::microseconds(1), |t| {
+        t.min(last + chrono::Duration::microseconds(1))
+    });
+    while start < end {
+        let midnight = (start.date_naive() + chrono::Duration::days(1))
+            .and_hms_opt(0, 0, 0)
+            .map_or(end, |t| t.and_utc());
+        let stop = midnight.min(end);
+        check_window(pool, start, stop, &dropped, report).await?;
+        start = stop;
+    }
+    Ok(())
+}
+
+/// Checks the rows that occurred in `[from, to)` against their seals.
+async fn check_window(
+    pool: &PgPool,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    dropped: &HashMap<NaiveDate, DateTime<Utc>>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let mut expected = Expected::load(pool, Some(from), Some(to), dropped).await?;
     let mut stored = sqlx::query_as::<_, StoredRow>(sqlx::AssertSqlSafe(format!(
-        "SELECT {ROW_COLUMNS} FROM auditline.events \
-         WHERE ($1::timestamptz IS NULL OR occurred_at >= $1) \
-           AND ($2::timestamptz IS NULL OR occurred_at < $2)"
+        "SELECT {ROW_COLUMNS} FROM auditline.events WHERE occurred_at >= $1 AND occurred_at < $2"
     )))
     .bind(from)
     .bind(to)
