@@ -113,6 +113,34 @@ async fn verify_names_a_changed_removed_and_inserted_row_and_a_truncated_chain()
 
     // The API says the same, to admins only.
     let admin = InProcessAdmin::start(&env).await;
+    // The admin service anchors every chain on its own (every 2 s in tests)
+    // and says so on /metrics.
+    let chains: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT chain) FROM auditline.batches WHERE chain IS NOT NULL",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .expect("chains");
+    let anchored = crate::helpers::wait_until(Duration::from_secs(15), || async {
+        let (_, metrics) = crate::helpers::http_get(admin.port, "/metrics").await;
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("auditline_checkpoint_seal_seq{"))
+            .count() as i64
+            == chains
+            && crate::helpers::metric(&metrics, "auditline_checkpoint_published_timestamp_seconds")
+                > 0.0
+    })
+    .await;
+    assert!(anchored, "the checkpoint metrics name every chain");
+    let latest = std::path::Path::new(&env.settings.export_dir).join("checkpoint-latest.json");
+    let cp: Value = serde_json::from_slice(&std::fs::read(latest).expect("checkpoint file"))
+        .expect("checkpoint JSON");
+    assert_eq!(
+        cp["chains"].as_array().map(|c| c.len() as i64),
+        Some(chains),
+        "{cp:#}"
+    );
     let admin_token = env.named_token("auditor", &[Scope::Admin]).await;
     let reader = env.named_token("reader", &[Scope::Read]).await;
     let (status, body) = admin.get_json(Some(&reader), "/admin/audit/verify").await;
@@ -126,6 +154,8 @@ async fn verify_names_a_changed_removed_and_inserted_row_and_a_truncated_chain()
         .get_json(Some(&admin_token), "/admin/audit/verify?from=yesterday")
         .await;
     assert_eq!(status, 400, "{body}");
+    // Its unsigned checkpoints would replace the signed one below.
+    admin.stop().await;
 
     // Anchor the chains outside the database, signed.
     let (private, public) = auditline_admin_api::checkpoint::Keys::generate().expect("keys");
@@ -221,10 +251,22 @@ async fn verify_names_a_changed_removed_and_inserted_row_and_a_truncated_chain()
         assert!(text.contains(&needle), "{text}");
     }
     assert!(text.contains("newest batches were removed"), "{text}");
+    // An admin service that only verifies (no checkpoints of its own) agrees.
+    let mut settings = env.settings.clone();
+    settings.integrity.checkpoint_interval_secs = 0;
+    settings.integrity.verify_key = Some(public.clone());
+    settings.ingest.spool_dir = format!("{}-2", env.settings.ingest.spool_dir);
+    let admin = InProcessAdmin::start_with(settings).await;
     let (_, body) = admin
         .get_json(Some(&admin_token), "/admin/audit/verify")
         .await;
     assert_eq!(body["ok"], false);
+    assert!(
+        body["findings"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f["kind"] == "truncated")),
+        "{body:#}"
+    );
     admin.stop().await;
 
     // A forged checkpoint (signed by another key) is refused, not trusted.
