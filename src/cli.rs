@@ -311,8 +311,15 @@ async fn verify(
 ) -> anyhow::Result<()> {
     let (storage, keys) = integrity(settings)?;
     let pool = db::pool(&settings.database_url, 2)?;
-    let cp = checkpoint::latest(&storage, &settings.integrity.checkpoint_destination, &keys).await;
-    let report = auditline_admin_api::verify::verify(&pool, from, to, &keys, cp).await?;
+    let report = auditline_admin_api::verify::verify(
+        &pool,
+        &storage,
+        &settings.integrity.checkpoint_destination,
+        &keys,
+        from,
+        to,
+    )
+    .await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -10,7 +10,10 @@
 
 use crate::storage::Storage;
 use anyhow::Context;
-use auditline_shared::{seal, settings::IntegritySettings};
+use auditline_shared::{
+    auth::{hex, unhex},
+    settings::IntegritySettings,
+};
 use chrono::{DateTime, Utc};
 use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
@@ -70,20 +73,16 @@ impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Keys")
             .field("signing", &self.signing.is_some())
-            .field("verify", &self.verify.as_deref().map(seal::hex))
+            .field("verify", &self.verify.as_deref().map(hex))
             .finish()
     }
 }
 
-fn unhex(text: &str, what: &str) -> anyhow::Result<Vec<u8>> {
-    let text = text.trim();
-    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        anyhow::bail!("{what} must be hexadecimal");
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).context("not hexadecimal"))
-        .collect()
+/// A 32-byte key written as 64 hex digits.
+fn key32(text: &str, what: &str) -> anyhow::Result<[u8; 32]> {
+    unhex(text.trim())
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .ok_or_else(|| anyhow::anyhow!("{what} must be 32 bytes written as 64 hex digits"))
 }
 
 impl Keys {
@@ -92,23 +91,14 @@ impl Keys {
             match &settings.signing_key {
                 None => None,
                 Some(secret) => {
-                    let seed = unhex(secret.expose(), "integrity.signing_key")?;
-                    if seed.len() != 32 {
-                        anyhow::bail!("integrity.signing_key must be 32 bytes (64 hex digits)");
-                    }
+                    let seed = key32(secret.expose(), "integrity.signing_key")?;
                     Some(Ed25519KeyPair::from_seed_unchecked(&seed).map_err(|_| {
                         anyhow::anyhow!("integrity.signing_key is not an Ed25519 seed")
                     })?)
                 }
             };
         let verify = match &settings.verify_key {
-            Some(key) => {
-                let key = unhex(key, "integrity.verify_key")?;
-                if key.len() != 32 {
-                    anyhow::bail!("integrity.verify_key must be 32 bytes (64 hex digits)");
-                }
-                Some(key)
-            }
+            Some(key) => Some(key32(key, "integrity.verify_key")?.to_vec()),
             None => signing.as_ref().map(|k| k.public_key().as_ref().to_vec()),
         };
         Ok(Self { signing, verify })
@@ -120,17 +110,14 @@ impl Keys {
         rand::fill(&mut seed);
         let pair = Ed25519KeyPair::from_seed_unchecked(&seed)
             .map_err(|_| anyhow::anyhow!("cannot make a key pair"))?;
-        Ok((seal::hex(&seed), seal::hex(pair.public_key().as_ref())))
+        Ok((hex(&seed), hex(pair.public_key().as_ref())))
     }
 
     /// Signs `message`: (public key, signature), hex; `None` without a signing key.
     pub fn sign(&self, message: &[u8]) -> Option<(String, String)> {
-        self.signing.as_ref().map(|k| {
-            (
-                seal::hex(k.public_key().as_ref()),
-                seal::hex(k.sign(message).as_ref()),
-            )
-        })
+        self.signing
+            .as_ref()
+            .map(|k| (hex(k.public_key().as_ref()), hex(k.sign(message).as_ref())))
     }
 
     /// Checks a signature made by [`Keys::sign`]. Without a verify key
@@ -142,7 +129,7 @@ impl Keys {
         let Some(signature) = signature else {
             return Err("it is not signed, and a verify key is configured".into());
         };
-        let signature = unhex(signature, "the signature").map_err(|e| e.to_string())?;
+        let signature = unhex(signature).ok_or("its signature is not hexadecimal")?;
         UnparsedPublicKey::new(&ED25519, key)
             .verify(message, &signature)
             .map_err(|_| "its signature does not verify with the configured key".to_owned())

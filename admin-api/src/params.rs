@@ -175,12 +175,28 @@ pub fn time_range(
     params: &Params,
     default: chrono::TimeDelta,
 ) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
-    let to = params.time("to")?;
-    let from = params.time("from")?;
-    // Microseconds: the precision of stored times and of cursors.
-    let to = to.unwrap_or_else(Utc::now).trunc_subsecs(6);
-    let from = from.map_or(to - default, |t| t.trunc_subsecs(6));
+    let (from, to) = open_time_range(params)?;
+    let to = to.unwrap_or_else(|| Utc::now().trunc_subsecs(6));
+    let from = from.unwrap_or(to - default);
     if from >= to {
+        return Err(ApiError::param("from", "must be before `to`"));
+    }
+    Ok((from, to))
+}
+
+/// `from` and `to`, either unbounded.
+pub type OpenRange = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+/// `from`/`to` as given, either may be absent (unbounded), in microseconds
+/// (the precision of stored times and of cursors); `from` must be before `to`.
+pub fn open_time_range(
+    params: &Params,
+) -> Result<OpenRange, ApiError> {
+    let to = params.time("to")?.map(|t| t.trunc_subsecs(6));
+    let from = params.time("from")?.map(|t| t.trunc_subsecs(6));
+    if let (Some(from), Some(to)) = (from, to)
+        && from >= to
+    {
         return Err(ApiError::param("from", "must be before `to`"));
     }
     Ok((from, to))

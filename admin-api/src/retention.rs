@@ -4,7 +4,8 @@
 //! so `verify` accepts the gap.
 //!
 //! Per day `D` (in `partitions.archive_destination`):
-//! - `archive-events-D.ndjson.zst`: every row, all columns (`verify::Row`),
+//! - `archive-events-D.ndjson.zst`: every row, all columns (the event's JSON
+//!   with `received_at` and `batch_id`, `verify::Row`),
 //!   ordered by `(occurred_at, event_id)`;
 //! - `archive-events-D.manifest.json`: rows, the file's SHA-256, the seals
 //!   that cover the day, the newest checkpoint, signed like checkpoints.
@@ -127,14 +128,6 @@ async fn partition_exists(pool: &PgPool, day: NaiveDate) -> sqlx::Result<bool> {
         .await
 }
 
-async fn drops(pool: &PgPool) -> sqlx::Result<HashMap<NaiveDate, DateTime<Utc>>> {
-    let rows: Vec<(NaiveDate, DateTime<Utc>)> =
-        sqlx::query_as("SELECT day, dropped_at FROM auditline.partition_drops")
-            .fetch_all(pool)
-            .await?;
-    Ok(rows.into_iter().collect())
-}
-
 /// Archives one day's partition and verifies the archive.
 pub async fn archive(
     pool: &PgPool,
@@ -151,7 +144,8 @@ pub async fn archive(
         bail!("there is no partition for {day}");
     }
     let (from, to) = bounds(day);
-    let dropped = drops(pool).await?;
+    // Only drop records the keys accept excuse missing rows, as in verify.
+    let dropped = verify::accepted_drops(pool, keys, None).await?;
 
     // The partition must verify before its rows are archived as genuine.
     let mut report = Report::new(Some(from), Some(to));
@@ -166,12 +160,15 @@ pub async fn archive(
     let mut encoder = zstd::stream::write::Encoder::new(Vec::with_capacity(2 * CHUNK), 3)?;
     let mut hash = Sha256::new();
     let mut count = 0u64;
+    let mut line = Vec::with_capacity(1024);
     let written: anyhow::Result<()> = async {
         while let Some(stored) = rows.try_next().await? {
             let row = stored.into_row();
             if let Ok(row) = &row {
-                serde_json::to_writer(&mut encoder, row)?;
-                std::io::Write::write_all(&mut encoder, b"\n")?;
+                line.clear();
+                row.write_json(&mut line);
+                line.push(b'\n');
+                std::io::Write::write_all(&mut encoder, &line)?;
                 count += 1;
             }
             expected.check(row, &mut report);
@@ -207,7 +204,7 @@ pub async fn archive(
     hash.update(&last);
     upload.write(&last).await?;
     upload.complete().await?;
-    let sha256 = auditline_shared::seal::hex(&hash.finalize());
+    let sha256 = auditline_shared::auth::hex(&hash.finalize());
 
     let seals: Vec<SealCover> = sqlx::query_as(
         "SELECT chain, seq, encode(seal_hash, 'hex') AS seal_hash, batch_id FROM auditline.batches \
@@ -290,7 +287,7 @@ async fn check_archive(
         hash.update(&chunk);
         compressed.extend_from_slice(&chunk);
     }
-    let read_hash = auditline_shared::seal::hex(&hash.finalize());
+    let read_hash = auditline_shared::auth::hex(&hash.finalize());
     if read_hash != sha256 {
         bail!("the archive {file} read back has SHA-256 {read_hash}, not {sha256}");
     }
@@ -300,8 +297,8 @@ async fn check_archive(
     let decoder = std::io::BufReader::new(zstd::stream::read::Decoder::new(&compressed[..])?);
     for line in decoder.lines() {
         let line = line.context("the archive does not decompress")?;
-        let row: verify::Row =
-            serde_json::from_str(&line).context("the archive holds a line that is not a row")?;
+        let row = verify::Row::parse_json(line.as_bytes())
+            .map_err(|e| anyhow::anyhow!("the archive holds a line that is not a row: {e}"))?;
         expected.check(Ok(row), &mut report);
     }
     expected.finish(&mut report);

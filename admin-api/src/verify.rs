@@ -17,13 +17,17 @@
 //! Rows are compared one UTC day at a time, in memory (~100 bytes per row
 //! of the day); a seal whose rows span many days is decoded once per day.
 
-use crate::checkpoint::{self, Checkpoint};
-use auditline_shared::{AuditEvent, seal};
+use crate::search::StoredEvent;
+use crate::{
+    checkpoint::{self, Checkpoint, Keys},
+    storage::Storage,
+};
+use auditline_shared::{AuditEvent, auth::hex, event::rfc3339_text, seal};
 use chrono::{DateTime, NaiveDate, Utc};
 use futures_util::TryStreamExt;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use sqlx::{PgPool, types::Json};
+use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -182,137 +186,132 @@ struct SealRow {
     entries_hash: Vec<u8>,
 }
 
-/// A stored row with every column, as archives hold it (one JSON line each).
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+/// A stored row: the event, when it was received, the batch that stored it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Row {
-    pub event_id: Uuid,
-    pub occurred_at: DateTime<Utc>,
+    pub event: AuditEvent,
     pub received_at: DateTime<Utc>,
     pub batch_id: Uuid,
-    pub service: String,
-    pub session_id: String,
-    pub user_id: Option<String>,
-    pub client_ip: Option<std::net::IpAddr>,
-    pub action_type: String,
-    pub endpoint: String,
-    pub route: Option<String>,
-    pub http_method: String,
-    pub request_size: Option<u64>,
-    pub response_size: Option<u64>,
-    pub response_time_ms: Option<f64>,
-    pub status_code: Option<u16>,
-    pub success: bool,
-    pub resource_usage: Option<Map<String, Value>>,
-    pub metadata: Option<Map<String, Value>>,
 }
 
 impl Row {
     /// The row's seal entry.
     pub fn entry(&self) -> seal::Entry {
-        let event = AuditEvent {
-            event_id: self.event_id,
-            occurred_at: self.occurred_at,
-            service: self.service.clone(),
-            session_id: self.session_id.clone(),
-            user_id: self.user_id.clone(),
-            client_ip: self.client_ip,
-            action_type: self.action_type.clone(),
-            endpoint: self.endpoint.clone(),
-            route: self.route.clone(),
-            http_method: self.http_method.clone(),
-            request_size: self.request_size,
-            response_size: self.response_size,
-            response_time_ms: self.response_time_ms,
-            status_code: self.status_code,
-            success: self.success,
-            resource_usage: self.resource_usage.clone(),
-            metadata: self.metadata.clone(),
-        };
-        seal::Entry::of(&event, self.received_at, self.batch_id)
+        seal::Entry::of(&self.event, self.received_at, self.batch_id)
     }
-}
 
-/// The columns of [`StoredRow`], for `SELECT`.
-pub const ROW_COLUMNS: &str = "event_id, occurred_at, received_at, batch_id, service, session_id, user_id, \
-     host(client_ip) AS client_ip, action_type, endpoint, route, http_method, \
-     request_size, response_size, response_time_ms, status_code, success, \
-     resource_usage, metadata";
+    /// Appends the row as one JSON object (as archives hold it): the event's
+    /// fields, then `received_at` and `batch_id`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let received_at = rfc3339_text(self.received_at);
+        let batch_id = self.batch_id.to_string();
+        self.event.write_json_with(
+            out,
+            &[("received_at", &received_at), ("batch_id", &batch_id)],
+        );
+    }
 
-/// A row as PostgreSQL returns it.
-#[derive(Debug, sqlx::FromRow)]
-pub struct StoredRow {
-    event_id: Uuid,
-    occurred_at: DateTime<Utc>,
-    received_at: DateTime<Utc>,
-    batch_id: Uuid,
-    service: String,
-    session_id: String,
-    user_id: Option<String>,
-    client_ip: Option<String>,
-    action_type: String,
-    endpoint: String,
-    route: Option<String>,
-    http_method: String,
-    request_size: Option<i64>,
-    response_size: Option<i64>,
-    response_time_ms: Option<f64>,
-    status_code: Option<i16>,
-    success: bool,
-    resource_usage: Option<Json<Map<String, Value>>>,
-    metadata: Option<Json<Map<String, Value>>>,
-}
-
-impl StoredRow {
-    /// The typed row; `Err` with the row's key when a column holds what no
-    /// event can (a negative size, an address that does not parse): such a
-    /// row was changed.
-    pub fn into_row(self) -> Result<Row, (Uuid, DateTime<Utc>)> {
-        let key = (self.event_id, self.occurred_at);
-        let client_ip = match self.client_ip.map(|ip| ip.parse()) {
-            Some(Ok(ip)) => Some(ip),
-            Some(Err(_)) => return Err(key),
-            None => None,
+    /// Reads back what [`Row::write_json`] wrote; the event is validated as
+    /// when it was first accepted.
+    pub fn parse_json(line: &[u8]) -> Result<Self, String> {
+        let mut object: Map<String, Value> =
+            serde_json::from_slice(line).map_err(|e| format!("not a JSON object: {e}"))?;
+        let mut take = |name: &str| {
+            object
+                .remove(name)
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .ok_or_else(|| format!("`{name}` is missing"))
         };
-        let size = |v: Option<i64>| v.map(u64::try_from).transpose();
-        let (Ok(request_size), Ok(response_size), Ok(status_code)) = (
-            size(self.request_size),
-            size(self.response_size),
-            self.status_code.map(u16::try_from).transpose(),
-        ) else {
-            return Err(key);
-        };
-        Ok(Row {
-            event_id: self.event_id,
-            occurred_at: self.occurred_at,
-            received_at: self.received_at,
-            batch_id: self.batch_id,
-            service: self.service,
-            session_id: self.session_id,
-            user_id: self.user_id,
-            client_ip,
-            action_type: self.action_type,
-            endpoint: self.endpoint,
-            route: self.route,
-            http_method: self.http_method,
-            request_size,
-            response_size,
-            response_time_ms: self.response_time_ms,
-            status_code,
-            success: self.success,
-            resource_usage: self.resource_usage.map(|j| j.0),
-            metadata: self.metadata.map(|j| j.0),
+        let received_at = take("received_at")?
+            .parse()
+            .map_err(|e| format!("`received_at`: {e}"))?;
+        let batch_id = take("batch_id")?
+            .parse()
+            .map_err(|e| format!("`batch_id`: {e}"))?;
+        let event =
+            AuditEvent::from_value(Value::Object(object), Utc::now()).map_err(|e| e.to_string())?;
+        Ok(Self {
+            event,
+            received_at,
+            batch_id,
         })
     }
 }
 
-/// Verifies the seals, the chains against `checkpoint`, and the rows that
-/// occurred in `[from, to)` (everything when unbounded).
+/// The columns of [`StoredRow`], for `SELECT`.
+pub const ROW_COLUMNS: &str = concat!(crate::search::event_columns!(), ", batch_id");
+
+/// A row as PostgreSQL returns it: the search's event and the batch.
+#[derive(Debug, sqlx::FromRow)]
+pub struct StoredRow {
+    #[sqlx(flatten)]
+    event: StoredEvent,
+    batch_id: Uuid,
+}
+
+impl StoredRow {
+    /// The typed row; `Err` with the row's key when a column holds what no
+    /// event can (a negative size, an address that does not parse, JSON
+    /// that is not an object): such a row was changed.
+    pub fn into_row(self) -> Result<Row, (Uuid, DateTime<Utc>)> {
+        let e = self.event;
+        let key = (e.event_id, e.occurred_at);
+        let object = |v: Option<Value>| match v {
+            None => Ok(None),
+            Some(Value::Object(map)) => Ok(Some(map)),
+            Some(_) => Err(()),
+        };
+        let size = |v: Option<i64>| v.map(u64::try_from).transpose().map_err(|_| ());
+        let converted = (|| {
+            Ok::<_, ()>(AuditEvent {
+                event_id: e.event_id,
+                occurred_at: e.occurred_at,
+                service: e.service,
+                session_id: e.session_id,
+                user_id: e.user_id,
+                client_ip: e
+                    .client_ip
+                    .map(|ip| ip.parse())
+                    .transpose()
+                    .map_err(|_| ())?,
+                action_type: e.action_type,
+                endpoint: e.endpoint,
+                route: e.route,
+                http_method: e.http_method,
+                request_size: size(e.request_size)?,
+                response_size: size(e.response_size)?,
+                response_time_ms: e.response_time_ms,
+                status_code: e
+                    .status_code
+                    .map(u16::try_from)
+                    .transpose()
+                    .map_err(|_| ())?,
+                success: e.success,
+                resource_usage: object(e.resource_usage)?,
+                metadata: object(e.metadata)?,
+            })
+        })();
+        match converted {
+            Ok(event) => Ok(Row {
+                event,
+                received_at: e.received_at,
+                batch_id: self.batch_id,
+            }),
+            Err(()) => Err(key),
+        }
+    }
+}
+
+/// Verifies the seals, the chains against the newest checkpoint in
+/// `destination`, and the rows that occurred in `[from, to)` (everything
+/// when unbounded).
 pub async fn verify(
     pool: &PgPool,
+    storage: &Storage,
+    destination: &str,
+    keys: &Keys,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
-    keys: &checkpoint::Keys,
-    checkpoint: Option<Result<(String, Checkpoint), String>>,
 ) -> anyhow::Result<Report> {
     let mut report = Report::new(from, to);
     report.unsealed_batches =
@@ -320,7 +319,7 @@ pub async fn verify(
             .fetch_one(pool)
             .await?;
     let tips = check_chains(pool, &mut report).await?;
-    match checkpoint {
+    match checkpoint::latest(storage, destination, keys).await {
         None => {}
         Some(Err(e)) => report.add(Finding::new(Kind::BadCheckpoint, e)),
         Some(Ok((file, cp))) => {
@@ -435,7 +434,7 @@ fn check_checkpoint(
             .and_then(|s| s.keys().next_back().copied())
             .unwrap_or(0);
         match seals.and_then(|s| s.get(&anchored.seq)) {
-            Some(hash) if seal::hex(hash) == anchored.seal_hash => {}
+            Some(hash) if hex(hash) == anchored.seal_hash => {}
             Some(_) => report.add(
                 Finding::new(
                     Kind::CheckpointMismatch,
@@ -467,23 +466,10 @@ async fn check_rows(
     pool: &PgPool,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
-    keys: &checkpoint::Keys,
+    keys: &Keys,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let (_, drops) = crate::retention::list(pool).await?;
-    let mut dropped = HashMap::new();
-    for d in drops {
-        let message = crate::retention::drop_message(d.day, d.rows, &d.archive, &d.archive_sha256);
-        if let Err(e) = keys.check(&message, d.signature.as_deref()) {
-            report.add(Finding::new(
-                Kind::BadDropRecord,
-                format!("the retention drop record of {} is refused: {e}", d.day),
-            ));
-            continue;
-        }
-        report.dropped_days.push(d.day);
-        dropped.insert(d.day, d.dropped_at);
-    }
+    let dropped = accepted_drops(pool, keys, Some(&mut *report)).await?;
     // One UTC day at a time, so memory holds a day's rows, not the range's:
     // from the earliest to the latest time any seal or row names.
     let (first, last): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = sqlx::query_as(
@@ -510,6 +496,38 @@ async fn check_rows(
         start = stop;
     }
     Ok(())
+}
+
+/// The days retention dropped, with when, as far as `keys` accept their
+/// records; a refused record is reported as a finding when `report` is
+/// given, and its day's rows stay expected.
+pub async fn accepted_drops(
+    pool: &PgPool,
+    keys: &Keys,
+    mut report: Option<&mut Report>,
+) -> anyhow::Result<HashMap<NaiveDate, DateTime<Utc>>> {
+    let (_, drops) = crate::retention::list(pool).await?;
+    let mut dropped = HashMap::new();
+    for d in drops {
+        let message = crate::retention::drop_message(d.day, d.rows, &d.archive, &d.archive_sha256);
+        match keys.check(&message, d.signature.as_deref()) {
+            Ok(()) => {
+                dropped.insert(d.day, d.dropped_at);
+                if let Some(report) = report.as_deref_mut() {
+                    report.dropped_days.push(d.day);
+                }
+            }
+            Err(e) => {
+                if let Some(report) = report.as_deref_mut() {
+                    report.add(Finding::new(
+                        Kind::BadDropRecord,
+                        format!("the retention drop record of {} is refused: {e}", d.day),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(dropped)
 }
 
 /// Checks the rows that occurred in `[from, to)` against their seals.
@@ -605,8 +623,8 @@ impl Expected {
         report.rows += 1;
         let (event_id, occurred_at, batch_id, entry) = match &row {
             Ok(row) => (
-                row.event_id,
-                row.occurred_at,
+                row.event.event_id,
+                row.event.occurred_at,
                 Some(row.batch_id),
                 Some(row.entry()),
             ),
@@ -757,22 +775,15 @@ pub async fn handler(
     state: actix_web::web::Data<crate::app::State>,
 ) -> Result<actix_web::HttpResponse, crate::error::ApiError> {
     let params = crate::params::Params::parse(req.query_string(), &["from", "to"])?;
-    let from = params.time("from")?;
-    let to = params.time("to")?;
-    if let (Some(f), Some(t)) = (from, to)
-        && f >= t
-    {
-        return Err(crate::error::ApiError::BadParam {
-            param: "to".into(),
-            message: "must be after `from`".into(),
-        });
-    }
-    let checkpoint = checkpoint::latest(
+    let (from, to) = crate::params::open_time_range(&params)?;
+    let report = verify(
+        &state.pool,
         &state.storage,
         &state.integrity.checkpoint_destination,
         &state.keys,
+        from,
+        to,
     )
-    .await;
-    let report = verify(&state.pool, from, to, &state.keys, checkpoint).await?;
+    .await?;
     Ok(actix_web::HttpResponse::Ok().json(report))
 }

@@ -341,22 +341,27 @@ impl AuditEvent {
         out
     }
 
+    /// [`AuditEvent::write_json`] with more string fields after the event's
+    /// own (a stored row's `received_at`, `batch_id`), in one object.
+    pub fn write_json_with(&self, out: &mut Vec<u8>, extra: &[(&str, &str)]) {
+        self.write_json(out);
+        out.pop(); // the closing brace
+        for (key, value) in extra {
+            out.push(b',');
+            json_text(out, key);
+            out.push(b':');
+            json_text(out, value);
+        }
+        out.push(b'}');
+    }
+
     /// Appends the event's JSON, byte for byte what `serde_json` writes for
     /// it (a test holds them equal), about twice as fast: keys are literals
     /// and strings needing no escape are copied as they are. Publishers
     /// serialize every event, so this is their largest cost per event.
     pub fn write_json(&self, out: &mut Vec<u8>) {
+        use json_text as text;
         use std::io::Write;
-        fn text(out: &mut Vec<u8>, s: &str) {
-            if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
-                // Writing to a Vec cannot fail.
-                let _ = serde_json::to_writer(&mut *out, s);
-            } else {
-                out.push(b'"');
-                out.extend_from_slice(s.as_bytes());
-                out.push(b'"');
-            }
-        }
         fn optional_text(out: &mut Vec<u8>, s: Option<&str>) {
             match s {
                 Some(s) => text(out, s),
@@ -429,6 +434,18 @@ impl AuditEvent {
         out.extend_from_slice(b",\"metadata\":");
         map(out, self.metadata.as_ref());
         out.push(b'}');
+    }
+}
+
+/// Appends `s` as a JSON string: copied as it is when nothing needs escaping.
+fn json_text(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        // Writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
     }
 }
 
@@ -591,6 +608,22 @@ mod tests {
                 serde_json::to_value(at).expect("chrono")
             );
         }
+    }
+
+    #[test]
+    fn extra_fields_join_the_events_object() {
+        let event = AuditEvent::parse(
+            br#"{"occurred_at":"2026-11-28T21:45:49Z","service":"s","session_id":"x","action_type":"other","endpoint":"/","http_method":"GET","success":true}"#,
+        )
+        .expect("a valid event");
+        let mut out = Vec::new();
+        event.write_json_with(&mut out, &[("received_at", "t\"1"), ("batch_id", "b")]);
+        let mut with: Value = serde_json::from_slice(&out).expect("one JSON object");
+        let extra = with.as_object_mut().expect("object");
+        assert_eq!(extra.remove("received_at"), Some(Value::from("t\"1")));
+        assert_eq!(extra.remove("batch_id"), Some(Value::from("b")));
+        let plain: Value = serde_json::from_slice(&event.to_json()).expect("json");
+        assert_eq!(with, plain);
     }
 
     #[test]

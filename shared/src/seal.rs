@@ -243,11 +243,6 @@ fn integer(h: &mut Sha256, i: i128) {
     h.update(i.to_be_bytes());
 }
 
-/// Lowercase hexadecimal.
-pub fn hex(bytes: &[u8]) -> String {
-    crate::auth::hex(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -80,7 +80,7 @@ async fn retention_archives_verifies_and_drops_and_verify_accepts_the_gap() {
     assert_eq!(manifest["rows"], 31);
     assert_eq!(
         manifest["sha256"].as_str(),
-        Some(auditline_shared::seal::hex(&Sha256::digest(&archive)).as_str())
+        Some(auditline_shared::auth::hex(&Sha256::digest(&archive)).as_str())
     );
     assert!(manifest["signature"].is_string(), "{manifest:#}");
     assert!(!manifest["seals"].as_array().expect("seals").is_empty());

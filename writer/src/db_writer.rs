@@ -532,15 +532,13 @@ impl Core {
         };
         // The batch row with its seal, and (when it stored anything) the
         // note that the rollup keeper has to fold it in: one round trip.
-        let micros = self.entries.iter().map(|e| e.occurred_micros);
-        let occurred_min = micros
-            .clone()
-            .min()
-            .and_then(DateTime::<Utc>::from_timestamp_micros);
-        let occurred_max = micros
-            .max()
-            .and_then(DateTime::<Utc>::from_timestamp_micros);
+        // Sorted by occurred_at first: the ends are the batch's time range.
         let entries = seal::encode_entries(&mut self.entries);
+        let micros = |e: Option<&seal::Entry>| {
+            e.and_then(|e| DateTime::<Utc>::from_timestamp_micros(e.occurred_micros))
+        };
+        let (occurred_min, occurred_max) =
+            (micros(self.entries.first()), micros(self.entries.last()));
         let seq = prev_seq + 1;
         let seal_hash = seal::seal_hash(&seal::SealInput {
             chain: &self.config.chain,
@@ -611,12 +609,9 @@ impl Core {
         let events = stored.len() as u64;
         let mut body = Vec::with_capacity(512 * stored.len());
         for (event, received_at) in stored {
-            // The event object with `received_at` added before its `}`.
-            event.write_json(&mut body);
-            body.pop();
-            body.extend_from_slice(b",\"received_at\":\"");
-            body.extend_from_slice(auditline_shared::event::rfc3339_text(*received_at).as_bytes());
-            body.extend_from_slice(b"\"}\n");
+            let received_at = auditline_shared::event::rfc3339_text(*received_at);
+            event.write_json_with(&mut body, &[("received_at", &received_at)]);
+            body.push(b'\n');
         }
         let body = auditline_shared::amqp::compress(&body);
         let properties = BasicProperties::default()
