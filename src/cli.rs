@@ -256,7 +256,10 @@ async fn partitions(settings: &Settings, action: PartitionAction) -> anyhow::Res
             let (partitions, drops) = retention::list(&pool).await?;
             println!("{:<16} {:>12} {:>12}", "partition", "rows (est.)", "bytes");
             for p in partitions {
-                println!("{:<16} {:>12} {:>12}", p.table, p.rows_estimate, p.bytes);
+                let rows = p
+                    .rows_estimate
+                    .map_or_else(|| "not analyzed".to_owned(), |n| n.to_string());
+                println!("{:<16} {:>12} {:>12}", p.table, rows, p.bytes);
             }
             for d in drops {
                 println!(

@@ -189,9 +189,7 @@ pub type OpenRange = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
 
 /// `from`/`to` as given, either may be absent (unbounded), in microseconds
 /// (the precision of stored times and of cursors); `from` must be before `to`.
-pub fn open_time_range(
-    params: &Params,
-) -> Result<OpenRange, ApiError> {
+pub fn open_time_range(params: &Params) -> Result<OpenRange, ApiError> {
     let to = params.time("to")?.map(|t| t.trunc_subsecs(6));
     let from = params.time("from")?.map(|t| t.trunc_subsecs(6));
     if let (Some(from), Some(to)) = (from, to)

@@ -33,8 +33,9 @@ const CHUNK: usize = 1 << 20;
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Partition {
     pub table: String,
-    /// PostgreSQL's estimate (exact after `ANALYZE`).
-    pub rows_estimate: i64,
+    /// PostgreSQL's estimate (exact after `ANALYZE`); None before the
+    /// partition was first analyzed.
+    pub rows_estimate: Option<i64>,
     pub bytes: i64,
 }
 
@@ -52,7 +53,7 @@ pub struct Dropped {
 /// The partitions that exist and the days that were dropped.
 pub async fn list(pool: &PgPool) -> sqlx::Result<(Vec<Partition>, Vec<Dropped>)> {
     let partitions = sqlx::query_as(
-        "SELECT c.relname::text AS table, greatest(c.reltuples, 0)::bigint AS rows_estimate, \
+        "SELECT c.relname::text AS table, CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint END AS rows_estimate, \
                 pg_total_relation_size(c.oid) AS bytes \
          FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
          WHERE i.inhparent = 'auditline.events'::regclass ORDER BY c.relname",
