@@ -9,7 +9,7 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use auditline_ingest::middleware::Cidr;
-use auditline_shared::event::check_action_type;
+use auditline_shared::{event::check_action_type, text_index};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, TimeDelta, Utc};
 use hmac::{KeyInit, Mac};
@@ -513,13 +513,24 @@ impl Search {
         })
     }
 
-    fn query(&self) -> QueryBuilder<Postgres> {
-        let mut qb = QueryBuilder::new(concat!(
-            "SELECT ",
-            event_columns!(),
-            " FROM auditline.events WHERE occurred_at >= "
-        ));
-        qb.push_bind(self.from)
+    /// The page's query; with `ranges`, only rows within one of those
+    /// (disjoint, inclusive) time ranges are read.
+    fn query(&self, ranges: Option<Ranges>) -> QueryBuilder<Postgres> {
+        let mut qb = QueryBuilder::new(concat!("SELECT ", event_columns!(), " FROM "));
+        if let Some(ranges) = ranges {
+            qb.push("unnest(")
+                .push_bind(ranges.starts)
+                .push("::timestamptz[], ")
+                .push_bind(ranges.ends)
+                .push(
+                    "::timestamptz[]) AS candidate(range_start, range_end) \
+                     JOIN auditline.events ON occurred_at >= range_start AND occurred_at <= range_end",
+                );
+        } else {
+            qb.push("auditline.events");
+        }
+        qb.push(" WHERE occurred_at >= ")
+            .push_bind(self.from)
             .push(" AND occurred_at < ")
             .push_bind(self.to);
         self.filters.push_conditions(&mut qb);
@@ -542,9 +553,39 @@ impl Search {
         qb
     }
 
+    /// The part of the window this page can still reach.
+    fn remaining(&self) -> (DateTime<Utc>, DateTime<Utc>) {
+        match self.after {
+            Some((at, _)) if self.descending => {
+                (self.from, self.to.min(at + TimeDelta::microseconds(1)))
+            }
+            Some((at, _)) => (self.from.max(at), self.to),
+            None => (self.from, self.to),
+        }
+    }
+
+    async fn fetch(&self, pool: &PgPool) -> Result<Vec<StoredEvent>, ApiError> {
+        let Some(bits) = self.filters.q.as_deref().and_then(text_index::query_bits) else {
+            return Ok(self.query(None).build_query_as().fetch_all(pool).await?);
+        };
+        // Blocks and pending batches must be read in the snapshot the rows are.
+        let mut tx = pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let (from, to) = self.remaining();
+        let ranges = candidate_ranges(&mut tx, from, to, &bits).await?;
+        let events = self
+            .query(ranges)
+            .build_query_as()
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(events)
+    }
+
     pub async fn run(&self, pool: &PgPool, key: &CursorKey) -> Result<SearchPage, ApiError> {
-        let mut qb = self.query();
-        let mut events: Vec<StoredEvent> = qb.build_query_as().fetch_all(pool).await?;
+        let mut events = self.fetch(pool).await?;
         let more = events.len() as i64 > self.limit;
         events.truncate(usize::try_from(self.limit).unwrap_or(usize::MAX));
         let next_cursor = match events.last() {
@@ -567,6 +608,83 @@ impl Search {
             },
         })
     }
+}
+
+/// Time ranges, as two parallel arrays for `unnest`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Ranges {
+    starts: Vec<DateTime<Utc>>,
+    ends: Vec<DateTime<Utc>>,
+}
+
+impl Ranges {
+    /// Sorted and merged so that no row is in two of them.
+    fn merged(mut spans: Vec<(DateTime<Utc>, DateTime<Utc>)>) -> Self {
+        spans.sort_unstable();
+        let mut ranges = Self::default();
+        for (start, end) in spans {
+            match ranges.ends.last_mut() {
+                Some(last) if start <= *last => *last = (*last).max(end),
+                _ => {
+                    ranges.starts.push(start);
+                    ranges.ends.push(end);
+                }
+            }
+        }
+        ranges
+    }
+}
+
+type At = DateTime<Utc>;
+
+/// Candidate blocks beyond this many: the term is common, and the plain scan
+/// of the time index finds a page sooner.
+const MAX_CANDIDATE_BLOCKS: i64 = 2000;
+
+/// The time ranges within `[from, to)` that can hold a row containing the
+/// search text: those of the blocks whose filter has every bit, and those of
+/// batches not indexed yet. `None` when the index does not narrow the search.
+async fn candidate_ranges(
+    conn: &mut sqlx::PgConnection,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    bits: &[i64],
+) -> Result<Option<Ranges>, sqlx::Error> {
+    let mut qb = QueryBuilder::new(
+        "SELECT first_at, last_at FROM auditline.search_blocks WHERE first_at >= ",
+    );
+    qb.push_bind(from - text_index::MAX_SPAN)
+        .push(" AND first_at < ")
+        .push_bind(to)
+        .push(" AND last_at >= ")
+        .push_bind(from);
+    for &bit in bits {
+        qb.push(" AND get_bit(bits, ").push_bind(bit).push(") = 1");
+    }
+    qb.push(" LIMIT ").push_bind(MAX_CANDIDATE_BLOCKS + 1);
+    let mut spans: Vec<(DateTime<Utc>, DateTime<Utc>)> =
+        qb.build_query_as().fetch_all(&mut *conn).await?;
+    if spans.len() as i64 > MAX_CANDIDATE_BLOCKS {
+        return Ok(None);
+    }
+    let pending: Vec<(Option<At>, Option<At>)> = sqlx::query_as(
+        "SELECT b.occurred_min, b.occurred_max \
+         FROM auditline.rollup_pending p JOIN auditline.batches b USING (batch_id) \
+         WHERE b.occurred_min IS NULL OR b.occurred_max IS NULL \
+            OR (b.occurred_max >= $1 AND b.occurred_min < $2)",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(&mut *conn)
+    .await?;
+    for span in pending {
+        // A batch committed before seals recorded no time range.
+        let (Some(start), Some(end)) = span else {
+            return Ok(None);
+        };
+        spans.push((start, end));
+    }
+    Ok(Some(Ranges::merged(spans)))
 }
 
 /// Search the audit log.

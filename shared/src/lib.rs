@@ -9,6 +9,7 @@
 //! - [`metrics`] — the Prometheus registry and `/metrics` handler.
 //! - [`rollup`] — per-minute/hour/day aggregates behind summaries and metrics.
 //! - [`seal`] — row digests and chained batch seals (tamper evidence).
+//! - [`text_index`] — the free-text search's per-block Bloom filters.
 //! - [`error`] — the JSON error body every HTTP service answers with.
 
 pub mod amqp;
@@ -21,6 +22,7 @@ pub mod rollup;
 pub mod seal;
 pub mod settings;
 pub mod telemetry;
+pub mod text_index;
 
 pub use event::{AuditEvent, FieldError, ValidationError, WireEvent};
 pub use settings::Settings;

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::text_index;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use futures_util::TryStreamExt;
 use sqlx::{PgConnection, PgPool};
@@ -104,8 +105,8 @@ pub struct Folded {
 
 /// Folds up to `max_batches` pending batches into the rollups, in one
 /// transaction: takes them from `auditline.rollup_pending` (skipping batches
-/// another keeper holds), reads their rows by `batch_id`, upserts, deletes the
-/// pending rows, commits. A crash anywhere leaves the batches pending.
+/// another keeper holds), reads their rows by `batch_id`, upserts, indexes
+/// them for the free-text search, deletes the pending rows, commits. A crash anywhere leaves the batches pending.
 pub async fn fold_pending(pool: &PgPool, max_batches: i64) -> Result<Folded, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let batches: Vec<Uuid> = sqlx::query_scalar(
@@ -122,26 +123,30 @@ pub async fn fold_pending(pool: &PgPool, max_batches: i64) -> Result<Folded, sql
     }
     let started = std::time::Instant::now();
     let mut rollup = RollupBatch::default();
-    let mut events = 0;
+    let mut texts = Vec::new();
     {
-        let mut rows = sqlx::query_as::<_, RollupRow>(
-            "SELECT occurred_at, user_id, action_type, success, response_time_ms \
+        let mut rows = sqlx::query_as::<_, FoldRow>(
+            "SELECT occurred_at, user_id, action_type, success, response_time_ms, \
+                    lower(endpoint) AS endpoint, lower(metadata::text) AS metadata \
              FROM auditline.events WHERE batch_id = ANY($1)",
         )
         .bind(&batches)
         .fetch(&mut *tx);
         while let Some(row) = rows.try_next().await? {
-            rollup.add(&row);
-            events += 1;
+            rollup.add(&row.rollup);
+            texts.push((row.rollup.occurred_at, row.endpoint, row.metadata));
         }
     }
+    let events = texts.len() as u64;
     let read = started.elapsed();
     rollup.upsert(&mut tx).await?;
+    let blocks = insert_search_blocks(&mut tx, texts).await?;
     tx.commit().await?;
     tracing::debug!(
         batches = batches.len(),
         events,
         keys = rollup.counts.len() + rollup.latency.len(),
+        blocks,
         read_ms = read.as_millis() as u64,
         total_ms = started.elapsed().as_millis() as u64,
         "rollups folded"
@@ -150,6 +155,50 @@ pub async fn fold_pending(pool: &PgPool, max_batches: i64) -> Result<Folded, sql
         batches: batches.len(),
         events,
     })
+}
+
+/// A row as the fold reads it: the rollup's fields and the texts the
+/// free-text search compares.
+#[derive(sqlx::FromRow)]
+struct FoldRow {
+    #[sqlx(flatten)]
+    rollup: RollupRow,
+    endpoint: String,
+    metadata: Option<String>,
+}
+
+/// Indexes the folded rows for the free-text search (see [`text_index`]).
+async fn insert_search_blocks(
+    conn: &mut PgConnection,
+    mut texts: Vec<(DateTime<Utc>, String, Option<String>)>,
+) -> Result<usize, sqlx::Error> {
+    texts.sort_unstable_by_key(|(at, ..)| *at);
+    let mut builder = text_index::BlockBuilder::default();
+    for (at, endpoint, metadata) in &texts {
+        match metadata {
+            Some(metadata) => builder.add(*at, &[endpoint, metadata]),
+            None => builder.add(*at, &[endpoint]),
+        }
+    }
+    let blocks = builder.finish();
+    let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for block in &blocks {
+        columns.0.push(block.first_at);
+        columns.1.push(block.last_at);
+        columns.2.push(block.rows);
+        columns.3.push(block.bits.as_slice());
+    }
+    sqlx::query(
+        "INSERT INTO auditline.search_blocks (first_at, last_at, row_count, bits) \
+         SELECT * FROM unnest($1::timestamptz[], $2::timestamptz[], $3::int4[], $4::bytea[])",
+    )
+    .bind(&columns.0)
+    .bind(&columns.1)
+    .bind(&columns.2)
+    .bind(&columns.3)
+    .execute(conn)
+    .await?;
+    Ok(blocks.len())
 }
 
 /// Batches committed but not yet folded into the rollups.

@@ -7,6 +7,7 @@ mod dashboard;
 mod drills;
 mod export;
 mod faults;
+mod free_text;
 mod helpers;
 mod ingest;
 mod integrity;

@@ -13,7 +13,7 @@ use crate::{
     db_writer::{DbWriter, DbWriterConfig},
     metrics::WriterMetrics,
     partitions::PartitionKeeper,
-    rollups::RollupKeeper,
+    rollups::{RollupKeeper, Stop},
 };
 use actix::prelude::*;
 use actix_web::{App, HttpResponse, HttpServer, dev::Server, web};
@@ -47,8 +47,8 @@ pub struct Application {
     server: Server,
     slots: Vec<tokio::task::JoinHandle<()>>,
     stop: watch::Sender<bool>,
-    _keeper: Addr<PartitionKeeper>,
-    _rollups: Addr<RollupKeeper>,
+    keeper: Addr<PartitionKeeper>,
+    rollups: Addr<RollupKeeper>,
 }
 
 impl std::fmt::Debug for Application {
@@ -138,8 +138,8 @@ impl Application {
             server,
             slots,
             stop,
-            _keeper: keeper,
-            _rollups: rollups,
+            keeper,
+            rollups,
         })
     }
 
@@ -163,6 +163,8 @@ impl Application {
             let _ = slot.await;
         }
         handle.stop(true).await;
+        let _ = self.rollups.send(Stop).await;
+        let _ = self.keeper.send(Stop).await;
         tracing::info!("writer stopped");
         Ok(())
     }

@@ -133,3 +133,11 @@ impl Handler<Forget> for PartitionKeeper {
         self.known.clear();
     }
 }
+
+impl Handler<crate::rollups::Stop> for PartitionKeeper {
+    type Result = ();
+
+    fn handle(&mut self, _: crate::rollups::Stop, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}

@@ -57,6 +57,21 @@ async fn catch_up(pool: PgPool, metrics: WriterMetrics) {
     }
 }
 
+/// Stops a keeper: the writer's shutdown ends its background work with it
+/// (an interval alone would keep the actor running in a shared system). A
+/// fold cut short rolls back and stays pending.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for RollupKeeper {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
 impl Actor for RollupKeeper {
     type Context = Context<Self>;
 
