@@ -49,6 +49,7 @@ if [ "${FRESH:-0}" = 1 ] || [ "$have" -lt "$EVENTS" ]; then
 fi
 echo "events: $(psql_q "SELECT count(*) FROM auditline.events"), table + indexes: $(psql_q "SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid))) FROM pg_class c JOIN pg_inherits i ON i.inhrelid = c.oid WHERE i.inhparent = 'auditline.events'::regclass")"
 echo "rollup rows: $(psql_q "SELECT count(*) FROM auditline.rollups") counts, $(psql_q "SELECT count(*) FROM auditline.rollup_latency") histograms"
+echo "free-text index: $(psql_q "SELECT count(*) || ' blocks, ' || pg_size_pretty(pg_total_relation_size('auditline.search_blocks')) FROM auditline.search_blocks")"
 
 $bin all >/dev/null & pid=$!
 for _ in $(seq 50); do curl -sf http://127.0.0.1:18280/readyz >/dev/null && break; sleep 0.2; done
@@ -78,6 +79,17 @@ time_query "search: one user, last 24 h"              "$base/logs?user_id=$user"
 time_query "search: action_type + status class, 24 h" "$base/logs?action_type=code_exec&status=5xx"
 time_query "search: free text, common (q=loadgen)"    "$base/logs?q=loadgen"
 time_query "search: free text, rare (q=/files/4242)"  "$base/logs?q=/files/4242"
+time_query "search: free text, rare, 30 days"          "$base/logs?q=/files/4242&from=$month&to=$now"
+rid=$(psql_q "SELECT substr(metadata->>'request_id', 5, 12) FROM auditline.events WHERE occurred_at > now() - interval '2 hours' LIMIT 1")
+time_query "search: free text, 12 chars of a request id" "$base/logs?q=$rid"
+# Side by side: the rare term by the plain scan the search used before its
+# index (the same SQL without the candidate ranges), timed inside PostgreSQL.
+day=$(date -u -d "-1 day" +%Y-%m-%dT%H:%M:%SZ)
+for _ in $(seq "$(( (RUNS + 3) / 4 ))"); do
+  psql_q "EXPLAIN (ANALYZE, TIMING OFF) SELECT event_id FROM auditline.events WHERE occurred_at >= '$day' AND occurred_at < '$now'
+          AND (strpos(lower(endpoint), '/files/4242') > 0 OR strpos(lower(metadata::text), '/files/4242') > 0)
+          ORDER BY occurred_at DESC, event_id DESC LIMIT 101" | sed -n 's/Execution Time: \([0-9.]*\) ms/\1/p'
+done | sort -g | awk '{ v[NR] = $1 } END { printf "%-44s p50 %7.1f ms   p95 %7.1f ms   (n=%d)\n", "  same rare term, plain scan (SQL only)", v[int(NR * 0.5 + 0.5)], v[int(NR * 0.95 + 0.5)], NR }'
 time_query "search: page 100 (keyset cursor)"         "$base/logs?limit=100&cursor=$cursor"
 time_query "search: one user, 30 days"                "$base/logs?user_id=$user&from=$month&to=$now"
 time_query "user summary: one user, 30 days"          "$base/users/$user?from=$month&to=$now"

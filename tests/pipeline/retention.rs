@@ -15,6 +15,18 @@ async fn partition_exists(env: &TestEnv, day: NaiveDate) -> bool {
         .expect("to_regclass")
 }
 
+async fn search_blocks_on(env: &TestEnv, day: NaiveDate) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM auditline.search_blocks \
+         WHERE first_at >= ($1::timestamp AT TIME ZONE 'UTC') \
+           AND last_at < (($1::date + 1)::timestamp AT TIME ZONE 'UTC')",
+    )
+    .bind(day)
+    .fetch_one(&env.pool)
+    .await
+    .expect("blocks")
+}
+
 async fn rows_on(env: &TestEnv, day: NaiveDate) -> i64 {
     sqlx::query_scalar(
         "SELECT count(*) FROM auditline.events WHERE occurred_at >= $1::date AND occurred_at < $1::date + 1",
@@ -48,9 +60,11 @@ async fn retention_archives_verifies_and_drops_and_verify_accepts_the_gap() {
         .expect("confirmed");
     env.wait_for_rows(events.len() as i64, Duration::from_secs(30))
         .await;
+    env.wait_rollups().await;
     writer.stop().await;
     let d2_rows = rows_on(&env, d2).await;
     assert_eq!(d2_rows, 31);
+    assert!(search_blocks_on(&env, d2).await > 0, "the rows are indexed");
 
     let (private, public) = auditline_admin_api::checkpoint::Keys::generate().expect("keys");
     let keys = [
@@ -108,6 +122,11 @@ async fn retention_archives_verifies_and_drops_and_verify_accepts_the_gap() {
     assert!(gone, "the admin's retention did not drop {d1}");
     assert!(partition_exists(&env, d3).await, "{d3} is within retention");
     admin.stop().await;
+    // The free-text index went with the dropped days, and only with them
+    // (d2 was dropped before the older d1).
+    assert_eq!(search_blocks_on(&env, d1).await, 0);
+    assert_eq!(search_blocks_on(&env, d2).await, 0);
+    assert!(search_blocks_on(&env, d3).await > 0);
 
     let (code, stdout, stderr) = Process::output(&env, &["verify", "--json"], &keys).await;
     let report: Value =
