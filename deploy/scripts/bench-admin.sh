@@ -51,7 +51,10 @@ echo "events: $(psql_q "SELECT count(*) FROM auditline.events"), table + indexes
 echo "rollup rows: $(psql_q "SELECT count(*) FROM auditline.rollups") counts, $(psql_q "SELECT count(*) FROM auditline.rollup_latency") histograms"
 echo "free-text index: $(psql_q "SELECT count(*) || ' blocks, ' || pg_size_pretty(pg_total_relation_size('auditline.search_blocks')) FROM auditline.search_blocks")"
 
-$bin all >/dev/null & pid=$!
+# The admin service alone: its own audit events (which name the search terms
+# in their endpoint) wait in the broker instead of joining the data set, so
+# every run searches the same events.
+$bin admin >/dev/null & pid=$!
 for _ in $(seq 50); do curl -sf http://127.0.0.1:18280/readyz >/dev/null && break; sleep 0.2; done
 token=$($bin token create --name bench-admin --scope read 2>/dev/null)
 auth="Authorization: Bearer $token"
@@ -80,7 +83,7 @@ time_query "search: action_type + status class, 24 h" "$base/logs?action_type=co
 time_query "search: free text, common (q=loadgen)"    "$base/logs?q=loadgen"
 time_query "search: free text, rare (q=/files/4242)"  "$base/logs?q=/files/4242"
 time_query "search: free text, rare, 30 days"          "$base/logs?q=/files/4242&from=$month&to=$now"
-rid=$(psql_q "SELECT substr(metadata->>'request_id', 5, 12) FROM auditline.events WHERE occurred_at > now() - interval '2 hours' LIMIT 1")
+rid=$(psql_q "SELECT substr(metadata->>'request_id', 5, 12) FROM auditline.events WHERE occurred_at > now() - interval '12 hours' AND metadata ? 'request_id' LIMIT 1")
 time_query "search: free text, 12 chars of a request id" "$base/logs?q=$rid"
 # Side by side: the rare term by the plain scan the search used before its
 # index (the same SQL without the candidate ranges), timed inside PostgreSQL.
