@@ -7,23 +7,11 @@
 //!
 //! `DATABASE_URL=postgres://postgres@127.0.0.1/auditline_bench_admin BATCHES=40 \
 //!  cargo run --release -p auditline-shared --example fold_cost`
-use auditline_shared::{
-    rollup::{RollupBatch, RollupRow},
-    text_index::BlockBuilder,
-};
-use chrono::{DateTime, Utc};
+use auditline_shared::rollup::{self, RollupBatch, RollupRow};
 use futures_util::TryStreamExt;
 use sqlx::{Connection, PgConnection};
 use std::time::Instant;
 use uuid::Uuid;
-
-#[derive(sqlx::FromRow)]
-struct Texts {
-    #[sqlx(flatten)]
-    rollup: RollupRow,
-    endpoint: String,
-    metadata: Option<String>,
-}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -61,31 +49,9 @@ async fn main() -> anyhow::Result<()> {
         let plain = started.elapsed();
 
         let started = Instant::now();
-        let mut rollup = RollupBatch::default();
-        let mut texts: Vec<(DateTime<Utc>, String, Option<String>)> = Vec::new();
-        {
-            let mut stream = sqlx::query_as::<_, Texts>(
-                "SELECT occurred_at, user_id, action_type, success, response_time_ms, \
-                        lower(endpoint) AS endpoint, lower(metadata::text) AS metadata \
-                 FROM auditline.events WHERE batch_id = ANY($1)",
-            )
-            .bind(&ids)
-            .fetch(&mut *tx);
-            while let Some(row) = stream.try_next().await? {
-                rollup.add(&row.rollup);
-                texts.push((row.rollup.occurred_at, row.endpoint, row.metadata));
-            }
-        }
+        let (_, texts) = rollup::read_batches(&mut tx, &ids).await?;
         let read = started.elapsed();
-        texts.sort_unstable_by_key(|(at, ..)| *at);
-        let mut builder = BlockBuilder::default();
-        for (at, endpoint, metadata) in &texts {
-            match metadata {
-                Some(m) => builder.add(*at, &[endpoint, m]),
-                None => builder.add(*at, &[endpoint]),
-            }
-        }
-        let blocks = builder.finish();
+        let blocks = rollup::search_blocks(texts);
         let indexed = started.elapsed();
         tx.rollback().await?;
         let us = |d: std::time::Duration| d.as_secs_f64() * 1e6 / rows as f64;

@@ -122,21 +122,7 @@ pub async fn fold_pending(pool: &PgPool, max_batches: i64) -> Result<Folded, sql
         return Ok(Folded::default());
     }
     let started = std::time::Instant::now();
-    let mut rollup = RollupBatch::default();
-    let mut texts = Vec::new();
-    {
-        let mut rows = sqlx::query_as::<_, FoldRow>(
-            "SELECT occurred_at, user_id, action_type, success, response_time_ms, \
-                    lower(endpoint) AS endpoint, lower(metadata::text) AS metadata \
-             FROM auditline.events WHERE batch_id = ANY($1)",
-        )
-        .bind(&batches)
-        .fetch(&mut *tx);
-        while let Some(row) = rows.try_next().await? {
-            rollup.add(&row.rollup);
-            texts.push((row.rollup.occurred_at, row.endpoint, row.metadata));
-        }
-    }
+    let (rollup, texts) = read_batches(&mut tx, &batches).await?;
     let events = texts.len() as u64;
     let read = started.elapsed();
     rollup.upsert(&mut tx).await?;
@@ -167,11 +153,33 @@ struct FoldRow {
     metadata: Option<String>,
 }
 
-/// Indexes the folded rows for the free-text search (see [`text_index`]).
-async fn insert_search_blocks(
+/// A stored row's time and the texts the free-text search compares
+/// (`lower(endpoint)`, `lower(metadata::text)`).
+pub type RowTexts = (DateTime<Utc>, String, Option<String>);
+
+/// Reads the rows of `batches`: folded into a rollup, and their texts.
+pub async fn read_batches(
     conn: &mut PgConnection,
-    mut texts: Vec<(DateTime<Utc>, String, Option<String>)>,
-) -> Result<usize, sqlx::Error> {
+    batches: &[Uuid],
+) -> Result<(RollupBatch, Vec<RowTexts>), sqlx::Error> {
+    let mut rollup = RollupBatch::default();
+    let mut texts = Vec::new();
+    let mut rows = sqlx::query_as::<_, FoldRow>(
+        "SELECT occurred_at, user_id, action_type, success, response_time_ms, \
+                lower(endpoint) AS endpoint, lower(metadata::text) AS metadata \
+         FROM auditline.events WHERE batch_id = ANY($1)",
+    )
+    .bind(batches)
+    .fetch(conn);
+    while let Some(row) = rows.try_next().await? {
+        rollup.add(&row.rollup);
+        texts.push((row.rollup.occurred_at, row.endpoint, row.metadata));
+    }
+    Ok((rollup, texts))
+}
+
+/// The free-text search's blocks of these rows, in time order.
+pub fn search_blocks(mut texts: Vec<RowTexts>) -> Vec<text_index::Block> {
     texts.sort_unstable_by_key(|(at, ..)| *at);
     let mut builder = text_index::BlockBuilder::default();
     for (at, endpoint, metadata) in &texts {
@@ -180,7 +188,15 @@ async fn insert_search_blocks(
             None => builder.add(*at, &[endpoint]),
         }
     }
-    let blocks = builder.finish();
+    builder.finish()
+}
+
+/// Indexes the folded rows for the free-text search (see [`text_index`]).
+async fn insert_search_blocks(
+    conn: &mut PgConnection,
+    texts: Vec<RowTexts>,
+) -> Result<usize, sqlx::Error> {
+    let blocks = search_blocks(texts);
     let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for block in &blocks {
         columns.0.push(block.first_at);

@@ -89,18 +89,25 @@ impl Stored {
     }
 }
 
-/// Publishes the known set, stores it with the real writer and starts the admin service.
-pub(crate) async fn stored_set(env: &TestEnv) -> Stored {
-    let (events, from, to) = known_events();
+/// Publishes `events` and waits until the real writer stored them and the
+/// rollup keeper folded them; the writer keeps running.
+pub(crate) async fn store_folded(env: &TestEnv, events: &[AuditEvent]) -> InProcess {
     let writer = InProcessWriter::start(env).await;
     env.publisher()
         .await
-        .publish_batch(&events)
+        .publish_batch(events)
         .await
         .expect("published");
     env.wait_for_rows(events.len() as i64, Duration::from_secs(60))
         .await;
     env.wait_rollups().await;
+    writer
+}
+
+/// Publishes the known set, stores it with the real writer and starts the admin service.
+pub(crate) async fn stored_set(env: &TestEnv) -> Stored {
+    let (events, from, to) = known_events();
+    let writer = store_folded(env, &events).await;
     Stored {
         events,
         from,

@@ -1,15 +1,15 @@
 //! The free-text search (`q`) and its block index: whatever state the index
 //! is in, a search answers exactly what a scan of the rows answers.
 
-use std::{collections::HashSet, time::Duration};
+use std::collections::HashSet;
 
 use auditline_shared::{AuditEvent, auth::Scope, rollup};
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::admin::{enc, rfc, walk};
-use crate::helpers::{InProcess, InProcessAdmin, InProcessWriter, TestEnv};
+use crate::admin::{enc, rfc, store_folded, walk};
+use crate::helpers::{InProcess, InProcessAdmin, TestEnv};
 
 /// 3,000 events over six hours: unique request ids, a few rare words, mixed
 /// case and non-ASCII text.
@@ -108,16 +108,7 @@ async fn assert_searches_equal_scans(
 async fn free_text_search_answers_what_a_scan_answers_before_and_after_indexing() {
     let env = TestEnv::new().await;
     let (events, from, to) = text_events();
-    let writer = InProcessWriter::start(&env).await;
-    env.publisher()
-        .await
-        .publish_batch(&events)
-        .await
-        .expect("published");
-    env.wait_for_rows(events.len() as i64, Duration::from_secs(60))
-        .await;
-    env.wait_rollups().await;
-    writer.stop().await;
+    store_folded(&env, &events).await.stop().await;
     let admin = InProcessAdmin::start(&env).await;
     let token = env.token(&[Scope::Read], None).await;
 
