@@ -26,6 +26,20 @@ fn main() {
         body.len(),
         body.len() / events
     );
+    for (name, reuse) in [("a context per message", false), ("a reused context", true)] {
+        let rounds = 400;
+        let start = Instant::now();
+        for _ in 0..rounds {
+            let out = if reuse {
+                auditline_shared::amqp::compress(&body)
+            } else {
+                zstd::bulk::compress(&body, 1).expect("compress")
+            };
+            std::hint::black_box(out);
+        }
+        let ns = start.elapsed().as_nanos() as f64 / (rounds * events) as f64;
+        println!("level 1, {name}: {ns:.0} ns an event");
+    }
     for level in [3, 1, -1, -3, -5, -10] {
         let rounds = 400;
         let mut size = 0;

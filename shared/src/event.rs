@@ -571,7 +571,9 @@ pub fn parse_ndjson(body: &[u8], now: DateTime<Utc>) -> Vec<ParsedLine> {
 
 /// Serializes events as an NDJSON body.
 pub fn to_ndjson(events: &[AuditEvent]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(events.len() * 400);
+    // Room for a typical event (~400 bytes) and its line end: growing a
+    // 200 KB body by doubling copies it whole.
+    let mut body = Vec::with_capacity(events.len() * 512);
     for event in events {
         event.write_json(&mut body);
         body.push(b'\n');
