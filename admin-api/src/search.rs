@@ -321,25 +321,31 @@ impl Filters {
                 .push_bind(self.http_methods.clone())
                 .push(")");
         }
-        match (self.status_codes.is_empty(), self.status_classes.is_empty()) {
-            (true, true) => {}
-            (false, true) => {
-                qb.push(" AND status_code = ANY(")
+        if !self.status_codes.is_empty() || !self.status_classes.is_empty() {
+            // A class is a range of codes: PostgreSQL estimates a range from
+            // the column's statistics, while `status_code / 100` has none; it
+            // guessed 0.5% for 5xx (really ~5%) and sorted every code_exec
+            // row of the day instead of walking the time index (30 ms, not 3).
+            qb.push(" AND (");
+            let mut first = true;
+            if !self.status_codes.is_empty() {
+                qb.push("status_code = ANY(")
                     .push_bind(self.status_codes.clone())
                     .push(")");
+                first = false;
             }
-            (true, false) => {
-                qb.push(" AND status_code / 100 = ANY(")
-                    .push_bind(self.status_classes.clone())
+            for &class in &self.status_classes {
+                if !first {
+                    qb.push(" OR ");
+                }
+                first = false;
+                qb.push("(status_code >= ")
+                    .push_bind(class * 100)
+                    .push(" AND status_code < ")
+                    .push_bind(class * 100 + 100)
                     .push(")");
             }
-            (false, false) => {
-                qb.push(" AND (status_code = ANY(")
-                    .push_bind(self.status_codes.clone())
-                    .push(") OR status_code / 100 = ANY(")
-                    .push_bind(self.status_classes.clone())
-                    .push("))");
-            }
+            qb.push(")");
         }
         if let Some(success) = self.success {
             qb.push(" AND success = ").push_bind(success);
