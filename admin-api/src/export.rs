@@ -20,10 +20,10 @@ use actix_web::{
     http::header::{ContentDisposition, DispositionParam, DispositionType},
     web::{self, Bytes},
 };
-use auditline_shared::event::rfc3339_text as time;
+use auditline_shared::{db, event::rfc3339_text as time};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{PgConnection, Postgres, QueryBuilder, pool::PoolConnection};
+use sqlx::{PgConnection, Postgres, QueryBuilder, Transaction};
 use tokio::sync::mpsc;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -241,14 +241,6 @@ impl Export {
     }
 }
 
-/// Opens the snapshot an export reads from.
-pub async fn begin_snapshot(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
 /// Walks an export's rows chunk by chunk.
 #[derive(Debug)]
 pub struct Rows<'a> {
@@ -314,14 +306,14 @@ impl std::fmt::Debug for Chunk {
 }
 
 impl ReadAhead {
-    /// Starts reading on `conn`, whose snapshot [`begin_snapshot`] opened;
-    /// the transaction is rolled back when the reading ends.
-    pub fn start(export: Export, mut conn: PoolConnection<Postgres>) -> Self {
+    /// Starts reading in `snapshot` (`db::snapshot`), which is rolled back
+    /// when the reading ends.
+    pub fn start(export: Export, mut snapshot: Transaction<'static, Postgres>) -> Self {
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(async move {
             let mut rows = Rows::new(&export);
             loop {
-                let chunk = match rows.next(&mut conn).await {
+                let chunk = match rows.next(&mut snapshot).await {
                     Ok(chunk) if chunk.is_empty() => Chunk::End,
                     Ok(chunk) => Chunk::Rows(chunk),
                     Err(e) => Chunk::Failed(e),
@@ -331,7 +323,7 @@ impl ReadAhead {
                     break;
                 }
             }
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            let _ = snapshot.rollback().await;
         });
         Self { rx }
     }
@@ -691,12 +683,11 @@ pub async fn export(
     let export = Export::parse(&params)?;
     // The snapshot is opened before answering: a database that cannot be
     // reached is a clean 503, not a 200 cut short.
-    let mut conn = state.pool.acquire().await?;
-    begin_snapshot(&mut conn).await?;
+    let snapshot = db::snapshot(&state.pool).await?;
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let (content_type, file_name) = (export.content_type(), export.file_name());
     let (format, compression) = (export.format, export.compression);
-    let reader = ReadAhead::start(export, conn);
+    let reader = ReadAhead::start(export, snapshot);
     actix_web::rt::spawn(async move {
         let outcome = stream_rows(format, compression, reader, &tx).await;
         if let Err(e) = outcome {

@@ -21,7 +21,7 @@ use actix_web::{
     http::header::{ContentDisposition, DispositionParam, DispositionType},
     web::{self, Bytes},
 };
-use auditline_shared::settings::ExportSettings;
+use auditline_shared::{db, settings::ExportSettings};
 use chrono::{DateTime, Utc};
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
@@ -879,9 +879,8 @@ impl Runner {
         let mut hash = Sha256::new();
         let mut bytes = 0u64;
         let mut encoder = Encoder::new(export.format, export.compression)?;
-        let mut conn = self.pool.acquire().await?;
-        export::begin_snapshot(&mut conn).await?;
-        let mut reader = ReadAhead::start(export.clone(), conn);
+        let snapshot = db::snapshot(&self.pool).await?;
+        let mut reader = ReadAhead::start(export.clone(), snapshot);
         let mut first: Option<(Uuid, DateTime<Utc>)> = None;
         let mut last: Option<(Uuid, DateTime<Utc>)> = None;
         let mut beat = Instant::now();

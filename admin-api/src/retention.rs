@@ -369,14 +369,12 @@ pub async fn drop_day(
             .await?;
         // The free-text index of the day's rows goes with them. Blocks that
         // reach into another day stay: they cover its rows too.
-        sqlx::query(
-            "DELETE FROM auditline.search_blocks \
-             WHERE first_at >= ($1::timestamp AT TIME ZONE 'UTC') \
-               AND last_at < (($1::date + 1)::timestamp AT TIME ZONE 'UTC')",
-        )
-        .bind(day)
-        .execute(&mut *tx)
-        .await?;
+        let (from, to) = bounds(day);
+        sqlx::query("DELETE FROM auditline.search_blocks WHERE first_at >= $1 AND last_at < $2")
+            .bind(from)
+            .bind(to)
+            .execute(&mut *tx)
+            .await?;
         let dropped: Dropped = sqlx::query_as(
             "INSERT INTO auditline.partition_drops (day, rows, archive, archive_sha256, signature) \
              VALUES ($1, $2, $3, $4, $5) \

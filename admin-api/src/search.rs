@@ -9,7 +9,7 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use auditline_ingest::middleware::Cidr;
-use auditline_shared::{event::check_action_type, text_index};
+use auditline_shared::{db, event::check_action_type, text_index};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, TimeDelta, Utc};
 use hmac::{KeyInit, Mac};
@@ -587,10 +587,7 @@ impl Search {
             return Ok(self.query(None).build_query_as().fetch_all(pool).await?);
         };
         // Blocks and pending batches must be read in the snapshot the rows are.
-        let mut tx = pool.begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = db::snapshot(pool).await?;
         let (from, to) = self.remaining();
         let ranges = candidate_ranges(&mut tx, from, to, &bits, self.limit).await?;
         let events = self

@@ -36,15 +36,10 @@ pub fn compress(body: &[u8]) -> Vec<u8> {
         // A context per thread, reused: creating one per message (what
         // `zstd::bulk::compress` does) showed up in the middleware's profile.
         static CONTEXT: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
-            const { std::cell::RefCell::new(None) };
+            std::cell::RefCell::new(zstd::bulk::Compressor::new(1).ok());
     }
     CONTEXT
-        .with_borrow_mut(|context| {
-            if context.is_none() {
-                *context = Some(zstd::bulk::Compressor::new(1).ok()?);
-            }
-            context.as_mut()?.compress(body).ok()
-        })
+        .with_borrow_mut(|context| context.as_mut()?.compress(body).ok())
         // Compressing into memory cannot fail but for allocation.
         .unwrap_or_else(|| body.to_vec())
 }

@@ -46,6 +46,19 @@ pub async fn connect(url: &SecretUrl) -> anyhow::Result<PgConnection> {
     Ok(conn)
 }
 
+/// A read-only `REPEATABLE READ` transaction: every query in it sees one
+/// snapshot (an export's chunks; a search's index and its rows). Dropped
+/// without commit, it rolls back.
+pub async fn snapshot(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
 /// Runs every pending migration. Idempotent.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(pool).await.context("migrations failed")?;

@@ -106,7 +106,8 @@ pub struct Folded {
 /// Folds up to `max_batches` pending batches into the rollups, in one
 /// transaction: takes them from `auditline.rollup_pending` (skipping batches
 /// another keeper holds), reads their rows by `batch_id`, upserts, indexes
-/// them for the free-text search, deletes the pending rows, commits. A crash anywhere leaves the batches pending.
+/// them for the free-text search, deletes the pending rows, commits. A crash
+/// anywhere leaves the batches pending.
 pub async fn fold_pending(pool: &PgPool, max_batches: i64) -> Result<Folded, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let batches: Vec<Uuid> = sqlx::query_scalar(
