@@ -7,6 +7,8 @@
 # throughput ratio is its CPU ratio (no wakeup preemption by wrk).
 #   cp target/release/auditline /tmp/auditline-old   # before the change
 #   OLD=/tmp/auditline-old ROUNDS=5 DURATION=8 PIN=1 deploy/scripts/bench-middleware-ab.sh
+# OLD_ENV / NEW_ENV add settings to one app, e.g. to compare one binary with
+# itself: OLD=target/release/auditline NEW_ENV=AUDITLINE_PUBLISHER__COMPRESS=false
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 deploy/scripts/ensure-services.sh
@@ -38,8 +40,10 @@ trap cleanup EXIT
 $new migrate >/dev/null
 declare -A port pid
 start() { # name binary port [args]
-  local name=$1 bin=$2 p=$3; shift 3
-  AUDITLINE_NAMESPACE=benchab-$ts "${pin_app[@]}" "$bin" demo-app --listen "127.0.0.1:$p" "$@" >/dev/null &
+  local name=$1 bin=$2 p=$3 extra=; shift 3
+  case $name in old) extra=${OLD_ENV:-} ;; new) extra=${NEW_ENV:-} ;; esac
+  # shellcheck disable=SC2086 # OLD_ENV/NEW_ENV are lists of VAR=value
+  env $extra AUDITLINE_NAMESPACE=benchab-$ts "${pin_app[@]}" "$bin" demo-app --listen "127.0.0.1:$p" "$@" >/dev/null &
   pids+=($!); pid[$name]=$!; port[$name]=$p
 }
 start plain "$new" 18391 --no-audit

@@ -14,13 +14,14 @@
 //! sizes, response time, status, success, and the [`AuditResources`] the
 //! handler adds.
 //!
-//! It never blocks or fails the request: the observation is kept by the
-//! worker thread that served it and handed over, up to 64 at a time (or after
-//! 5 ms), into a bounded queue (the only work on the request path is copying a
-//! few strings; hand-offs in groups keep the workers from contending on the
-//! queue for every request); a background task turns observations into
-//! events and publishes them in batches. When the queue is full, or the broker cannot take them, events go
-//! to the durable spool and are replayed later: never dropped.
+//! It never blocks or fails the request. When the response is ready, the
+//! worker thread that served it writes the event's JSON line straight from
+//! the request and response (no owned event, no strings copied between
+//! threads) into a buffer of its own, and hands the buffer over, 64 events at
+//! a time (or after 5 ms), into a bounded queue; a background task joins the
+//! buffers into NDJSON messages and publishes them. When the queue is full,
+//! or the broker cannot take them, events go to the durable spool and are
+//! replayed later: never dropped.
 
 use crate::{publisher::Publisher, spool::Spool};
 use actix_web::{
@@ -28,30 +29,32 @@ use actix_web::{
     body::{BodySize, MessageBody},
     dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready},
     http::{
-        Method,
+        Method, Uri,
         header::{self, HeaderName, HeaderValue},
     },
 };
-use auditline_shared::{
-    AuditEvent,
-    event::{
-        MAX_METADATA_BYTES, MAX_RESOURCE_USAGE_BYTES, check_action_type, check_service,
-        object_within,
-    },
+use auditline_shared::event::{
+    EventView, MAX_METADATA_BYTES, MAX_RESOURCE_USAGE_BYTES, check_action_type, check_service,
+    object_within,
 };
-use chrono::{DateTime, SubsecRound, Utc};
-use futures_util::future::{LocalBoxFuture, Ready, ready};
+use chrono::{DateTime, Utc};
+use futures_util::future::{Ready, ready};
 use serde_json::{Map, Value};
 use std::{
+    borrow::Cow,
+    future::Future,
     net::IpAddr,
+    pin::Pin,
     rc::Rc,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
+    task::{Context, Poll, ready},
     time::Instant,
 };
 use tokio::sync::mpsc;
+use uuid::Uuid;
 
 /// Set by the app's authentication (`req.extensions_mut().insert(AuditUser(..))`).
 #[derive(Debug, Clone)]
@@ -201,92 +204,149 @@ impl AuditConfig {
     }
 }
 
-/// What the request path hands to the background task.
+/// What the middleware saw of one request, borrowed from the request and its
+/// response while they are still there: written as the event's JSON line
+/// straight away, with no owned event or strings in between.
 #[derive(Debug)]
-struct Observed {
+struct Observed<'a> {
     occurred_at: DateTime<Utc>,
-    session_id: String,
-    user_id: Option<String>,
+    session_id: &'a str,
+    user_id: Option<&'a str>,
     client_ip: Option<IpAddr>,
     /// The index of the matching rule (`other` when none).
     rule: Option<usize>,
-    endpoint: String,
-    route: Option<String>,
-    method: Method,
+    endpoint: &'a str,
+    route: Option<&'a str>,
+    method: &'a Method,
     request_size: Option<u64>,
     response_size: Option<u64>,
     response_time_ms: f64,
     status: u16,
-    resources: Option<Map<String, Value>>,
-    metadata: Option<Map<String, Value>>,
+    resources: Option<&'a Map<String, Value>>,
+    metadata: Option<&'a Map<String, Value>>,
 }
 
 /// `text` without control characters, cut to `max` characters.
-fn clip(text: String, max: usize) -> String {
+fn clip(text: &str, max: usize) -> Cow<'_, str> {
     // The common case, already fine, is kept without copying.
     if text.len() <= max && !text.chars().any(char::is_control) {
-        return text;
+        return Cow::Borrowed(text);
     }
-    text.chars().filter(|c| !c.is_control()).take(max).collect()
+    Cow::Owned(text.chars().filter(|c| !c.is_control()).take(max).collect())
 }
 
-impl Observed {
-    /// Builds the event directly: the middleware is a boundary of its own, and
+impl Observed<'_> {
+    /// Appends the event's JSON. The middleware is a boundary of its own:
     /// everything it takes from the request is clipped or replaced to fit the
     /// event's rules (a test checks the result against the validator).
-    fn into_event(self, config: &AuditConfig) -> AuditEvent {
+    fn write_json(&self, config: &AuditConfig, event_id: Uuid, out: &mut Vec<u8>) {
         let method = self.method.as_str();
         let method = if !method.is_empty()
             && method.len() <= 10
             && method.chars().all(|c| c.is_ascii_uppercase())
         {
-            method.to_owned()
+            method
         } else {
-            "OTHER".to_owned()
+            "OTHER"
         };
         let endpoint = clip(self.endpoint, 255);
-        let resource_usage = self.resources.filter(|usage| {
-            object_within(usage, MAX_RESOURCE_USAGE_BYTES)
-                .inspect_err(|e| tracing::warn!(error = %e, "resource usage not recorded"))
-                .is_ok()
-        });
-        AuditEvent {
-            event_id: uuid::Uuid::now_v7(),
-            occurred_at: self.occurred_at.trunc_subsecs(6),
-            service: config.service.clone(),
+        let user_id = self.user_id.map(|u| clip(u, 255));
+        let route = self.route.map(|r| clip(r, 255));
+        fn within<'m>(
+            object: Option<&'m Map<String, Value>>,
+            max: usize,
+            what: &str,
+        ) -> Option<&'m Map<String, Value>> {
+            object.filter(|object| {
+                object_within(object, max)
+                    .inspect_err(|e| tracing::warn!(error = %e, "{what} not recorded"))
+                    .is_ok()
+            })
+        }
+        EventView {
+            event_id,
+            occurred_at: self.occurred_at,
+            service: &config.service,
             session_id: self.session_id,
-            user_id: self.user_id.map(|u| clip(u, 255)).filter(|u| !u.is_empty()),
+            user_id: user_id.as_deref().filter(|u| !u.is_empty()),
             client_ip: self.client_ip,
-            action_type: self
-                .rule
-                .map_or("other", |i| config.rules[i].1.as_str())
-                .to_owned(),
-            endpoint: if endpoint.is_empty() {
-                "/".to_owned()
-            } else {
-                endpoint
-            },
-            route: self.route.map(|r| clip(r, 255)).filter(|r| !r.is_empty()),
+            action_type: self.rule.map_or("other", |i| config.rules[i].1.as_str()),
+            endpoint: if endpoint.is_empty() { "/" } else { &endpoint },
+            route: route.as_deref().filter(|r| !r.is_empty()),
             http_method: method,
             request_size: self.request_size.map(|n| n.min(i64::MAX as u64)),
             response_size: self.response_size.map(|n| n.min(i64::MAX as u64)),
             response_time_ms: Some(self.response_time_ms).filter(|ms| ms.is_finite() && *ms >= 0.0),
             status_code: Some(self.status).filter(|s| (100..=599).contains(s)),
             success: self.status < 400,
-            resource_usage,
-            metadata: self.metadata.filter(|metadata| {
-                object_within(metadata, MAX_METADATA_BYTES)
-                    .inspect_err(|e| tracing::warn!(error = %e, "audit metadata not recorded"))
-                    .is_ok()
-            }),
+            resource_usage: within(self.resources, MAX_RESOURCE_USAGE_BYTES, "resource usage"),
+            metadata: within(self.metadata, MAX_METADATA_BYTES, "audit metadata"),
+        }
+        .write_json(out);
+    }
+}
+
+/// Events as NDJSON lines (one event a line), with their count and whether
+/// they share an action type (which names the messages' routing key).
+#[derive(Debug, Default)]
+struct Lines {
+    body: Vec<u8>,
+    count: usize,
+    action: Action,
+}
+
+/// The action types of some events: none yet, all one rule's (or `other`),
+/// or several.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+enum Action {
+    #[default]
+    None,
+    One(Option<usize>),
+    Mixed,
+}
+
+impl Action {
+    fn and(self, other: Self) -> Self {
+        match (self, other) {
+            (Self::None, x) | (x, Self::None) => x,
+            (a, b) if a == b => a,
+            _ => Self::Mixed,
         }
     }
 }
 
+impl Lines {
+    fn with_capacity(events: usize) -> Self {
+        Self {
+            body: Vec::with_capacity(events * LINE_BYTES),
+            count: 0,
+            action: Action::None,
+        }
+    }
+
+    fn append(&mut self, other: Self) {
+        self.body.extend_from_slice(&other.body);
+        self.count += other.count;
+        self.action = self.action.and(other.action);
+    }
+
+    /// `<service>.<action_type>` when the events share one, else `<service>.mixed`.
+    fn routing_key(&self, config: &AuditConfig) -> String {
+        let action = match self.action {
+            Action::One(rule) => rule.map_or("other", |i| config.rules[i].1.as_str()),
+            Action::None | Action::Mixed => "mixed",
+        };
+        format!("{}.{action}", config.service)
+    }
+}
+
+/// The bytes reserved for an event's line (a request's event is ~400).
+const LINE_BYTES: usize = 512;
+
 struct Shared {
     config: Arc<AuditConfig>,
     session_header: HeaderName,
-    queue: mpsc::Sender<Vec<Observed>>,
+    queue: mpsc::Sender<Lines>,
     spool: Arc<Spool>,
     spilled: AtomicU64,
     overflow: std::sync::Mutex<Overflow>,
@@ -343,33 +403,32 @@ impl AuditMiddleware {
         Ok(Self { shared })
     }
 
-    /// Observations that went to the spool because the queue was full.
+    /// Events that went to the spool because the queue was full.
     pub fn spilled(&self) -> u64 {
         self.shared.spilled.load(Ordering::Relaxed)
     }
 
-    fn hand_over(&self, observed: Vec<Observed>) {
-        match self.shared.queue.try_send(observed) {
+    fn hand_over(&self, lines: Lines) {
+        match self.shared.queue.try_send(lines) {
             Ok(()) => {}
             Err(
-                mpsc::error::TrySendError::Full(observed)
-                | mpsc::error::TrySendError::Closed(observed),
-            ) => self.spill(observed),
+                mpsc::error::TrySendError::Full(lines) | mpsc::error::TrySendError::Closed(lines),
+            ) => self.spill(lines),
         }
     }
 
-    /// Sends an observation the queue could not take to the spool. Spilled
-    /// observations are gathered and written by one blocking task, one fsync
-    /// for all that arrived meanwhile: a task and an fsync per request would
-    /// make a busy app slower the more it falls behind.
-    fn spill(&self, observed: Vec<Observed>) {
+    /// Sends events the queue could not take to the spool. Spilled events
+    /// are gathered and written by one blocking task, one fsync for all that
+    /// arrived meanwhile: a task and an fsync per request would make a busy
+    /// app slower the more it falls behind.
+    fn spill(&self, lines: Lines) {
         let shared = &self.shared;
         shared
             .spilled
-            .fetch_add(observed.len() as u64, Ordering::Relaxed);
+            .fetch_add(lines.count as u64, Ordering::Relaxed);
         let start_flusher = {
             let mut overflow = shared.overflow.lock().unwrap_or_else(|p| p.into_inner());
-            overflow.waiting.extend(observed);
+            overflow.waiting.append(lines);
             !std::mem::replace(&mut overflow.flushing, true)
         };
         if start_flusher {
@@ -379,18 +438,14 @@ impl AuditMiddleware {
                     let waiting = {
                         let mut overflow =
                             shared.overflow.lock().unwrap_or_else(|p| p.into_inner());
-                        if overflow.waiting.is_empty() {
+                        if overflow.waiting.count == 0 {
                             overflow.flushing = false;
                             return;
                         }
                         std::mem::take(&mut overflow.waiting)
                     };
-                    let events: Vec<AuditEvent> = waiting
-                        .into_iter()
-                        .map(|o| o.into_event(&shared.config))
-                        .collect();
-                    if let Err(e) = shared.spool.append(&events) {
-                        tracing::error!(error = %e, events = events.len(), "audit events could be neither queued nor spooled");
+                    if let Err(e) = shared.spool.append_ndjson(&waiting.body) {
+                        tracing::error!(error = %e, events = waiting.count, "audit events could be neither queued nor spooled");
                     }
                 }
             };
@@ -404,25 +459,75 @@ impl AuditMiddleware {
     }
 }
 
-/// Observations handed over at once.
+/// Events handed over at once (fewer when a message holds fewer).
 const HANDOFF: usize = 64;
-/// The longest an observation waits in its worker before it is handed over.
+/// The longest an event waits in its worker before it is handed over.
 const HANDOFF_DELAY: std::time::Duration = std::time::Duration::from_millis(5);
+/// How long a worker's reading of the wall clock is used to date requests by
+/// the monotonic clock alone (one clock read a request saved; the two clocks
+/// drift apart by well under a microsecond in that time).
+const WALL_CLOCK_REUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// The observations a worker thread gathered and has not handed over yet.
+/// What a worker thread wrote and has not handed over yet, and its reading
+/// of the wall clock.
 struct Pending {
-    items: std::cell::RefCell<Vec<Observed>>,
-    /// Whether a task will hand the items over after [`HANDOFF_DELAY`].
+    lines: std::cell::RefCell<Lines>,
+    /// Events a hand-off holds.
+    handoff: usize,
+    /// Whether a task will hand the lines over after [`HANDOFF_DELAY`].
     timer: std::cell::Cell<bool>,
+    /// An instant and the wall-clock time (µs since 1970) read with it.
+    wall_clock: std::cell::Cell<(Instant, i64)>,
     middleware: AuditMiddleware,
 }
 
 impl Pending {
-    fn push(self: &Rc<Self>, observed: Observed) {
+    fn new(middleware: AuditMiddleware) -> Self {
+        let handoff = HANDOFF.min(middleware.shared.config.events_per_message.max(1));
+        Self {
+            lines: std::cell::RefCell::new(Lines::with_capacity(handoff)),
+            handoff,
+            timer: std::cell::Cell::new(false),
+            wall_clock: std::cell::Cell::new((Instant::now(), Utc::now().timestamp_micros())),
+            middleware,
+        }
+    }
+
+    /// The wall-clock time of `at`, from the worker's last reading of the
+    /// wall clock when that is recent, else from a new one.
+    fn wall_time(&self, at: Instant) -> DateTime<Utc> {
+        let (read_at, micros) = self.wall_clock.get();
+        let offset = match at.checked_duration_since(read_at) {
+            Some(after) if after < WALL_CLOCK_REUSE => Some(after.as_micros() as i64),
+            Some(_) => None,
+            None => Some(-(read_at.duration_since(at).as_micros() as i64))
+                .filter(|before| *before > -(WALL_CLOCK_REUSE.as_micros() as i64)),
+        };
+        let micros = match offset {
+            Some(offset) => micros + offset,
+            None => {
+                let (now, wall) = (Instant::now(), Utc::now().timestamp_micros());
+                self.wall_clock.set((now, wall));
+                wall - now.saturating_duration_since(at).as_micros() as i64
+            }
+        };
+        DateTime::from_timestamp_micros(micros).unwrap_or_else(Utc::now)
+    }
+
+    /// Writes the event of one request.
+    fn record(self: &Rc<Self>, observed: &Observed<'_>) {
+        let config = &self.middleware.shared.config;
+        // UUIDv7: the event's millisecond, then 74 random bits.
+        let millis = u64::try_from(observed.occurred_at.timestamp_millis()).unwrap_or(0);
+        let event_id =
+            uuid::Builder::from_unix_timestamp_millis(millis, &rand::random()).into_uuid();
         let full = {
-            let mut items = self.items.borrow_mut();
-            items.push(observed);
-            items.len() >= HANDOFF
+            let mut lines = self.lines.borrow_mut();
+            observed.write_json(config, event_id, &mut lines.body);
+            lines.body.push(b'\n');
+            lines.count += 1;
+            lines.action = lines.action.and(Action::One(observed.rule));
+            lines.count >= self.handoff
         };
         if full {
             self.hand_over();
@@ -437,9 +542,12 @@ impl Pending {
     }
 
     fn hand_over(&self) {
-        let items = std::mem::replace(&mut *self.items.borrow_mut(), Vec::with_capacity(HANDOFF));
-        if !items.is_empty() {
-            self.middleware.hand_over(items);
+        let lines = std::mem::replace(
+            &mut *self.lines.borrow_mut(),
+            Lines::with_capacity(self.handoff),
+        );
+        if lines.count > 0 {
+            self.middleware.hand_over(lines);
         }
     }
 }
@@ -447,29 +555,29 @@ impl Pending {
 /// The worker (and its tasks) let go: what it still holds is handed over.
 impl Drop for Pending {
     fn drop(&mut self) {
-        let items = std::mem::take(self.items.get_mut());
-        if !items.is_empty() {
-            self.middleware.hand_over(items);
+        let lines = std::mem::take(self.lines.get_mut());
+        if lines.count > 0 {
+            self.middleware.hand_over(lines);
         }
     }
 }
 
-/// Observations waiting for the spool, and whether a task is writing them.
+/// Events waiting for the spool, and whether a task is writing them.
 #[derive(Default)]
 struct Overflow {
-    waiting: Vec<Observed>,
+    waiting: Lines,
     flushing: bool,
 }
 
-/// The most observations published in one batch.
+/// The most events published in one batch.
 const MAX_BATCH: usize = 5_000;
-/// Batches being published at once: the loop goes on taking observations
-/// while earlier batches wait for their confirms, so the broker's confirm
-/// latency does not let the queue fill up (and overflow into the spool).
+/// Batches being published at once: the loop goes on taking events while
+/// earlier batches wait for their confirms, so the broker's confirm latency
+/// does not let the queue fill up (and overflow into the spool).
 const IN_FLIGHT: usize = 4;
 
 async fn publish_loop(
-    mut rx: mpsc::Receiver<Vec<Observed>>,
+    mut rx: mpsc::Receiver<Lines>,
     publisher: Publisher,
     spool: Arc<Spool>,
     config: Arc<AuditConfig>,
@@ -477,31 +585,36 @@ async fn publish_loop(
     let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let mut handoffs = Vec::new();
     while rx.recv_many(&mut handoffs, MAX_BATCH / HANDOFF).await > 0 {
-        let mut count: usize = handoffs.iter().map(Vec::len).sum();
+        let mut count: usize = handoffs.iter().map(|l: &Lines| l.count).sum();
         if count < config.events_per_message {
-            // Linger so that a busy app hands over hundreds of observations
-            // per wake-up, and they leave in few messages.
+            // Linger so that a busy app hands over hundreds of events per
+            // wake-up, and they leave in few messages.
             tokio::time::sleep(config.linger).await;
             while count < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(observed) => {
-                        count += observed.len();
-                        handoffs.push(observed);
+                    Ok(lines) => {
+                        count += lines.count;
+                        handoffs.push(lines);
                     }
                     Err(_) => break,
                 }
             }
         }
-        let events: Vec<AuditEvent> = handoffs
-            .drain(..)
-            .flatten()
-            .map(|o| o.into_event(&config))
-            .collect();
+        // Hand-offs joined into messages of up to `events_per_message`
+        // events (a hand-off never holds more).
+        let mut messages: Vec<Lines> = Vec::new();
+        for lines in handoffs.drain(..) {
+            match messages.last_mut() {
+                Some(last) if last.count + lines.count <= config.events_per_message => {
+                    last.append(lines);
+                }
+                _ => messages.push(lines),
+            }
+        }
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let (publisher, spool) = (publisher.clone(), spool.clone());
-        let per_message = config.events_per_message;
+        let (publisher, spool, config) = (publisher.clone(), spool.clone(), config.clone());
         tokio::spawn(async move {
             // New events do not wait behind spooled ones: the spool is
             // replayed alongside. Sending everything through the spool while
@@ -509,12 +622,19 @@ async fn publish_loop(
             // load (an fsync, a read and a re-parse each), and the app could
             // never catch up again. Order in the queue carries no meaning:
             // every event has its `occurred_at`.
-            if publisher
-                .publish_batch_of(&events, per_message)
-                .await
-                .is_err()
-            {
-                let appended = tokio::task::spawn_blocking(move || spool.append(&events)).await;
+            let bodies: Vec<(String, &[u8])> = messages
+                .iter()
+                .map(|m| (m.routing_key(&config), m.body.as_slice()))
+                .collect();
+            if publisher.publish_ndjson(&bodies).await.is_err() {
+                let appended = tokio::task::spawn_blocking(move || {
+                    let mut all = Lines::default();
+                    for m in messages {
+                        all.append(m);
+                    }
+                    spool.append_ndjson(&all.body)
+                })
+                .await;
                 if !matches!(appended, Ok(Ok(()))) {
                     tracing::error!("audit events could be neither published nor spooled");
                 }
@@ -537,21 +657,15 @@ where
 
     fn new_transform(&self, service: S) -> Self::Future {
         ready(Ok(AuditService {
-            service: Rc::new(service),
-            middleware: self.clone(),
-            pending: Rc::new(Pending {
-                items: std::cell::RefCell::new(Vec::with_capacity(HANDOFF)),
-                timer: std::cell::Cell::new(false),
-                middleware: self.clone(),
-            }),
+            service,
+            pending: Rc::new(Pending::new(self.clone())),
         }))
     }
 }
 
 /// The per-worker service [`AuditMiddleware`] wraps around the app.
 pub struct AuditService<S> {
-    service: Rc<S>,
-    middleware: AuditMiddleware,
+    service: S,
     pending: Rc<Pending>,
 }
 
@@ -565,6 +679,127 @@ fn usable_session(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && !id.chars().any(char::is_control)
 }
 
+/// Where a request's session id came from.
+#[derive(Debug)]
+enum Session {
+    Header(HeaderValue),
+    Cookie(String),
+    /// Generated (32 hex digits), and returned in the session header.
+    New([u8; 32]),
+}
+
+impl Session {
+    fn as_str(&self) -> &str {
+        match self {
+            // Checked to be text when taken.
+            Self::Header(value) => value.to_str().unwrap_or_default(),
+            Self::Cookie(id) => id,
+            Self::New(id) => std::str::from_utf8(id).unwrap_or_default(),
+        }
+    }
+}
+
+/// What is taken from a request before the app sees it (the rest is read
+/// from the response, which still holds the request; an error holds none).
+#[derive(Debug)]
+struct Started {
+    at: Instant,
+    session: Session,
+    client_ip: Option<IpAddr>,
+    uri: Uri,
+    method: Method,
+    request_size: Option<u64>,
+}
+
+pin_project_lite::pin_project! {
+    /// An audited request: the app's future, then the event.
+    pub struct AuditFuture<F> {
+        #[pin]
+        inner: F,
+        started: Option<Started>,
+        pending: Rc<Pending>,
+    }
+}
+
+impl<F> std::fmt::Debug for AuditFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B> Future for AuditFuture<F>
+where
+    F: Future<Output = Result<ServiceResponse<B>, Error>>,
+    B: MessageBody,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut result = ready!(this.inner.poll(cx));
+        let ended = Instant::now();
+        let Some(started) = this.started.take() else {
+            return Poll::Ready(result);
+        };
+        let pending = &*this.pending;
+        let config = &pending.middleware.shared.config;
+        let path_and_query = started.uri.path_and_query().map_or("/", |p| p.as_str());
+        let endpoint = path_and_query.strip_suffix('?').unwrap_or(path_and_query);
+        let mut observed = Observed {
+            occurred_at: pending.wall_time(started.at),
+            session_id: started.session.as_str(),
+            user_id: None,
+            client_ip: started.client_ip,
+            rule: config.rule(started.uri.path()),
+            endpoint,
+            route: None,
+            method: &started.method,
+            request_size: started.request_size,
+            response_size: None,
+            response_time_ms: (ended - started.at).as_secs_f64() * 1000.0,
+            status: 0,
+            resources: None,
+            metadata: None,
+        };
+        match &result {
+            Ok(res) => {
+                let request = res.request();
+                let extensions = request.extensions();
+                let route = request.match_pattern();
+                observed.status = res.status().as_u16();
+                observed.route = route.as_deref();
+                observed.user_id = extensions.get::<AuditUser>().map(|u| u.0.as_str());
+                observed.resources = extensions
+                    .get::<AuditResources>()
+                    .map(|r| &r.0)
+                    .filter(|m| !m.is_empty());
+                observed.metadata = extensions
+                    .get::<AuditMetadata>()
+                    .map(|m| &m.0)
+                    .filter(|m| !m.is_empty());
+                observed.response_size = match res.response().body().size() {
+                    BodySize::Sized(n) => Some(n),
+                    BodySize::None => Some(0),
+                    BodySize::Stream => None,
+                };
+                pending.record(&observed);
+            }
+            Err(e) => {
+                observed.status = e.as_response_error().status_code().as_u16();
+                pending.record(&observed);
+            }
+        }
+        // A generated session id is returned to the client in the header.
+        if let (Ok(res), Session::New(id)) = (&mut result, &started.session)
+            && let Ok(value) = HeaderValue::from_bytes(id)
+        {
+            res.headers_mut()
+                .insert(pending.middleware.shared.session_header.clone(), value);
+        }
+        Poll::Ready(result)
+    }
+}
+
 impl<S, B> Service<ServiceRequest> for AuditService<S>
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
@@ -572,108 +807,51 @@ where
 {
     type Response = ServiceResponse<B>;
     type Error = Error;
-    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
+    type Future = AuditFuture<S::Future>;
 
     forward_ready!(service);
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
-        let started = Instant::now();
-        let occurred_at = Utc::now();
-        let config = &self.middleware.shared.config;
-        let from_header = req
+        let at = Instant::now();
+        let shared = &self.pending.middleware.shared;
+        let config = &shared.config;
+        let session = match req
             .headers()
-            .get(&self.middleware.shared.session_header)
-            .and_then(|v| v.to_str().ok())
-            .filter(|s| usable_session(s))
-            .map(str::to_owned);
-        let from_cookie = || {
-            config
+            .get(&shared.session_header)
+            .filter(|v| v.to_str().is_ok_and(usable_session))
+        {
+            Some(value) => Session::Header(value.clone()),
+            None => match config
                 .session_cookie
                 .as_deref()
                 .and_then(|name| cookie(&req, name))
                 .filter(|s| usable_session(s))
-        };
-        let (session_id, generated) = match from_header.or_else(from_cookie) {
-            Some(id) => (id, false),
-            None => (uuid::Uuid::new_v4().simple().to_string(), true),
-        };
-        let client_ip = client_ip(&req, &config.trusted_proxies);
-        let endpoint = match req.query_string() {
-            "" => req.path().to_owned(),
-            q => format!("{}?{q}", req.path()),
-        };
-        let rule = config.rule(req.path());
-        let method = req.method().clone();
-        let request_size = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
-        // A generated session id is returned to the client in the header.
-        let new_session = generated
-            .then(|| HeaderValue::from_str(&session_id).ok())
-            .flatten()
-            .map(|value| (self.middleware.shared.session_header.clone(), value));
-        let pending = self.pending.clone();
-        let service = self.service.clone();
-        Box::pin(async move {
-            let result = service.call(req).await;
-            let (status, route, user_id, resources, metadata, response_size) = match &result {
-                Ok(res) => {
-                    let request = res.request();
-                    // The middleware is outermost: nothing needs these after it.
-                    let mut extensions = request.extensions_mut();
-                    let response_size = match res.response().body().size() {
-                        BodySize::Sized(n) => Some(n),
-                        BodySize::None => Some(0),
-                        BodySize::Stream => None,
-                    };
-                    (
-                        res.status().as_u16(),
-                        request.match_pattern(),
-                        extensions.remove::<AuditUser>().map(|u| u.0),
-                        extensions
-                            .remove::<AuditResources>()
-                            .map(|r| r.0)
-                            .filter(|m| !m.is_empty()),
-                        extensions
-                            .remove::<AuditMetadata>()
-                            .map(|m| m.0)
-                            .filter(|m| !m.is_empty()),
-                        response_size,
-                    )
+            {
+                Some(id) => Session::Cookie(id),
+                None => {
+                    let mut id = [0u8; 32];
+                    Uuid::new_v4().simple().encode_lower(&mut id);
+                    Session::New(id)
                 }
-                Err(e) => (
-                    e.as_response_error().status_code().as_u16(),
-                    None,
-                    None,
-                    None,
-                    None,
-                    None,
-                ),
-            };
-            pending.push(Observed {
-                occurred_at,
-                session_id,
-                user_id,
-                client_ip,
-                rule,
-                endpoint,
-                route,
-                method,
-                request_size,
-                response_size,
-                response_time_ms: started.elapsed().as_secs_f64() * 1000.0,
-                status,
-                resources,
-                metadata,
-            });
-            let mut res = result?;
-            if let Some((name, value)) = new_session {
-                res.headers_mut().insert(name, value);
-            }
-            Ok(res)
-        })
+            },
+        };
+        let started = Started {
+            at,
+            session,
+            client_ip: client_ip(&req, &config.trusted_proxies),
+            uri: req.uri().clone(),
+            method: req.method().clone(),
+            request_size: req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+        };
+        AuditFuture {
+            inner: self.service.call(req),
+            started: Some(started),
+            pending: self.pending.clone(),
+        }
     }
 }
 
@@ -714,6 +892,7 @@ fn client_ip(req: &ServiceRequest, trusted: &[Cidr]) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use auditline_shared::AuditEvent;
 
     #[test]
     fn cidr_matching() {
@@ -732,35 +911,70 @@ mod tests {
     }
 
     #[test]
-    fn events_built_from_odd_requests_pass_the_validator() {
+    fn events_written_from_odd_requests_pass_the_validator() {
         let mut usage = Map::new();
         usage.insert("cpu_ms".into(), Value::from(3));
+        let metadata = Map::from_iter([("big".to_owned(), Value::String("x".repeat(20_000)))]);
+        let (user, endpoint) = (format!("{}\u{7}bell", "u".repeat(300)), "/x".repeat(300));
+        let method = Method::from_bytes(b"mkcol-lower").expect("method");
         let observed = Observed {
             occurred_at: Utc::now(),
-            session_id: "s".into(),
-            user_id: Some(format!("{}\u{7}bell", "u".repeat(300))),
+            session_id: "s",
+            user_id: Some(&user),
             client_ip: None,
             rule: Some(0),
-            endpoint: "/x".repeat(300),
-            route: Some(String::new()),
-            method: Method::from_bytes(b"mkcol-lower").expect("method"),
+            endpoint: &endpoint,
+            route: Some(""),
+            method: &method,
             request_size: Some(u64::MAX),
             response_size: None,
             response_time_ms: f64::NAN,
             status: 404,
-            resources: Some(usage),
-            metadata: Some(Map::from_iter([(
-                "big".to_owned(),
-                Value::String("x".repeat(20_000)),
-            )])),
+            resources: Some(&usage),
+            metadata: Some(&metadata),
         };
-        let event = observed.into_event(&AuditConfig::new("svc"));
-        let reparsed = AuditEvent::parse(&event.to_json())
-            .expect("the validator accepts what the middleware builds");
+        let mut line = Vec::new();
+        observed.write_json(&AuditConfig::new("svc"), Uuid::now_v7(), &mut line);
+        let reparsed =
+            AuditEvent::parse(&line).expect("the validator accepts what the middleware writes");
         assert_eq!(reparsed.http_method, "OTHER");
         assert_eq!(reparsed.metadata, None, "metadata over 16 KiB is left out");
+        assert_eq!(reparsed.resource_usage, Some(usage));
         assert_eq!(reparsed.endpoint.chars().count(), 255);
+        assert_eq!(
+            reparsed.user_id,
+            Some("u".repeat(255)),
+            "clipped, bell removed"
+        );
+        assert_eq!(reparsed.route, None);
+        assert_eq!(reparsed.action_type, "file");
         assert!(!reparsed.success);
+    }
+
+    #[test]
+    fn a_worker_dates_requests_by_the_wall_clock() {
+        let dir =
+            std::env::temp_dir().join(format!("auditline-mw-{}", uuid::Uuid::new_v4().simple()));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let spool = Arc::new(Spool::open(&dir, 1 << 20).expect("spool"));
+            let publisher = Publisher::new(&auditline_shared::Settings::default(), "test");
+            let audit = AuditMiddleware::start(AuditConfig::new("svc"), publisher, spool)
+                .expect("middleware");
+            let pending = Pending::new(audit);
+            let close = |a: DateTime<Utc>, b: DateTime<Utc>| (a - b).num_milliseconds().abs() <= 2;
+            for _ in 0..3 {
+                assert!(close(pending.wall_time(Instant::now()), Utc::now()));
+                let earlier = Instant::now() - std::time::Duration::from_secs(5);
+                let expected = Utc::now() - chrono::Duration::seconds(5);
+                assert!(close(pending.wall_time(earlier), expected));
+                std::thread::sleep(std::time::Duration::from_millis(60));
+            }
+        });
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test]

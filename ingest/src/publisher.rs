@@ -232,6 +232,18 @@ impl Publisher {
         Ok(events.iter().map(|e| e.event_id).collect())
     }
 
+    /// Publishes events already written as NDJSON (every line one valid
+    /// event): a message per `(routing key, body)`; resolves once every
+    /// message was confirmed.
+    pub async fn publish_ndjson(&self, bodies: &[(String, &[u8])]) -> Result<(), PublishError> {
+        let compress = self.inner.settings.compress;
+        let messages = bodies
+            .iter()
+            .map(|(routing_key, body)| ndjson_message(routing_key.clone(), body, compress))
+            .collect();
+        self.send(messages).await
+    }
+
     async fn send(&self, messages: Vec<Message>) -> Result<(), PublishError> {
         let timeout_ms = self.inner.settings.publish_timeout_ms;
         let deadline = Instant::now() + Duration::from_millis(timeout_ms);
@@ -420,7 +432,10 @@ fn batch_message(events: &[AuditEvent], compress: bool) -> Message {
         (true, false) => format!("{}.mixed", first.service),
         _ => "mixed.mixed".to_owned(),
     };
-    let body = to_ndjson(events);
+    ndjson_message(routing_key, &to_ndjson(events), compress)
+}
+
+fn ndjson_message(routing_key: String, body: &[u8], compress: bool) -> Message {
     let mut properties = BasicProperties::default()
         .with_content_type("application/x-ndjson".into())
         .with_delivery_mode(2)
@@ -428,9 +443,9 @@ fn batch_message(events: &[AuditEvent], compress: bool) -> Message {
         .with_timestamp(timestamp_now());
     let body = if compress {
         properties = properties.with_content_encoding(amqp::ZSTD.into());
-        amqp::compress(&body)
+        amqp::compress(body)
     } else {
-        body
+        body.to_vec()
     };
     Message {
         routing_key,

@@ -129,7 +129,12 @@ impl Spool {
     /// Appends events and fsyncs them. When this returns `Ok` they survive a
     /// crash of the process or the machine.
     pub fn append(&self, events: &[AuditEvent]) -> Result<(), SpoolError> {
-        let body = to_ndjson(events);
+        self.append_ndjson(&to_ndjson(events))
+    }
+
+    /// [`Spool::append`] of events already written as NDJSON (every line one
+    /// valid event, ending in a newline).
+    pub fn append_ndjson(&self, body: &[u8]) -> Result<(), SpoolError> {
         let len = body.len() as u64;
         let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
         let used = self.used_bytes();
@@ -148,7 +153,7 @@ impl Spool {
             active.written = 0;
         }
         let result = match active.file.as_mut() {
-            Some(file) => file.write_all(&body).and_then(|()| file.sync_data()),
+            Some(file) => file.write_all(body).and_then(|()| file.sync_data()),
             None => Ok(()),
         };
         if let Err(e) = result {

@@ -8,12 +8,13 @@ use auditline_ingest::{AuditConfig, AuditMiddleware, middleware::Cidr, spool::Sp
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 struct Expected {
-    route: &'static str,
+    /// `None` for a request an inner middleware refused with an error.
+    route: Option<&'static str>,
     action: &'static str,
     method: &'static str,
     status: i16,
     request_size: i64,
-    response_size: i64,
+    response_size: Option<i64>,
     user: Option<String>,
     session: String,
     client_ip: &'static str,
@@ -32,6 +33,18 @@ async fn ten_thousand_requests_become_ten_thousand_faithful_events() {
     let audit = AuditMiddleware::start(config, env.publisher().await, spool).expect("middleware");
     let app = test::init_service(
         App::new()
+            // An inner middleware that refuses with an error (not a
+            // response): the audit middleware sees `Err`, and no request.
+            .wrap_fn(|req, srv| {
+                let deny = req.headers().contains_key("x-deny");
+                let call = srv.call(req);
+                async move {
+                    if deny {
+                        return Err(actix_web::error::ErrorForbidden("denied"));
+                    }
+                    call.await
+                }
+            })
             .wrap_fn(|req, srv| {
                 demo::authenticate(&req);
                 srv.call(req)
@@ -40,6 +53,7 @@ async fn ten_thousand_requests_become_ten_thousand_faithful_events() {
             .configure(demo::routes),
     )
     .await;
+    let began = chrono::Utc::now();
 
     let mut expected: HashMap<String, Expected> = HashMap::new();
     for i in 0..10_000usize {
@@ -127,7 +141,36 @@ async fn ten_thousand_requests_become_ten_thousand_faithful_events() {
         if let Some(s) = &sent_session {
             req = req.insert_header(("x-session-id", s.as_str()));
         }
-        let resp = test::call_service(&app, req.to_request()).await;
+        // Every 50th request (a session id is sent) is refused by the inner
+        // middleware with an error.
+        let denied = i % 50 == 49;
+        if denied {
+            req = req.insert_header(("x-deny", "1"));
+        }
+        let resp = match test::try_call_service(&app, req.to_request()).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                assert!(denied, "request {i}: {e}");
+                let status = e.as_response_error().status_code().as_u16() as i16;
+                expected.insert(
+                    path.clone(),
+                    Expected {
+                        route: None,
+                        action,
+                        method,
+                        status,
+                        request_size: body.len() as i64,
+                        response_size: None,
+                        user: None,
+                        session: sent_session.clone().expect("sent"),
+                        client_ip,
+                        cpu_ms: false,
+                    },
+                );
+                continue;
+            }
+        };
+        assert!(!denied, "request {i} was refused with an error");
         let status = resp.status().as_u16() as i16;
         let returned_session = resp
             .headers()
@@ -145,12 +188,12 @@ async fn ten_thousand_requests_become_ten_thousand_faithful_events() {
         expected.insert(
             path.clone(),
             Expected {
-                route,
+                route: Some(route),
                 action,
                 method,
                 status,
                 request_size: body.len() as i64,
-                response_size: response.len() as i64,
+                response_size: Some(response.len() as i64),
                 user,
                 session,
                 client_ip,
@@ -159,6 +202,13 @@ async fn ten_thousand_requests_become_ten_thousand_faithful_events() {
         );
     }
 
+    let ended = chrono::Utc::now();
+    assert_eq!(expected.len(), 10_000);
+    assert_eq!(
+        expected.values().filter(|e| e.route.is_none()).count(),
+        200,
+        "200 requests were refused with an error"
+    );
     env.wait_for_rows(10_000, Duration::from_secs(120)).await;
     assert_eq!(
         audit.spilled(),
@@ -180,10 +230,11 @@ async fn ten_thousand_requests_become_ten_thousand_faithful_events() {
         Option<serde_json::Value>,
         Option<f64>,
         String,
+        chrono::DateTime<chrono::Utc>,
     );
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT endpoint, route, action_type, http_method, status_code, request_size, response_size, user_id, \
-                session_id, host(client_ip), success, resource_usage, response_time_ms, service \
+                session_id, host(client_ip), success, resource_usage, response_time_ms, service, occurred_at \
          FROM auditline.events",
     )
     .fetch_all(&env.pool)
@@ -205,18 +256,24 @@ async fn ten_thousand_requests_become_ten_thousand_faithful_events() {
         usage,
         millis,
         service,
+        occurred_at,
     ) in rows
     {
         let want = expected
             .get(&endpoint)
             .unwrap_or_else(|| panic!("unexpected endpoint {endpoint}"));
-        assert_eq!(route.as_deref(), Some(want.route), "{endpoint}");
+        assert_eq!(route.as_deref(), want.route, "{endpoint}");
+        // Dated by the wall clock when the request came in (to the µs).
+        assert!(
+            occurred_at >= began - chrono::Duration::microseconds(1) && occurred_at <= ended,
+            "{endpoint}: {occurred_at} not within {began} .. {ended}"
+        );
         assert_eq!(action, want.action, "{endpoint}");
         assert_eq!(method, want.method, "{endpoint}");
         assert_eq!(status, Some(want.status), "{endpoint}");
         assert_eq!(success, want.status < 400, "{endpoint}");
         assert_eq!(req_size, Some(want.request_size), "{endpoint}");
-        assert_eq!(resp_size, Some(want.response_size), "{endpoint}");
+        assert_eq!(resp_size, want.response_size, "{endpoint}");
         assert_eq!(user, want.user, "{endpoint}");
         assert_eq!(session, want.session, "{endpoint}");
         assert_eq!(ip.as_deref(), Some(want.client_ip), "{endpoint}");
