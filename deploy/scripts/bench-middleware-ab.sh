@@ -53,9 +53,12 @@ sleep 3
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 tick_us=$(awk -v hz="$(getconf CLK_TCK)" 'BEGIN { print 1000000 / hz }')
 for name in plain old new; do "${pin_wrk[@]}" wrk -t2 -c32 -d3s "http://127.0.0.1:${port[$name]}/health" >/dev/null; done
-declare -A rps cpu
+declare -A rps cpu paired
+round_plain=1
 for round in $(seq "$ROUNDS"); do
-  for name in plain old new; do
+  # Plain first, then old and new in turns, so neither always runs last.
+  order="plain old new"; [ $((round % 2)) = 0 ] && order="plain new old"
+  for name in $order; do
     before=$(cpu_ticks "${pid[$name]}")
     out=$("${pin_wrk[@]}" wrk -t2 -c32 -d"${DURATION}s" -H 'x-demo-user: alice' -H 'x-session-id: bench' "http://127.0.0.1:${port[$name]}/files/42")
     after=$(cpu_ticks "${pid[$name]}")
@@ -64,6 +67,8 @@ for round in $(seq "$ROUNDS"); do
     c=$(awk -v t=$((after - before)) -v u="$tick_us" -v n="$n" 'BEGIN { printf "%.2f", t * u / n }')
     echo "[round $round] $name: $r requests/s, app CPU $c us/request"
     rps[$name]+="$r "; cpu[$name]+="$c "
+    [ "$name" = plain ] && round_plain=$r
+    [ "$name" != plain ] && paired[$name]+="$(awk -v r="$r" -v p="$round_plain" 'BEGIN { printf "%.4f", r / p }') "
   done
 done
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
@@ -72,3 +77,6 @@ awk -v p="$p" -v o="$o" -v w="$w" -v cp="$(echo "${cpu[plain]}" | median)" -v co
   printf "medians: plain %.0f requests/s; old %.0f (ratio %.3f); new %.0f (ratio %.3f)\n", p, o, o / p, w, w / p
   printf "app CPU per request: plain %.2f us, old %.2f us (+%.2f), new %.2f us (+%.2f)\n", cp, co, co - cp, cw, cw - cp
 }'
+# Each round's ratio to the plain app of the same round: adjacent runs share
+# the machine's mood, so these medians are steadier than the ones above.
+echo "median of the per-round ratios: old $(echo "${paired[old]}" | median), new $(echo "${paired[new]}" | median)"

@@ -316,37 +316,65 @@ impl Action {
 }
 
 impl Lines {
-    fn with_capacity(events: usize) -> Self {
-        Self {
-            body: Vec::with_capacity(events * LINE_BYTES),
+    fn append(&mut self, other: &Self) {
+        self.body.extend_from_slice(&other.body);
+        self.count += other.count;
+        self.action = self.action.and(other.action);
+    }
+}
+
+/// `<service>.<action_type>` when the events of `parts` share one, else
+/// `<service>.mixed`.
+fn routing_key(parts: &[Lines], config: &AuditConfig) -> String {
+    let action = match parts.iter().fold(Action::None, |a, l| a.and(l.action)) {
+        Action::One(rule) => rule.map_or("other", |i| config.rules[i].1.as_str()),
+        Action::None | Action::Mixed => "mixed",
+    };
+    format!("{}.{action}", config.service)
+}
+
+/// The bytes reserved for an event's line (a request's event is ~400).
+const LINE_BYTES: usize = 512;
+/// Emptied buffers kept for the workers to fill again.
+const IDLE_BUFFERS: usize = 256;
+
+/// Buffers going round: workers fill them, the publisher empties them and
+/// gives them back. Reused, they cost no allocation (a fresh one is faulted
+/// in page by page) and are never freed on another thread than the one that
+/// allocated them, which glibc's allocator pays for.
+#[derive(Debug, Default)]
+struct Buffers(std::sync::Mutex<Vec<Vec<u8>>>);
+
+impl Buffers {
+    fn take(&self, events: usize) -> Lines {
+        let body = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|mut idle| idle.pop())
+            .unwrap_or_else(|| Vec::with_capacity(events * LINE_BYTES));
+        Lines {
+            body,
             count: 0,
             action: Action::None,
         }
     }
 
-    fn append(&mut self, other: Self) {
-        self.body.extend_from_slice(&other.body);
-        self.count += other.count;
-        self.action = self.action.and(other.action);
-    }
-
-    /// `<service>.<action_type>` when the events share one, else `<service>.mixed`.
-    fn routing_key(&self, config: &AuditConfig) -> String {
-        let action = match self.action {
-            Action::One(rule) => rule.map_or("other", |i| config.rules[i].1.as_str()),
-            Action::None | Action::Mixed => "mixed",
-        };
-        format!("{}.{action}", config.service)
+    fn give_back(&self, mut body: Vec<u8>) {
+        body.clear();
+        if let Ok(mut idle) = self.0.lock()
+            && idle.len() < IDLE_BUFFERS
+        {
+            idle.push(body);
+        }
     }
 }
-
-/// The bytes reserved for an event's line (a request's event is ~400).
-const LINE_BYTES: usize = 512;
 
 struct Shared {
     config: Arc<AuditConfig>,
     session_header: HeaderName,
     queue: mpsc::Sender<Lines>,
+    buffers: Arc<Buffers>,
     spool: Arc<Spool>,
     spilled: AtomicU64,
     overflow: std::sync::Mutex<Overflow>,
@@ -385,10 +413,12 @@ impl AuditMiddleware {
                 anyhow::anyhow!("{:?} is not a valid header name", config.session_header)
             })?;
         let (queue, rx) = mpsc::channel((config.queue_capacity / HANDOFF).max(1));
+        let buffers = Arc::new(Buffers::default());
         let shared = Arc::new(Shared {
             config: Arc::new(config),
             session_header,
             queue,
+            buffers: buffers.clone(),
             spool: spool.clone(),
             spilled: AtomicU64::new(0),
             overflow: std::sync::Mutex::default(),
@@ -398,6 +428,7 @@ impl AuditMiddleware {
             publisher.clone(),
             spool.clone(),
             shared.config.clone(),
+            buffers,
         ));
         tokio::spawn(spool.replay_forever(publisher, MAX_BATCH, |_, _| {}));
         Ok(Self { shared })
@@ -428,7 +459,8 @@ impl AuditMiddleware {
             .fetch_add(lines.count as u64, Ordering::Relaxed);
         let start_flusher = {
             let mut overflow = shared.overflow.lock().unwrap_or_else(|p| p.into_inner());
-            overflow.waiting.append(lines);
+            overflow.waiting.append(&lines);
+            shared.buffers.give_back(lines.body);
             !std::mem::replace(&mut overflow.flushing, true)
         };
         if start_flusher {
@@ -485,7 +517,7 @@ impl Pending {
     fn new(middleware: AuditMiddleware) -> Self {
         let handoff = HANDOFF.min(middleware.shared.config.events_per_message.max(1));
         Self {
-            lines: std::cell::RefCell::new(Lines::with_capacity(handoff)),
+            lines: std::cell::RefCell::new(middleware.shared.buffers.take(handoff)),
             handoff,
             timer: std::cell::Cell::new(false),
             wall_clock: std::cell::Cell::new((Instant::now(), Utc::now().timestamp_micros())),
@@ -544,7 +576,7 @@ impl Pending {
     fn hand_over(&self) {
         let lines = std::mem::replace(
             &mut *self.lines.borrow_mut(),
-            Lines::with_capacity(self.handoff),
+            self.middleware.shared.buffers.take(self.handoff),
         );
         if lines.count > 0 {
             self.middleware.hand_over(lines);
@@ -581,6 +613,7 @@ async fn publish_loop(
     publisher: Publisher,
     spool: Arc<Spool>,
     config: Arc<AuditConfig>,
+    buffers: Arc<Buffers>,
 ) {
     let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let mut handoffs = Vec::new();
@@ -600,21 +633,29 @@ async fn publish_loop(
                 }
             }
         }
-        // Hand-offs joined into messages of up to `events_per_message`
+        // Hand-offs grouped into messages of up to `events_per_message`
         // events (a hand-off never holds more).
-        let mut messages: Vec<Lines> = Vec::new();
+        let mut messages: Vec<Vec<Lines>> = Vec::new();
+        let mut in_last = 0;
         for lines in handoffs.drain(..) {
-            match messages.last_mut() {
-                Some(last) if last.count + lines.count <= config.events_per_message => {
-                    last.append(lines);
-                }
-                _ => messages.push(lines),
+            if messages.is_empty() || in_last + lines.count > config.events_per_message {
+                messages.push(Vec::new());
+                in_last = 0;
+            }
+            in_last += lines.count;
+            if let Some(last) = messages.last_mut() {
+                last.push(lines);
             }
         }
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let (publisher, spool, config) = (publisher.clone(), spool.clone(), config.clone());
+        let (publisher, spool, config, buffers) = (
+            publisher.clone(),
+            spool.clone(),
+            config.clone(),
+            buffers.clone(),
+        );
         tokio::spawn(async move {
             // New events do not wait behind spooled ones: the spool is
             // replayed alongside. Sending everything through the spool while
@@ -622,22 +663,26 @@ async fn publish_loop(
             // load (an fsync, a read and a re-parse each), and the app could
             // never catch up again. Order in the queue carries no meaning:
             // every event has its `occurred_at`.
-            let bodies: Vec<(String, &[u8])> = messages
+            let bodies: Vec<(String, Vec<&[u8]>)> = messages
                 .iter()
-                .map(|m| (m.routing_key(&config), m.body.as_slice()))
+                .map(|parts| {
+                    let key = routing_key(parts, &config);
+                    (key, parts.iter().map(|l| l.body.as_slice()).collect())
+                })
                 .collect();
             if publisher.publish_ndjson(&bodies).await.is_err() {
-                let appended = tokio::task::spawn_blocking(move || {
-                    let mut all = Lines::default();
-                    for m in messages {
-                        all.append(m);
-                    }
-                    spool.append_ndjson(&all.body)
-                })
-                .await;
+                let mut all = Lines::default();
+                for lines in messages.iter().flatten() {
+                    all.append(lines);
+                }
+                let appended =
+                    tokio::task::spawn_blocking(move || spool.append_ndjson(&all.body)).await;
                 if !matches!(appended, Ok(Ok(()))) {
                     tracing::error!("audit events could be neither published nor spooled");
                 }
+            }
+            for lines in messages.into_iter().flatten() {
+                buffers.give_back(lines.body);
             }
             drop(permit);
         });

@@ -233,13 +233,16 @@ impl Publisher {
     }
 
     /// Publishes events already written as NDJSON (every line one valid
-    /// event): a message per `(routing key, body)`; resolves once every
-    /// message was confirmed.
-    pub async fn publish_ndjson(&self, bodies: &[(String, &[u8])]) -> Result<(), PublishError> {
+    /// event): a message per `(routing key, parts)`, its body the parts one
+    /// after another; resolves once every message was confirmed.
+    pub async fn publish_ndjson(
+        &self,
+        messages: &[(String, Vec<&[u8]>)],
+    ) -> Result<(), PublishError> {
         let compress = self.inner.settings.compress;
-        let messages = bodies
+        let messages = messages
             .iter()
-            .map(|(routing_key, body)| ndjson_message(routing_key.clone(), body, compress))
+            .map(|(routing_key, parts)| ndjson_message(routing_key.clone(), parts, compress))
             .collect();
         self.send(messages).await
     }
@@ -432,20 +435,21 @@ fn batch_message(events: &[AuditEvent], compress: bool) -> Message {
         (true, false) => format!("{}.mixed", first.service),
         _ => "mixed.mixed".to_owned(),
     };
-    ndjson_message(routing_key, &to_ndjson(events), compress)
+    ndjson_message(routing_key, &[&to_ndjson(events)], compress)
 }
 
-fn ndjson_message(routing_key: String, body: &[u8], compress: bool) -> Message {
+fn ndjson_message(routing_key: String, parts: &[&[u8]], compress: bool) -> Message {
     let mut properties = BasicProperties::default()
         .with_content_type("application/x-ndjson".into())
         .with_delivery_mode(2)
         .with_message_id(Uuid::now_v7().to_string().as_str().into())
         .with_timestamp(timestamp_now());
-    let body = if compress {
-        properties = properties.with_content_encoding(amqp::ZSTD.into());
-        amqp::compress(body)
-    } else {
-        body.to_vec()
+    let body = match compress.then(|| amqp::compress_parts(parts)).flatten() {
+        Some(packed) => {
+            properties = properties.with_content_encoding(amqp::ZSTD.into());
+            packed
+        }
+        None => parts.concat(),
     };
     Message {
         routing_key,

@@ -31,9 +31,26 @@ fn main() {
         let start = Instant::now();
         for _ in 0..rounds {
             let out = if reuse {
-                auditline_shared::amqp::compress(&body)
+                auditline_shared::amqp::compress(&body).expect("compressed")
             } else {
                 zstd::bulk::compress(&body, 1).expect("compress")
+            };
+            std::hint::black_box(out);
+        }
+        let ns = start.elapsed().as_nanos() as f64 / (rounds * events) as f64;
+        println!("level 1, {name}: {ns:.0} ns an event");
+    }
+    let parts: Vec<&[u8]> = body.chunks(body.len() / 8 + 1).collect();
+    for (name, streamed) in [("bulk, one body", false), ("streamed, 8 parts", true)] {
+        let rounds = 400;
+        let start = Instant::now();
+        for _ in 0..rounds {
+            let out = if streamed {
+                auditline_shared::amqp::compress_parts(&parts)
+            } else {
+                zstd::bulk::Compressor::new(1)
+                    .ok()
+                    .and_then(|mut c| c.compress(&body).ok())
             };
             std::hint::black_box(out);
         }

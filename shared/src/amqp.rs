@@ -30,18 +30,48 @@ pub const MAX_DECODED_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Compresses a message body (zstd level 1: NDJSON batches of similar events
 /// shrink several times over for little CPU, and the broker's work grows
-/// with the bytes it logs).
-pub fn compress(body: &[u8]) -> Vec<u8> {
+/// with the bytes it logs). `None` only if zstd fails (out of memory): send
+/// the body as it is, without `content_encoding`.
+pub fn compress(body: &[u8]) -> Option<Vec<u8>> {
+    compress_parts(&[body])
+}
+
+/// [`compress`] of the concatenation of `parts`, without concatenating them
+/// (the audit middleware's messages are its workers' buffers, one after
+/// another). One frame, with its size pledged; the output is written into a
+/// reused buffer of the thread and copied out at its compressed size, so a
+/// message costs no large allocation (each of which would be mapped and
+/// faulted in afresh).
+pub fn compress_parts(parts: &[&[u8]]) -> Option<Vec<u8>> {
+    use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
     thread_local! {
         // A context per thread, reused: creating one per message (what
         // `zstd::bulk::compress` does) showed up in the middleware's profile.
-        static CONTEXT: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
-            std::cell::RefCell::new(zstd::bulk::Compressor::new(1).ok());
+        static ENCODER: std::cell::RefCell<Option<(zstd::stream::raw::Encoder<'static>, Vec<u8>)>> =
+            std::cell::RefCell::new(zstd::stream::raw::Encoder::new(1).ok().map(|e| (e, Vec::new())));
     }
-    CONTEXT
-        .with_borrow_mut(|context| context.as_mut()?.compress(body).ok())
-        // Compressing into memory cannot fail but for allocation.
-        .unwrap_or_else(|| body.to_vec())
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    ENCODER.with_borrow_mut(|state| {
+        let (encoder, packed) = state.as_mut()?;
+        encoder.reinit().ok()?;
+        encoder.set_pledged_src_size(Some(total as u64)).ok()?;
+        packed.clear();
+        // Room for the worst case: no call ever waits for output space.
+        packed.reserve(zstd::zstd_safe::compress_bound(total));
+        let mut out = OutBuffer::around(packed);
+        for part in parts {
+            let mut input = InBuffer::around(part);
+            while input.pos() < part.len() {
+                let before = input.pos();
+                encoder.run(&mut input, &mut out).ok()?;
+                if input.pos() == before {
+                    return None;
+                }
+            }
+        }
+        while encoder.finish(&mut out, true).ok()? > 0 {}
+        Some(out.as_slice().to_vec())
+    })
 }
 
 /// Decodes a message body by its `content_encoding` (none, or `zstd`):
@@ -217,13 +247,20 @@ mod tests {
     #[test]
     fn bodies_round_trip_and_bad_encodings_are_refused() {
         let body = b"{\"a\":1}\n".repeat(1000);
-        let packed = compress(&body);
+        let packed = compress(&body).expect("compressed");
         assert!(packed.len() * 10 < body.len(), "repetitive NDJSON shrinks");
+        let (head, tail) = body.split_at(3_333);
+        let parts = compress_parts(&[head, &[], tail]).expect("compressed");
+        assert_eq!(decode_body(&parts, Some(ZSTD)), Ok(Some(body.clone())));
+        assert_eq!(
+            decode_body(&compress_parts(&[]).expect("empty"), Some(ZSTD)),
+            Ok(Some(Vec::new()))
+        );
         assert_eq!(decode_body(&packed, Some(ZSTD)), Ok(Some(body.clone())));
         assert_eq!(decode_body(&body, None), Ok(None));
         assert!(decode_body(b"not zstd", Some(ZSTD)).is_err());
         assert!(decode_body(&body, Some("gzip")).is_err());
-        let bomb = compress(&vec![0u8; (MAX_DECODED_BYTES + 10) as usize]);
+        let bomb = compress(&vec![0u8; (MAX_DECODED_BYTES + 10) as usize]).expect("compressed");
         let refused = decode_body(&bomb, Some(ZSTD)).expect_err("too large");
         assert!(refused.contains("expands beyond"), "{refused}");
     }

@@ -66,7 +66,8 @@ async fn zstd_batches_are_stored_and_undecodable_ones_dead_lettered_as_they_came
     let env = TestEnv::new().await;
     let writer = InProcessWriter::start(&env).await;
     let good = events(30);
-    let packed = auditline_shared::amqp::compress(&auditline_shared::event::to_ndjson(&good));
+    let packed = auditline_shared::amqp::compress(&auditline_shared::event::to_ndjson(&good))
+        .expect("compressed");
     let garbage = b"\x28\xb5\x2f\xfd but not really zstd".to_vec();
     env.publish_encoded(&[
         ("application/x-ndjson", Some("zstd"), packed),

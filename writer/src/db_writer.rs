@@ -613,11 +613,16 @@ impl Core {
             event.write_json_with(&mut body, &[("received_at", &received_at)]);
             body.push(b'\n');
         }
-        let body = auditline_shared::amqp::compress(&body);
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default()
             .with_content_type("application/x-ndjson".into())
-            .with_content_encoding(auditline_shared::amqp::ZSTD.into())
             .with_delivery_mode(1);
+        let body = match auditline_shared::amqp::compress(&body) {
+            Some(packed) => {
+                properties = properties.with_content_encoding(auditline_shared::amqp::ZSTD.into());
+                packed
+            }
+            None => body,
+        };
         let publish = live.channel.basic_publish(
             live.exchange.as_str().into(),
             LIVE_ROUTING_KEY.into(),
