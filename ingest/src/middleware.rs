@@ -226,10 +226,16 @@ struct Observed<'a> {
     metadata: Option<&'a Map<String, Value>>,
 }
 
+/// Whether `text` has no control character (printable ASCII, the common
+/// case, is checked a byte at a time).
+fn no_control(text: &str) -> bool {
+    text.bytes().all(|b| (0x20..0x7f).contains(&b)) || !text.chars().any(char::is_control)
+}
+
 /// `text` without control characters, cut to `max` characters.
 fn clip(text: &str, max: usize) -> Cow<'_, str> {
     // The common case, already fine, is kept without copying.
-    if text.len() <= max && !text.chars().any(char::is_control) {
+    if text.len() <= max && no_control(text) {
         return Cow::Borrowed(text);
     }
     Cow::Owned(text.chars().filter(|c| !c.is_control()).take(max).collect())
@@ -721,7 +727,7 @@ impl<S> std::fmt::Debug for AuditService<S> {
 }
 
 fn usable_session(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && !id.chars().any(char::is_control)
+    !id.is_empty() && id.len() <= 64 && no_control(id)
 }
 
 /// Where a request's session id came from.
