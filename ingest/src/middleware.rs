@@ -149,7 +149,8 @@ pub struct AuditConfig {
     /// the delay it adds to an event's arrival in return for fewer, larger
     /// messages (on the broker, each message costs far more than its bytes).
     pub linger: std::time::Duration,
-    /// Events per (zstd-compressed NDJSON) message.
+    /// The most events in one (zstd-compressed NDJSON) message; messages
+    /// are made of whole hand-offs of up to 64 events.
     pub events_per_message: usize,
 }
 
@@ -193,6 +194,19 @@ impl AuditConfig {
         self.rule(path)
             .map(|i| self.rules[i].1.as_str())
             .unwrap_or("other")
+    }
+
+    /// For each rule, the first rule with its action type (`None` for
+    /// `other`): events of rules that share an action type share it.
+    fn action_ids(&self) -> Vec<Option<usize>> {
+        self.rules
+            .iter()
+            .map(|(_, action)| {
+                (action != "other")
+                    .then(|| self.rules.iter().position(|(_, a)| a == action))
+                    .flatten()
+            })
+            .collect()
     }
 
     /// The index of the first rule matching `path`.
@@ -301,8 +315,9 @@ struct Lines {
     action: Action,
 }
 
-/// The action types of some events: none yet, all one rule's (or `other`),
-/// or several.
+/// The action types of some events: none yet, all one (the first rule
+/// naming it, `None` for `other`: see [`AuditConfig::action_ids`]), or
+/// several.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 enum Action {
     #[default]
@@ -333,7 +348,7 @@ impl Lines {
 /// `<service>.mixed`.
 fn routing_key(parts: &[Lines], config: &AuditConfig) -> String {
     let action = match parts.iter().fold(Action::None, |a, l| a.and(l.action)) {
-        Action::One(rule) => rule.map_or("other", |i| config.rules[i].1.as_str()),
+        Action::One(action) => action.map_or("other", |i| config.rules[i].1.as_str()),
         Action::None | Action::Mixed => "mixed",
     };
     format!("{}.{action}", config.service)
@@ -343,11 +358,14 @@ fn routing_key(parts: &[Lines], config: &AuditConfig) -> String {
 const LINE_BYTES: usize = 512;
 /// Emptied buffers kept for the workers to fill again.
 const IDLE_BUFFERS: usize = 256;
+/// The largest buffer kept (twice what a hand-off of ordinary events needs).
+const MAX_KEPT_BUFFER: usize = 2 * HANDOFF * LINE_BYTES;
 
 /// Buffers going round: workers fill them, the publisher empties them and
 /// gives them back. Reused, they cost no allocation (a fresh one is faulted
-/// in page by page) and are never freed on another thread than the one that
-/// allocated them, which glibc's allocator pays for.
+/// in page by page) and mostly no free on another thread than the one that
+/// allocated them (which glibc's allocator pays for). One grown past
+/// [`MAX_KEPT_BUFFER`] (large metadata) is not kept.
 #[derive(Debug, Default)]
 struct Buffers(std::sync::Mutex<Vec<Vec<u8>>>);
 
@@ -368,7 +386,8 @@ impl Buffers {
 
     fn give_back(&self, mut body: Vec<u8>) {
         body.clear();
-        if let Ok(mut idle) = self.0.lock()
+        if body.capacity() <= MAX_KEPT_BUFFER
+            && let Ok(mut idle) = self.0.lock()
             && idle.len() < IDLE_BUFFERS
         {
             idle.push(body);
@@ -380,6 +399,8 @@ struct Shared {
     config: Arc<AuditConfig>,
     session_header: HeaderName,
     queue: mpsc::Sender<Lines>,
+    /// [`AuditConfig::action_ids`].
+    action_ids: Vec<Option<usize>>,
     buffers: Arc<Buffers>,
     spool: Arc<Spool>,
     spilled: AtomicU64,
@@ -421,6 +442,7 @@ impl AuditMiddleware {
         let (queue, rx) = mpsc::channel((config.queue_capacity / HANDOFF).max(1));
         let buffers = Arc::new(Buffers::default());
         let shared = Arc::new(Shared {
+            action_ids: config.action_ids(),
             config: Arc::new(config),
             session_header,
             queue,
@@ -502,8 +524,9 @@ const HANDOFF: usize = 64;
 /// The longest an event waits in its worker before it is handed over.
 const HANDOFF_DELAY: std::time::Duration = std::time::Duration::from_millis(5);
 /// How long a worker's reading of the wall clock is used to date requests by
-/// the monotonic clock alone (one clock read a request saved; the two clocks
-/// drift apart by well under a microsecond in that time).
+/// the monotonic clock alone (one clock read a request saved). In that time
+/// the two clocks part by at most 50 µs (NTP slews by 500 ppm at most); a
+/// step of the wall clock is seen at the next reading.
 const WALL_CLOCK_REUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// What a worker thread wrote and has not handed over yet, and its reading
@@ -554,7 +577,8 @@ impl Pending {
 
     /// Writes the event of one request.
     fn record(self: &Rc<Self>, observed: &Observed<'_>) {
-        let config = &self.middleware.shared.config;
+        let shared = &self.middleware.shared;
+        let config = &shared.config;
         // UUIDv7: the event's millisecond, then 74 random bits.
         let millis = u64::try_from(observed.occurred_at.timestamp_millis()).unwrap_or(0);
         let event_id =
@@ -564,7 +588,8 @@ impl Pending {
             observed.write_json(config, event_id, &mut lines.body);
             lines.body.push(b'\n');
             lines.count += 1;
-            lines.action = lines.action.and(Action::One(observed.rule));
+            let action = observed.rule.and_then(|i| shared.action_ids[i]);
+            lines.action = lines.action.and(Action::One(action));
             lines.count >= self.handoff
         };
         if full {
@@ -580,13 +605,17 @@ impl Pending {
     }
 
     fn hand_over(&self) {
-        let lines = std::mem::replace(
-            &mut *self.lines.borrow_mut(),
-            self.middleware.shared.buffers.take(self.handoff),
-        );
-        if lines.count > 0 {
-            self.middleware.hand_over(lines);
-        }
+        let lines = {
+            let mut lines = self.lines.borrow_mut();
+            if lines.count == 0 {
+                return;
+            }
+            std::mem::replace(
+                &mut *lines,
+                self.middleware.shared.buffers.take(self.handoff),
+            )
+        };
+        self.middleware.hand_over(lines);
     }
 }
 
@@ -1040,6 +1069,33 @@ mod tests {
         bad_rule.rules.push(("/x".into(), "Not Valid".into()));
         assert!(AuditMiddleware::start(bad_rule, publisher, spool).is_err());
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn rules_of_one_action_type_share_its_routing_key() {
+        let mut config = AuditConfig::new("svc");
+        config.rules.push(("/misc".into(), "other".into()));
+        let ids = config.action_ids();
+        let lines = |paths: &[&str]| Lines {
+            body: Vec::new(),
+            count: paths.len(),
+            action: paths.iter().fold(Action::None, |a, p| {
+                a.and(Action::One(config.rule(p).and_then(|i| ids[i])))
+            }),
+        };
+        let key = |parts: &[Lines]| routing_key(parts, &config);
+        assert_eq!(
+            key(&[lines(&["/files/1", "/upload", "/download/x"])]),
+            "svc.file"
+        );
+        assert_eq!(key(&[lines(&["/files/1"]), lines(&["/file"])]), "svc.file");
+        assert_eq!(
+            key(&[lines(&["/login", "/auth/x", "/session"])]),
+            "svc.auth"
+        );
+        assert_eq!(key(&[lines(&["/health", "/misc"])]), "svc.other");
+        assert_eq!(key(&[lines(&["/files/1", "/health"])]), "svc.mixed");
+        assert_eq!(key(&[lines(&["/files/1"]), lines(&["/code"])]), "svc.mixed");
     }
 
     #[test]

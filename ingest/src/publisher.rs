@@ -444,13 +444,10 @@ fn ndjson_message(routing_key: String, parts: &[&[u8]], compress: bool) -> Messa
         .with_delivery_mode(2)
         .with_message_id(Uuid::now_v7().to_string().as_str().into())
         .with_timestamp(timestamp_now());
-    let body = match compress.then(|| amqp::compress_parts(parts)).flatten() {
-        Some(packed) => {
-            properties = properties.with_content_encoding(amqp::ZSTD.into());
-            packed
-        }
-        None => parts.concat(),
-    };
+    let (body, encoding) = amqp::message_body(parts, compress);
+    if let Some(encoding) = encoding {
+        properties = properties.with_content_encoding(encoding.into());
+    }
     Message {
         routing_key,
         body,

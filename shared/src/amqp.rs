@@ -36,6 +36,15 @@ pub fn compress(body: &[u8]) -> Option<Vec<u8>> {
     compress_parts(&[body])
 }
 
+/// A message body made of `parts`, zstd-compressed when `compress` asks and
+/// that works, with its `content_encoding` (`None`: sent as it is).
+pub fn message_body(parts: &[&[u8]], compress: bool) -> (Vec<u8>, Option<&'static str>) {
+    match compress.then(|| compress_parts(parts)).flatten() {
+        Some(packed) => (packed, Some(ZSTD)),
+        None => (parts.concat(), None),
+    }
+}
+
 /// [`compress`] of the concatenation of `parts`, without concatenating them
 /// (the audit middleware's messages are its workers' buffers, one after
 /// another). One frame, with its size pledged; the output is written into a
@@ -43,6 +52,8 @@ pub fn compress(body: &[u8]) -> Option<Vec<u8>> {
 /// message costs no large allocation (each of which would be mapped and
 /// faulted in afresh).
 pub fn compress_parts(parts: &[&[u8]]) -> Option<Vec<u8>> {
+    /// The largest output buffer a thread keeps between messages.
+    const MAX_KEPT_OUTPUT: usize = 4 << 20;
     use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
     thread_local! {
         // A context per thread, reused: creating one per message (what
@@ -69,8 +80,21 @@ pub fn compress_parts(parts: &[&[u8]]) -> Option<Vec<u8>> {
                 }
             }
         }
-        while encoder.finish(&mut out, true).ok()? > 0 {}
-        Some(out.as_slice().to_vec())
+        loop {
+            let before = out.pos();
+            if encoder.finish(&mut out, true).ok()? == 0 {
+                break;
+            }
+            if out.pos() == before {
+                return None;
+            }
+        }
+        let body = out.as_slice().to_vec();
+        // A rare huge message does not keep its buffer for the thread's life.
+        if packed.capacity() > MAX_KEPT_OUTPUT {
+            *packed = Vec::new();
+        }
+        Some(body)
     })
 }
 

@@ -616,13 +616,10 @@ impl Core {
         let mut properties = BasicProperties::default()
             .with_content_type("application/x-ndjson".into())
             .with_delivery_mode(1);
-        let body = match auditline_shared::amqp::compress(&body) {
-            Some(packed) => {
-                properties = properties.with_content_encoding(auditline_shared::amqp::ZSTD.into());
-                packed
-            }
-            None => body,
-        };
+        let (body, encoding) = auditline_shared::amqp::message_body(&[&body], true);
+        if let Some(encoding) = encoding {
+            properties = properties.with_content_encoding(encoding.into());
+        }
         let publish = live.channel.basic_publish(
             live.exchange.as_str().into(),
             LIVE_ROUTING_KEY.into(),
