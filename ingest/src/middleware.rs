@@ -336,14 +336,6 @@ impl Action {
     }
 }
 
-impl Lines {
-    fn append(&mut self, other: &Self) {
-        self.body.extend_from_slice(&other.body);
-        self.count += other.count;
-        self.action = self.action.and(other.action);
-    }
-}
-
 /// `<service>.<action_type>` when the events of `parts` share one, else
 /// `<service>.mixed`.
 fn routing_key(parts: &[Lines], config: &AuditConfig) -> String {
@@ -487,8 +479,7 @@ impl AuditMiddleware {
             .fetch_add(lines.count as u64, Ordering::Relaxed);
         let start_flusher = {
             let mut overflow = shared.overflow.lock().unwrap_or_else(|p| p.into_inner());
-            overflow.waiting.append(&lines);
-            shared.buffers.give_back(lines.body);
+            overflow.waiting.push(lines);
             !std::mem::replace(&mut overflow.flushing, true)
         };
         if start_flusher {
@@ -498,14 +489,19 @@ impl AuditMiddleware {
                     let waiting = {
                         let mut overflow =
                             shared.overflow.lock().unwrap_or_else(|p| p.into_inner());
-                        if overflow.waiting.count == 0 {
+                        if overflow.waiting.is_empty() {
                             overflow.flushing = false;
                             return;
                         }
                         std::mem::take(&mut overflow.waiting)
                     };
-                    if let Err(e) = shared.spool.append_ndjson(&waiting.body) {
-                        tracing::error!(error = %e, events = waiting.count, "audit events could be neither queued nor spooled");
+                    let parts: Vec<&[u8]> = waiting.iter().map(|l| l.body.as_slice()).collect();
+                    if let Err(e) = shared.spool.append_ndjson(&parts) {
+                        let events: usize = waiting.iter().map(|l| l.count).sum();
+                        tracing::error!(error = %e, events, "audit events could be neither queued nor spooled");
+                    }
+                    for lines in waiting {
+                        shared.buffers.give_back(lines.body);
                     }
                 }
             };
@@ -558,19 +554,18 @@ impl Pending {
     /// wall clock when that is recent, else from a new one.
     fn wall_time(&self, at: Instant) -> DateTime<Utc> {
         let (read_at, micros) = self.wall_clock.get();
+        // `at` may also be a little before the reading (a request that began
+        // before another one took it).
         let offset = match at.checked_duration_since(read_at) {
-            Some(after) if after < WALL_CLOCK_REUSE => Some(after.as_micros() as i64),
-            Some(_) => None,
-            None => Some(-(read_at.duration_since(at).as_micros() as i64))
-                .filter(|before| *before > -(WALL_CLOCK_REUSE.as_micros() as i64)),
+            Some(after) => after.as_micros() as i64,
+            None => -(read_at.duration_since(at).as_micros() as i64),
         };
-        let micros = match offset {
-            Some(offset) => micros + offset,
-            None => {
-                let (now, wall) = (Instant::now(), Utc::now().timestamp_micros());
-                self.wall_clock.set((now, wall));
-                wall - now.saturating_duration_since(at).as_micros() as i64
-            }
+        let micros = if offset.unsigned_abs() < WALL_CLOCK_REUSE.as_micros() as u64 {
+            micros + offset
+        } else {
+            let (now, wall) = (Instant::now(), Utc::now().timestamp_micros());
+            self.wall_clock.set((now, wall));
+            wall - now.saturating_duration_since(at).as_micros() as i64
         };
         DateTime::from_timestamp_micros(micros).unwrap_or_else(Utc::now)
     }
@@ -632,7 +627,7 @@ impl Drop for Pending {
 /// Events waiting for the spool, and whether a task is writing them.
 #[derive(Default)]
 struct Overflow {
-    waiting: Lines,
+    waiting: Vec<Lines>,
     flushing: bool,
 }
 
@@ -705,17 +700,28 @@ async fn publish_loop(
                     (key, parts.iter().map(|l| l.body.as_slice()).collect())
                 })
                 .collect();
-            if publisher.publish_ndjson(&bodies).await.is_err() {
-                let mut all = Lines::default();
-                for lines in messages.iter().flatten() {
-                    all.append(lines);
+            let published = publisher.publish_ndjson(&bodies).await.is_ok();
+            drop(bodies);
+            let messages = if published {
+                messages
+            } else {
+                let spooled = tokio::task::spawn_blocking(move || {
+                    let parts: Vec<&[u8]> = messages
+                        .iter()
+                        .flatten()
+                        .map(|l| l.body.as_slice())
+                        .collect();
+                    (spool.append_ndjson(&parts), messages)
+                })
+                .await;
+                match spooled {
+                    Ok((Ok(()), messages)) => messages,
+                    _ => {
+                        tracing::error!("audit events could be neither published nor spooled");
+                        Vec::new()
+                    }
                 }
-                let appended =
-                    tokio::task::spawn_blocking(move || spool.append_ndjson(&all.body)).await;
-                if !matches!(appended, Ok(Ok(()))) {
-                    tracing::error!("audit events could be neither published nor spooled");
-                }
-            }
+            };
             for lines in messages.into_iter().flatten() {
                 buffers.give_back(lines.body);
             }
