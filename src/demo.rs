@@ -122,13 +122,17 @@ async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
+/// How long shutdown waits for the broker to confirm the last audit events
+/// before it spools them.
+pub const AUDIT_GRACE: Duration = Duration::from_secs(5);
+
 /// Runs the demo until `shutdown` resolves.
 pub async fn run(
     settings: &Settings,
     args: DemoArgs,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let (server, port) = if args.no_audit {
+    let (server, port, audit) = if args.no_audit {
         let server = HttpServer::new(|| {
             App::new()
                 .wrap_fn(|req, srv| {
@@ -142,7 +146,7 @@ pub async fn run(
         .bind(&args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
         let port = server.addrs().first().map(|a| a.port()).unwrap_or(0);
-        (server.run(), port)
+        (server.run(), port, None)
     } else {
         let publisher = Publisher::new(settings, "auditline-demo-app");
         let spool = Arc::new(Spool::open(
@@ -153,13 +157,14 @@ pub async fn run(
         config.linger = std::time::Duration::from_millis(args.linger_ms);
         config.events_per_message = args.events_per_message.max(1);
         let audit = AuditMiddleware::start(config, publisher, spool)?;
+        let wrapped = audit.clone();
         let server = HttpServer::new(move || {
             App::new()
                 .wrap_fn(|req, srv| {
                     authenticate(&req);
                     srv.call(req)
                 })
-                .wrap(audit.clone())
+                .wrap(wrapped.clone())
                 .configure(routes)
         })
         .workers(2)
@@ -167,7 +172,7 @@ pub async fn run(
         .bind(&args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
         let port = server.addrs().first().map(|a| a.port()).unwrap_or(0);
-        (server.run(), port)
+        (server.run(), port, Some(audit))
     };
     let handle = server.handle();
     println!(
@@ -182,6 +187,11 @@ pub async fn run(
     }
     if let Some(t) = traffic {
         t.abort();
+    }
+    // The server's workers have handed over what they held: every event is
+    // now published or spooled before the process ends.
+    if let Some(audit) = audit {
+        audit.shutdown(AUDIT_GRACE).await;
     }
     Ok(())
 }

@@ -127,12 +127,18 @@ fn query_metadata(query: &str) -> Map<String, Value> {
     metadata
 }
 
+/// How long shutdown waits for the broker to confirm the last audit events
+/// before it spools them.
+const AUDIT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A built, not yet running admin service.
 pub struct Application {
     port: u16,
     server: Server,
     runner: tokio::task::JoinHandle<()>,
     live: tokio::task::JoinHandle<()>,
+    /// Admin calls are audit events: at shutdown they are published or spooled.
+    audit: AuditMiddleware,
     checkpoints: Option<tokio::task::JoinHandle<()>>,
     retention: Option<tokio::task::JoinHandle<()>>,
 }
@@ -170,6 +176,7 @@ impl Application {
             settings.ingest.spool_max_bytes,
         )?);
         let audit = AuditMiddleware::start(AuditConfig::new("auditline-admin"), publisher, spool)?;
+        let audit_handle = audit.clone();
         let jobs_waiting = Arc::new(tokio::sync::Notify::new());
         let storage = crate::storage::Storage::new(
             std::path::PathBuf::from(&settings.export_dir),
@@ -326,6 +333,7 @@ impl Application {
             server,
             runner,
             live,
+            audit: audit_handle,
             checkpoints,
             retention,
         })
@@ -343,6 +351,8 @@ impl Application {
             result = server => result.context("admin HTTP server failed"),
             () = shutdown => { handle.stop(true).await; Ok(()) }
         };
+        // The workers have handed over the events of the last calls.
+        self.audit.shutdown(AUDIT_GRACE).await;
         // A job cut short here is taken over by another instance (or this
         // one, restarted) once its heartbeat is old enough.
         self.runner.abort();

@@ -7,8 +7,10 @@
 # throughput ratio is its CPU ratio (no wakeup preemption by wrk).
 #   cp target/release/auditline /tmp/auditline-old   # before the change
 #   OLD=/tmp/auditline-old ROUNDS=5 DURATION=8 PIN=1 deploy/scripts/bench-middleware-ab.sh
-# OLD_ENV / NEW_ENV add settings to one app, e.g. to compare one binary with
-# itself: OLD=target/release/auditline NEW_ENV=AUDITLINE_PUBLISHER__COMPRESS=false
+# OLD_ENV / NEW_ENV add settings to one app, and OLD_ARGS / NEW_ARGS demo-app
+# options, e.g. to compare one binary with itself:
+#   OLD=target/release/auditline NEW_ENV=AUDITLINE_PUBLISHER__COMPRESS=false
+#   OLD=target/release/auditline NEW_ARGS='--linger-ms 100'
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 deploy/scripts/ensure-services.sh
@@ -40,10 +42,10 @@ trap cleanup EXIT
 $new migrate >/dev/null
 declare -A port pid
 start() { # name binary port [args]
-  local name=$1 bin=$2 p=$3 extra=; shift 3
-  case $name in old) extra=${OLD_ENV:-} ;; new) extra=${NEW_ENV:-} ;; esac
-  # shellcheck disable=SC2086 # OLD_ENV/NEW_ENV are lists of VAR=value
-  env $extra AUDITLINE_NAMESPACE=benchab-$ts "${pin_app[@]}" "$bin" demo-app --listen "127.0.0.1:$p" "$@" >/dev/null &
+  local name=$1 bin=$2 p=$3 extra= args=; shift 3
+  case $name in old) extra=${OLD_ENV:-} args=${OLD_ARGS:-} ;; new) extra=${NEW_ENV:-} args=${NEW_ARGS:-} ;; esac
+  # shellcheck disable=SC2086 # lists of VAR=value and of options
+  env $extra AUDITLINE_NAMESPACE=benchab-$ts "${pin_app[@]}" "$bin" demo-app --listen "127.0.0.1:$p" "$@" $args >/dev/null &
   pids+=($!); pid[$name]=$!; port[$name]=$p
 }
 start plain "$new" 18391 --no-audit
@@ -53,20 +55,21 @@ sleep 3
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 tick_us=$(awk -v hz="$(getconf CLK_TCK)" 'BEGIN { print 1000000 / hz }')
 for name in plain old new; do "${pin_wrk[@]}" wrk -t2 -c32 -d3s "http://127.0.0.1:${port[$name]}/health" >/dev/null; done
-declare -A rps cpu paired
+declare -A rps cpu bcpu paired
 round_plain=1
 for round in $(seq "$ROUNDS"); do
   # Plain first, then old and new in turns, so neither always runs last.
   order="plain old new"; [ $((round % 2)) = 0 ] && order="plain new old"
   for name in $order; do
-    before=$(cpu_ticks "${pid[$name]}")
+    before=$(cpu_ticks "${pid[$name]}"); broker_before=$([ -n "$broker" ] && cpu_ticks "$broker" || echo 0)
     out=$("${pin_wrk[@]}" wrk -t2 -c32 -d"${DURATION}s" -H 'x-demo-user: alice' -H 'x-session-id: bench' "http://127.0.0.1:${port[$name]}/files/42")
-    after=$(cpu_ticks "${pid[$name]}")
+    after=$(cpu_ticks "${pid[$name]}"); broker_after=$([ -n "$broker" ] && cpu_ticks "$broker" || echo 0)
     r=$(echo "$out" | awk '/^Requests\/sec/ { print $2 }')
     n=$(echo "$out" | awk '/requests in/ { print $1 }')
     c=$(awk -v t=$((after - before)) -v u="$tick_us" -v n="$n" 'BEGIN { printf "%.2f", t * u / n }')
-    echo "[round $round] $name: $r requests/s, app CPU $c us/request"
-    rps[$name]+="$r "; cpu[$name]+="$c "
+    b=$(awk -v t=$((broker_after - broker_before)) -v u="$tick_us" -v n="$n" 'BEGIN { printf "%.2f", t * u / n }')
+    echo "[round $round] $name: $r requests/s, app CPU $c us/request, broker CPU $b us/request"
+    rps[$name]+="$r "; cpu[$name]+="$c "; bcpu[$name]+="$b "
     [ "$name" = plain ] && round_plain=$r
     [ "$name" != plain ] && paired[$name]+="$(awk -v r="$r" -v p="$round_plain" 'BEGIN { printf "%.4f", r / p }') "
   done
@@ -77,6 +80,8 @@ awk -v p="$p" -v o="$o" -v w="$w" -v cp="$(echo "${cpu[plain]}" | median)" -v co
   printf "medians: plain %.0f requests/s; old %.0f (ratio %.3f); new %.0f (ratio %.3f)\n", p, o, o / p, w, w / p
   printf "app CPU per request: plain %.2f us, old %.2f us (+%.2f), new %.2f us (+%.2f)\n", cp, co, co - cp, cw, cw - cp
 }'
+echo "broker CPU per request: plain $(echo "${bcpu[plain]}" | median) us, old $(echo "${bcpu[old]}" | median) us, new $(echo "${bcpu[new]}" | median) us"
+
 # Each round's ratio to the plain app of the same round: adjacent runs share
 # the machine's mood, so these medians are steadier than the ones above.
 echo "median of the per-round ratios: old $(echo "${paired[old]}" | median), new $(echo "${paired[new]}" | median)"

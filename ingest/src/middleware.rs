@@ -22,6 +22,12 @@
 //! buffers into NDJSON messages and publishes them. When the queue is full,
 //! or the broker cannot take them, events go to the durable spool and are
 //! replayed later: never dropped.
+//!
+//! At shutdown, stop the server first (its workers hand over what they hold
+//! as they stop), then await [`AuditMiddleware::shutdown`]: it publishes, or
+//! spools, every event taken. A request whose future is dropped before it
+//! answers (a forced shutdown, a connection torn down) is still recorded,
+//! with no status and `success: false`.
 
 use crate::{publisher::Publisher, spool::Spool};
 use actix_web::{
@@ -53,7 +59,7 @@ use std::{
     task::{Context, Poll, ready},
     time::Instant,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 /// Set by the app's authentication (`req.extensions_mut().insert(AuditUser(..))`).
@@ -235,7 +241,8 @@ struct Observed<'a> {
     request_size: Option<u64>,
     response_size: Option<u64>,
     response_time_ms: f64,
-    status: u16,
+    /// `None` for a request that never answered (its future was dropped).
+    status: Option<u16>,
     resources: Option<&'a Map<String, Value>>,
     metadata: Option<&'a Map<String, Value>>,
 }
@@ -297,8 +304,8 @@ impl Observed<'_> {
             request_size: self.request_size.map(|n| n.min(i64::MAX as u64)),
             response_size: self.response_size.map(|n| n.min(i64::MAX as u64)),
             response_time_ms: Some(self.response_time_ms).filter(|ms| ms.is_finite() && *ms >= 0.0),
-            status_code: Some(self.status).filter(|s| (100..=599).contains(s)),
-            success: self.status < 400,
+            status_code: self.status.filter(|s| (100..=599).contains(s)),
+            success: self.status.is_some_and(|s| s < 400),
             resource_usage: within(self.resources, MAX_RESOURCE_USAGE_BYTES, "resource usage"),
             metadata: within(self.metadata, MAX_METADATA_BYTES, "audit metadata"),
         }
@@ -397,6 +404,41 @@ struct Shared {
     spool: Arc<Spool>,
     spilled: AtomicU64,
     overflow: std::sync::Mutex<Overflow>,
+    /// Set by [`AuditMiddleware::shutdown`]: the publish loop takes what is
+    /// queued, publishes it and ends.
+    closing: watch::Sender<bool>,
+    /// Set when shutdown's grace is over: publishes still unconfirmed give up
+    /// and spool their events.
+    hurry: watch::Sender<bool>,
+    /// Set by the publish loop once everything it took is confirmed or spooled.
+    drained: watch::Sender<bool>,
+    /// The spool's replayer, stopped at shutdown (replay is safe to cut).
+    replayer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Shared {
+    /// Writes the spilled events to the spool until none wait, then clears
+    /// `flushing`.
+    fn flush_overflow(&self) {
+        loop {
+            let waiting = {
+                let mut overflow = self.overflow.lock().unwrap_or_else(|p| p.into_inner());
+                if overflow.waiting.is_empty() {
+                    overflow.flushing = false;
+                    return;
+                }
+                std::mem::take(&mut overflow.waiting)
+            };
+            let parts: Vec<&[u8]> = waiting.iter().map(|l| l.body.as_slice()).collect();
+            if let Err(e) = self.spool.append_ndjson(&parts) {
+                let events: usize = waiting.iter().map(|l| l.count).sum();
+                tracing::error!(error = %e, events, "audit events could be neither queued nor spooled");
+            }
+            for lines in waiting {
+                self.buffers.give_back(lines.body);
+            }
+        }
+    }
 }
 
 /// The middleware (cheap to clone; clones share the queue and background task).
@@ -442,21 +484,72 @@ impl AuditMiddleware {
             spool: spool.clone(),
             spilled: AtomicU64::new(0),
             overflow: std::sync::Mutex::default(),
+            closing: watch::Sender::new(false),
+            hurry: watch::Sender::new(false),
+            drained: watch::Sender::new(false),
+            replayer: std::sync::Mutex::default(),
         });
         tokio::spawn(publish_loop(
             rx,
             publisher.clone(),
             spool.clone(),
-            shared.config.clone(),
+            shared.clone(),
             buffers,
         ));
-        tokio::spawn(spool.replay_forever(publisher, MAX_BATCH, |_, _| {}));
+        let replayer = tokio::spawn(spool.replay_forever(publisher, MAX_BATCH, |_, _| {}));
+        *shared.replayer.lock().unwrap_or_else(|p| p.into_inner()) = Some(replayer);
         Ok(Self { shared })
     }
 
-    /// Events that went to the spool because the queue was full.
+    /// Events that went to the spool because the queue was full (or closed).
     pub fn spilled(&self) -> u64 {
         self.shared.spilled.load(Ordering::Relaxed)
+    }
+
+    /// Publishes, or spools, every event taken, and stops taking new ones
+    /// (later ones go straight to the spool). Call it once the server has
+    /// stopped: its workers hand over what they hold as they stop. Publishes
+    /// still unconfirmed after `grace` give up and spool their events (a
+    /// broker that comes back later may hold some of them too: the writer
+    /// stores each event once). Returns when every event taken is confirmed
+    /// by the broker or durable in the spool; the spool's replay stops (what
+    /// it holds is replayed at the next start).
+    pub async fn shutdown(&self, grace: std::time::Duration) {
+        let shared = &self.shared;
+        let replayer = shared
+            .replayer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(replayer) = replayer {
+            replayer.abort();
+            let _ = replayer.await;
+        }
+        shared.closing.send_replace(true);
+        let mut drained = shared.drained.subscribe();
+        if tokio::time::timeout(grace, drained.wait_for(|d| *d))
+            .await
+            .is_err()
+        {
+            tracing::warn!(?grace, "audit events not confirmed in time go to the spool");
+            shared.hurry.send_replace(true);
+            // Spool writes only from here on; bounded all the same, should
+            // the publish loop be gone.
+            let more = grace.max(std::time::Duration::from_secs(10));
+            if tokio::time::timeout(more, drained.wait_for(|d| *d))
+                .await
+                .is_err()
+            {
+                tracing::error!("the audit publisher did not finish; events it held may be lost");
+            }
+        }
+        // Events spilled meanwhile (a worker's last hand-off among them).
+        while {
+            let overflow = shared.overflow.lock().unwrap_or_else(|p| p.into_inner());
+            overflow.flushing || !overflow.waiting.is_empty()
+        } {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     fn hand_over(&self, lines: Lines) {
@@ -483,33 +576,17 @@ impl AuditMiddleware {
             !std::mem::replace(&mut overflow.flushing, true)
         };
         if start_flusher {
-            let shared = shared.clone();
-            let flush = move || {
-                loop {
-                    let waiting = {
-                        let mut overflow =
-                            shared.overflow.lock().unwrap_or_else(|p| p.into_inner());
-                        if overflow.waiting.is_empty() {
-                            overflow.flushing = false;
-                            return;
-                        }
-                        std::mem::take(&mut overflow.waiting)
-                    };
-                    let parts: Vec<&[u8]> = waiting.iter().map(|l| l.body.as_slice()).collect();
-                    if let Err(e) = shared.spool.append_ndjson(&parts) {
-                        let events: usize = waiting.iter().map(|l| l.count).sum();
-                        tracing::error!(error = %e, events, "audit events could be neither queued nor spooled");
-                    }
-                    for lines in waiting {
-                        shared.buffers.give_back(lines.body);
-                    }
-                }
-            };
-            // Outside a runtime (a worker's last hand-off at shutdown) the
+            // A thread of its own, not a runtime's blocking pool: a runtime
+            // shutting down (a worker's last hand-off) may never run a task
+            // given to it, and `flushing` would stay set. Spills are rare (a
+            // full queue, or after shutdown); should no thread start, the
             // write happens right here.
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => drop(runtime.spawn_blocking(flush)),
-                Err(_) => flush(),
+            let on_thread = shared.clone();
+            let started = std::thread::Builder::new()
+                .name("audit-spill".into())
+                .spawn(move || on_thread.flush_overflow());
+            if started.is_err() {
+                shared.flush_overflow();
             }
         }
     }
@@ -570,8 +647,10 @@ impl Pending {
         DateTime::from_timestamp_micros(micros).unwrap_or_else(Utc::now)
     }
 
-    /// Writes the event of one request.
-    fn record(self: &Rc<Self>, observed: &Observed<'_>) {
+    /// Writes the event of one request. Without `may_wait` (a request
+    /// dropped, perhaps with its runtime), what is held is handed over now
+    /// rather than by a timer task.
+    fn record(self: &Rc<Self>, observed: &Observed<'_>, may_wait: bool) {
         let shared = &self.middleware.shared;
         let config = &shared.config;
         // UUIDv7: the event's millisecond, then 74 random bits.
@@ -587,7 +666,7 @@ impl Pending {
             lines.action = lines.action.and(Action::One(action));
             lines.count >= self.handoff
         };
-        if full {
+        if full || !may_wait {
             self.hand_over();
         } else if !self.timer.replace(true) {
             let pending = self.clone();
@@ -642,17 +721,39 @@ async fn publish_loop(
     mut rx: mpsc::Receiver<Lines>,
     publisher: Publisher,
     spool: Arc<Spool>,
-    config: Arc<AuditConfig>,
+    shared: Arc<Shared>,
     buffers: Arc<Buffers>,
 ) {
+    let config = shared.config.clone();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let mut handoffs = Vec::new();
-    while rx.recv_many(&mut handoffs, MAX_BATCH / HANDOFF).await > 0 {
+    let mut closing = shared.closing.subscribe();
+    loop {
+        let closed = *closing.borrow_and_update();
+        let taken = if closed {
+            // Shutdown: what is queued is taken (hand-offs from now on are
+            // spilled), then the loop ends.
+            rx.close();
+            rx.recv_many(&mut handoffs, MAX_BATCH / HANDOFF).await
+        } else {
+            tokio::select! {
+                taken = rx.recv_many(&mut handoffs, MAX_BATCH / HANDOFF) => taken,
+                _ = closing.changed() => continue,
+            }
+        };
+        if taken == 0 {
+            break;
+        }
         let mut count: usize = handoffs.iter().map(|l: &Lines| l.count).sum();
         if count < config.events_per_message {
             // Linger so that a busy app hands over hundreds of events per
-            // wake-up, and they leave in few messages.
-            tokio::time::sleep(config.linger).await;
+            // wake-up, and they leave in few messages (not at shutdown).
+            if !closed {
+                tokio::select! {
+                    () = tokio::time::sleep(config.linger) => {}
+                    _ = closing.changed() => {}
+                }
+            }
             while count < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(lines) => {
@@ -686,6 +787,7 @@ async fn publish_loop(
             config.clone(),
             buffers.clone(),
         );
+        let mut hurry = shared.hurry.subscribe();
         tokio::spawn(async move {
             // New events do not wait behind spooled ones: the spool is
             // replayed alongside. Sending everything through the spool while
@@ -700,7 +802,12 @@ async fn publish_loop(
                     (key, parts.iter().map(|l| l.body.as_slice()).collect())
                 })
                 .collect();
-            let published = publisher.publish_ndjson(&bodies).await.is_ok();
+            // Past shutdown's grace, an unconfirmed publish gives up and
+            // its events are spooled.
+            let published = tokio::select! {
+                published = publisher.publish_ndjson(&bodies) => published.is_ok(),
+                _ = hurry.wait_for(|h| *h) => false,
+            };
             drop(bodies);
             let messages = if published {
                 messages
@@ -728,6 +835,9 @@ async fn publish_loop(
             drop(permit);
         });
     }
+    // Every batch confirmed or spooled.
+    let _ = in_flight.acquire_many(IN_FLIGHT as u32).await;
+    shared.drained.send_replace(true);
 }
 
 impl<S, B> Transform<S, ServiceRequest> for AuditMiddleware
@@ -797,6 +907,30 @@ struct Started {
     request_size: Option<u64>,
 }
 
+impl Started {
+    /// What is known of the request at `ended` without its response.
+    fn observed<'a>(&'a self, pending: &Pending, ended: Instant) -> Observed<'a> {
+        let config = &pending.middleware.shared.config;
+        let path_and_query = self.uri.path_and_query().map_or("/", |p| p.as_str());
+        Observed {
+            occurred_at: pending.wall_time(self.at),
+            session_id: self.session.as_str(),
+            user_id: None,
+            client_ip: self.client_ip,
+            rule: config.rule(self.uri.path()),
+            endpoint: path_and_query.strip_suffix('?').unwrap_or(path_and_query),
+            route: None,
+            method: &self.method,
+            request_size: self.request_size,
+            response_size: None,
+            response_time_ms: (ended - self.at).as_secs_f64() * 1000.0,
+            status: None,
+            resources: None,
+            metadata: None,
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
     /// An audited request: the app's future, then the event.
     pub struct AuditFuture<F> {
@@ -804,6 +938,18 @@ pin_project_lite::pin_project! {
         inner: F,
         started: Option<Started>,
         pending: Rc<Pending>,
+    }
+
+    /// A request dropped before it answered (a forced shutdown, a
+    /// connection torn down) is recorded too: no status, not a success.
+    impl<F> PinnedDrop for AuditFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(started) = this.started.take() {
+                let observed = started.observed(this.pending, Instant::now());
+                this.pending.record(&observed, false);
+            }
+        }
     }
 }
 
@@ -828,31 +974,13 @@ where
             return Poll::Ready(result);
         };
         let pending = &*this.pending;
-        let config = &pending.middleware.shared.config;
-        let path_and_query = started.uri.path_and_query().map_or("/", |p| p.as_str());
-        let endpoint = path_and_query.strip_suffix('?').unwrap_or(path_and_query);
-        let mut observed = Observed {
-            occurred_at: pending.wall_time(started.at),
-            session_id: started.session.as_str(),
-            user_id: None,
-            client_ip: started.client_ip,
-            rule: config.rule(started.uri.path()),
-            endpoint,
-            route: None,
-            method: &started.method,
-            request_size: started.request_size,
-            response_size: None,
-            response_time_ms: (ended - started.at).as_secs_f64() * 1000.0,
-            status: 0,
-            resources: None,
-            metadata: None,
-        };
+        let mut observed = started.observed(pending, ended);
         match &result {
             Ok(res) => {
                 let request = res.request();
                 let extensions = request.extensions();
                 let route = request.match_pattern();
-                observed.status = res.status().as_u16();
+                observed.status = Some(res.status().as_u16());
                 observed.route = route.as_deref();
                 observed.user_id = extensions.get::<AuditUser>().map(|u| u.0.as_str());
                 observed.resources = extensions
@@ -868,11 +996,11 @@ where
                     BodySize::None => Some(0),
                     BodySize::Stream => None,
                 };
-                pending.record(&observed);
+                pending.record(&observed, true);
             }
             Err(e) => {
-                observed.status = e.as_response_error().status_code().as_u16();
-                pending.record(&observed);
+                observed.status = Some(e.as_response_error().status_code().as_u16());
+                pending.record(&observed, true);
             }
         }
         // A generated session id is returned to the client in the header.
@@ -1015,7 +1143,7 @@ mod tests {
             request_size: Some(u64::MAX),
             response_size: None,
             response_time_ms: f64::NAN,
-            status: 404,
+            status: Some(404),
             resources: Some(&usage),
             metadata: Some(&metadata),
         };
@@ -1025,7 +1153,7 @@ mod tests {
             AuditEvent::parse(&line).expect("the validator accepts what the middleware writes");
         assert_eq!(reparsed.http_method, "OTHER");
         assert_eq!(reparsed.metadata, None, "metadata over 16 KiB is left out");
-        assert_eq!(reparsed.resource_usage, Some(usage));
+        assert_eq!(reparsed.resource_usage.as_ref(), Some(&usage));
         assert_eq!(reparsed.endpoint.chars().count(), 255);
         assert_eq!(
             reparsed.user_id,
@@ -1034,6 +1162,17 @@ mod tests {
         );
         assert_eq!(reparsed.route, None);
         assert_eq!(reparsed.action_type, "file");
+        assert!(!reparsed.success);
+
+        // A request that never answered: no status, not a success.
+        let unanswered = Observed {
+            status: None,
+            ..observed
+        };
+        line.clear();
+        unanswered.write_json(&AuditConfig::new("svc"), Uuid::now_v7(), &mut line);
+        let reparsed = AuditEvent::parse(&line).expect("valid");
+        assert_eq!(reparsed.status_code, None);
         assert!(!reparsed.success);
     }
 

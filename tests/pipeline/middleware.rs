@@ -331,3 +331,134 @@ async fn a_full_queue_and_an_absent_broker_lose_nothing() {
     writer.stop().await;
     env.cleanup().await;
 }
+
+/// A real server stopped while events wait in the middleware (a minute's
+/// linger) and one request is still being served: `shutdown` publishes every
+/// event at once, the request cut short included (no status, not a success).
+#[actix_web::test]
+async fn shutdown_publishes_what_the_middleware_holds_and_records_cut_requests() {
+    use tokio::io::AsyncWriteExt;
+    let env = TestEnv::new().await;
+    let writer = InProcessWriter::start(&env).await;
+    let spool = Arc::new(
+        Spool::open(format!("{}-mw", env.settings.ingest.spool_dir), 1 << 30).expect("spool"),
+    );
+    let mut config = AuditConfig::new("demo-app");
+    config.linger = Duration::from_secs(60);
+    config.events_per_message = 5_000;
+    let audit = AuditMiddleware::start(config, env.publisher().await, spool).expect("middleware");
+    let wrapped = audit.clone();
+    let server = actix_web::HttpServer::new(move || {
+        App::new()
+            .wrap(wrapped.clone())
+            .configure(demo::routes)
+            .route(
+                "/slow",
+                actix_web::web::get().to(|| async {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    "late"
+                }),
+            )
+    })
+    .workers(2)
+    .shutdown_timeout(1)
+    .disable_signals()
+    .bind("127.0.0.1:0")
+    .expect("bind");
+    let port = server.addrs()[0].port();
+    let server = server.run();
+    let handle = server.handle();
+    let running = actix_web::rt::spawn(server);
+    for i in 0..300 {
+        let (status, _) = crate::helpers::http_get(port, &format!("/health?n={i}")).await;
+        assert_eq!(status, 200);
+    }
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /slow?cut=1 HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .expect("send");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(env.count().await.0, 0, "events wait out the linger");
+
+    let began = std::time::Instant::now();
+    handle.stop(true).await;
+    let _ = running.await;
+    audit.shutdown(Duration::from_secs(10)).await;
+    let took = began.elapsed();
+    assert!(
+        took < Duration::from_secs(15),
+        "shutdown does not wait for the linger ({took:?})"
+    );
+    // Stored long before the minute's linger would have let them go.
+    env.wait_for_rows(301, Duration::from_secs(20)).await;
+    let (status, success): (Option<i16>, bool) = sqlx::query_as(
+        "SELECT status_code, success FROM auditline.events WHERE endpoint = '/slow?cut=1'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .expect("the cut request has its event");
+    assert_eq!((status, success), (None, false));
+    assert_eq!(audit.spilled(), 0, "nothing needed the spool");
+    drop(slow);
+    writer.stop().await;
+    env.cleanup().await;
+}
+
+/// The broker away at shutdown: `shutdown` returns after its grace with
+/// every event in the spool, and they are stored once the broker is back.
+#[actix_web::test]
+async fn shutdown_with_the_broker_away_spools_everything() {
+    let env = TestEnv::new().await;
+    let writer = InProcessWriter::start(&env).await;
+    let proxy = crate::helpers::Proxy::start("127.0.0.1:5672").await;
+    let mut through_proxy = env.settings.clone();
+    through_proxy.amqp_url = auditline_shared::settings::SecretUrl::new(format!(
+        "amqp://guest:guest@127.0.0.1:{}/%2f",
+        proxy.port
+    ));
+    // A publish would go on retrying for a minute.
+    through_proxy.publisher.publish_timeout_ms = 60_000;
+    proxy.set_up(false);
+    let spool_dir = format!("{}-mw", env.settings.ingest.spool_dir);
+    let spool = Arc::new(Spool::open(&spool_dir, 1 << 30).expect("spool"));
+    let publisher = auditline_ingest::Publisher::new(&through_proxy, "test-mw");
+    let audit =
+        AuditMiddleware::start(AuditConfig::new("demo-app"), publisher, spool).expect("middleware");
+    let app = test::init_service(App::new().wrap(audit.clone()).configure(demo::routes)).await;
+    for i in 0..200 {
+        let req = test::TestRequest::get()
+            .uri(&format!("/health?n={i}"))
+            .to_request();
+        assert_eq!(test::call_service(&app, req).await.status(), 200);
+    }
+    // The app goes first (its worker state hands over what it holds), then
+    // the middleware: one second of grace, and the rest is spooled.
+    drop(app);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let began = std::time::Instant::now();
+    audit.shutdown(Duration::from_secs(1)).await;
+    let took = began.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "shutdown is bounded by its grace, not the publish timeout ({took:?})"
+    );
+    drop(audit);
+    assert_eq!(env.count().await.0, 0, "nothing reached the broker");
+
+    // Back up: a new middleware on the same spool replays it.
+    proxy.set_up(true);
+    let spool = Arc::new(Spool::open(&spool_dir, 1 << 30).expect("spool"));
+    let publisher = auditline_ingest::Publisher::new(&through_proxy, "test-mw-2");
+    let _again =
+        AuditMiddleware::start(AuditConfig::new("demo-app"), publisher, spool).expect("middleware");
+    env.wait_for_rows(200, Duration::from_secs(60)).await;
+    let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT endpoint) FROM auditline.events")
+        .fetch_one(&env.pool)
+        .await
+        .expect("count");
+    assert_eq!(distinct, 200, "every request is stored once");
+    writer.stop().await;
+    env.cleanup().await;
+}
