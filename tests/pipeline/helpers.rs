@@ -549,6 +549,16 @@ pub async fn http_get(port: u16, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Settings whose broker is reached through a proxy the test controls, with a
+/// short gateway publish timeout.
+pub async fn behind_proxy(env: &TestEnv) -> (Proxy, Settings) {
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let mut settings = env.settings.clone();
+    settings.amqp_url = SecretUrl::new(format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port));
+    settings.ingest.publish_timeout_ms = 300;
+    (proxy, settings)
+}
+
 /// A TCP proxy in front of a real server, which a test can cut (close every
 /// open connection) or take down (refuse new ones) without touching the server.
 pub struct Proxy {

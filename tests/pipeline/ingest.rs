@@ -3,7 +3,6 @@
 
 use crate::helpers::{InProcessIngest, InProcessWriter, Process, Proxy, TestEnv, wait_until};
 use auditline_shared::auth::{self, Scope};
-use auditline_shared::settings::SecretUrl;
 use chrono::Utc;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -230,20 +229,10 @@ async fn accepted_events_are_stored_with_the_tokens_service() {
     env.cleanup().await;
 }
 
-/// Settings whose broker is reached through a proxy the test controls, with a
-/// short publish timeout.
-async fn behind_proxy(env: &TestEnv) -> (Proxy, auditline_shared::Settings) {
-    let proxy = Proxy::start("127.0.0.1:5672").await;
-    let mut settings = env.settings.clone();
-    settings.amqp_url = SecretUrl::new(format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port));
-    settings.ingest.publish_timeout_ms = 300;
-    (proxy, settings)
-}
-
 #[actix_web::test]
 async fn without_a_spool_an_unreachable_broker_is_a_503_with_retry_after() {
     let env = TestEnv::new().await;
-    let (proxy, mut settings) = behind_proxy(&env).await;
+    let (proxy, mut settings) = crate::helpers::behind_proxy(&env).await;
     settings.ingest.spool_enabled = false;
     let gateway = InProcessIngest::start_with(settings).await;
     let token = env.token(&[Scope::Publish], Some("billing")).await;
@@ -286,7 +275,7 @@ async fn without_a_spool_an_unreachable_broker_is_a_503_with_retry_after() {
 async fn while_the_broker_is_unreachable_posts_are_spooled_then_stored_exactly_once() {
     let env = TestEnv::new().await;
     let writer = InProcessWriter::start(&env).await;
-    let (proxy, settings) = behind_proxy(&env).await;
+    let (proxy, settings) = crate::helpers::behind_proxy(&env).await;
     let gateway = InProcessIngest::start_with(settings).await;
     let token = env.token(&[Scope::Publish], Some("billing")).await;
     proxy.set_up(false);
@@ -338,7 +327,7 @@ async fn while_the_broker_is_unreachable_posts_are_spooled_then_stored_exactly_o
 #[actix_web::test]
 async fn a_full_spool_is_a_503_and_stores_nothing() {
     let env = TestEnv::new().await;
-    let (proxy, mut settings) = behind_proxy(&env).await;
+    let (proxy, mut settings) = crate::helpers::behind_proxy(&env).await;
     settings.ingest.spool_max_bytes = 2_000;
     let gateway = InProcessIngest::start_with(settings).await;
     let token = env.token(&[Scope::Publish], Some("billing")).await;

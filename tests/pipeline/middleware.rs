@@ -293,12 +293,7 @@ async fn ten_thousand_requests_become_ten_thousand_faithful_events() {
 async fn a_full_queue_and_an_absent_broker_lose_nothing() {
     let env = TestEnv::new().await;
     let writer = InProcessWriter::start(&env).await;
-    let proxy = crate::helpers::Proxy::start("127.0.0.1:5672").await;
-    let mut through_proxy = env.settings.clone();
-    through_proxy.amqp_url = auditline_shared::settings::SecretUrl::new(format!(
-        "amqp://guest:guest@127.0.0.1:{}/%2f",
-        proxy.port
-    ));
+    let (proxy, mut through_proxy) = crate::helpers::behind_proxy(&env).await;
     through_proxy.publisher.publish_timeout_ms = 300;
     proxy.set_up(false);
     let spool = Arc::new(
@@ -412,12 +407,7 @@ async fn shutdown_publishes_what_the_middleware_holds_and_records_cut_requests()
 async fn shutdown_with_the_broker_away_spools_everything() {
     let env = TestEnv::new().await;
     let writer = InProcessWriter::start(&env).await;
-    let proxy = crate::helpers::Proxy::start("127.0.0.1:5672").await;
-    let mut through_proxy = env.settings.clone();
-    through_proxy.amqp_url = auditline_shared::settings::SecretUrl::new(format!(
-        "amqp://guest:guest@127.0.0.1:{}/%2f",
-        proxy.port
-    ));
+    let (proxy, mut through_proxy) = crate::helpers::behind_proxy(&env).await;
     // A publish would go on retrying for a minute.
     through_proxy.publisher.publish_timeout_ms = 60_000;
     proxy.set_up(false);
