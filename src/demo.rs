@@ -188,8 +188,8 @@ pub async fn run(
     if let Some(t) = traffic {
         t.abort();
     }
-    // The server's workers have handed over what they held: every event is
-    // now published or spooled before the process ends.
+    // Every event is published or spooled before the process ends (shutdown
+    // first waits for the server's workers to hand over what they hold).
     if let Some(audit) = audit {
         audit.shutdown(AUDIT_GRACE).await;
     }

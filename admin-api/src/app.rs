@@ -351,7 +351,8 @@ impl Application {
             result = server => result.context("admin HTTP server failed"),
             () = shutdown => { handle.stop(true).await; Ok(()) }
         };
-        // The workers have handed over the events of the last calls.
+        // The events of the last calls are published or spooled (once the
+        // workers, stopping, have handed them over).
         self.audit.shutdown(AUDIT_GRACE).await;
         // A job cut short here is taken over by another instance (or this
         // one, restarted) once its heartbeat is old enough.

@@ -404,22 +404,45 @@ struct Shared {
     spool: Arc<Spool>,
     spilled: AtomicU64,
     overflow: std::sync::Mutex<Overflow>,
-    /// Set by [`AuditMiddleware::shutdown`]: the publish loop takes what is
-    /// queued, publishes it and ends.
+    /// Workers' [`Pending`] still alive: each hands over what it holds as it
+    /// goes, so shutdown waits for none to be left.
+    workers: std::sync::atomic::AtomicUsize,
+    signals: Arc<Signals>,
+    /// The spool's replayer, stopped at shutdown (replay is safe to cut).
+    replayer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Between [`AuditMiddleware::shutdown`] and the publish loop (which holds
+/// these, not [`Shared`] and its queue sender: with the last middleware
+/// dropped, the queue closes and the loop ends on its own).
+#[derive(Default)]
+struct Signals {
+    /// Set by shutdown: the publish loop takes what is queued, publishes it
+    /// and ends.
     closing: watch::Sender<bool>,
     /// Set when shutdown's grace is over: publishes still unconfirmed give up
     /// and spool their events.
     hurry: watch::Sender<bool>,
     /// Set by the publish loop once everything it took is confirmed or spooled.
     drained: watch::Sender<bool>,
-    /// The spool's replayer, stopped at shutdown (replay is safe to cut).
-    replayer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Shared {
     /// Writes the spilled events to the spool until none wait, then clears
     /// `flushing`.
     fn flush_overflow(&self) {
+        /// Clears `flushing` should the writer panic, so that the next spill
+        /// starts another and shutdown does not wait for this one.
+        struct Guard<'a>(&'a Shared);
+        impl Drop for Guard<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    let mut overflow = self.0.overflow.lock().unwrap_or_else(|p| p.into_inner());
+                    overflow.flushing = false;
+                }
+            }
+        }
+        let _guard = Guard(self);
         loop {
             let waiting = {
                 let mut overflow = self.overflow.lock().unwrap_or_else(|p| p.into_inner());
@@ -484,16 +507,15 @@ impl AuditMiddleware {
             spool: spool.clone(),
             spilled: AtomicU64::new(0),
             overflow: std::sync::Mutex::default(),
-            closing: watch::Sender::new(false),
-            hurry: watch::Sender::new(false),
-            drained: watch::Sender::new(false),
+            workers: std::sync::atomic::AtomicUsize::new(0),
+            signals: Arc::default(),
             replayer: std::sync::Mutex::default(),
         });
         tokio::spawn(publish_loop(
             rx,
             publisher.clone(),
             spool.clone(),
-            shared.clone(),
+            (shared.config.clone(), shared.signals.clone()),
             buffers,
         ));
         let replayer = tokio::spawn(spool.replay_forever(publisher, MAX_BATCH, |_, _| {}));
@@ -508,14 +530,28 @@ impl AuditMiddleware {
 
     /// Publishes, or spools, every event taken, and stops taking new ones
     /// (later ones go straight to the spool). Call it once the server has
-    /// stopped: its workers hand over what they hold as they stop. Publishes
-    /// still unconfirmed after `grace` give up and spool their events (a
-    /// broker that comes back later may hold some of them too: the writer
-    /// stores each event once). Returns when every event taken is confirmed
-    /// by the broker or durable in the spool; the spool's replay stops (what
-    /// it holds is replayed at the next start).
+    /// stopped: it waits (up to `grace`) for the workers to let go, each
+    /// handing over what it holds. Publishes still unconfirmed after `grace`
+    /// give up and spool their events (a broker that comes back later may
+    /// hold some of them too: the writer stores each event once). Returns
+    /// when every event taken is confirmed by the broker or written to the
+    /// spool, unless the spool fails or a step overstays its bound (each
+    /// logged as an error); the spool's replay stops (what it holds is
+    /// replayed at the next start).
     pub async fn shutdown(&self, grace: std::time::Duration) {
+        use std::time::Duration;
         let shared = &self.shared;
+        let signals = &shared.signals;
+        let deadline = tokio::time::Instant::now() + grace;
+        // Workers stop after the server has answered its stop; their last
+        // events (requests cut short among them) come as they go.
+        while shared.workers.load(Ordering::Acquire) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("audit middleware shut down while workers still serve requests");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let replayer = shared
             .replayer
             .lock()
@@ -525,30 +561,34 @@ impl AuditMiddleware {
             replayer.abort();
             let _ = replayer.await;
         }
-        shared.closing.send_replace(true);
-        let mut drained = shared.drained.subscribe();
-        if tokio::time::timeout(grace, drained.wait_for(|d| *d))
+        signals.closing.send_replace(true);
+        let mut drained = signals.drained.subscribe();
+        if tokio::time::timeout_at(deadline, drained.wait_for(|d| *d))
             .await
             .is_err()
         {
             tracing::warn!(?grace, "audit events not confirmed in time go to the spool");
-            shared.hurry.send_replace(true);
-            // Spool writes only from here on; bounded all the same, should
-            // the publish loop be gone.
-            let more = grace.max(std::time::Duration::from_secs(10));
-            if tokio::time::timeout(more, drained.wait_for(|d| *d))
-                .await
-                .is_err()
-            {
-                tracing::error!("the audit publisher did not finish; events it held may be lost");
-            }
+            signals.hurry.send_replace(true);
         }
-        // Events spilled meanwhile (a worker's last hand-off among them).
+        // Spool writes only from here on; bounded all the same, should the
+        // publish loop be gone or the disk hang.
+        let more = tokio::time::Instant::now() + grace.max(Duration::from_secs(10));
+        if tokio::time::timeout_at(more, drained.wait_for(|d| *d))
+            .await
+            .is_err()
+        {
+            tracing::error!("the audit publisher did not finish; events it held may be lost");
+        }
+        // Events spilled meanwhile.
         while {
             let overflow = shared.overflow.lock().unwrap_or_else(|p| p.into_inner());
             overflow.flushing || !overflow.waiting.is_empty()
         } {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            if tokio::time::Instant::now() >= more {
+                tracing::error!("spilled audit events were not written to the spool in time");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -562,7 +602,7 @@ impl AuditMiddleware {
     }
 
     /// Sends events the queue could not take to the spool. Spilled events
-    /// are gathered and written by one blocking task, one fsync for all that
+    /// are gathered and written by one thread, one fsync for all that
     /// arrived meanwhile: a task and an fsync per request would make a busy
     /// app slower the more it falls behind.
     fn spill(&self, lines: Lines) {
@@ -617,6 +657,7 @@ struct Pending {
 
 impl Pending {
     fn new(middleware: AuditMiddleware) -> Self {
+        middleware.shared.workers.fetch_add(1, Ordering::AcqRel);
         let handoff = HANDOFF.min(middleware.shared.config.events_per_message.max(1));
         Self {
             lines: std::cell::RefCell::new(middleware.shared.buffers.take(handoff)),
@@ -700,10 +741,14 @@ impl Drop for Pending {
         if lines.count > 0 {
             self.middleware.hand_over(lines);
         }
+        self.middleware
+            .shared
+            .workers
+            .fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// Events waiting for the spool, and whether a task is writing them.
+/// Events waiting for the spool, and whether a thread is writing them.
 #[derive(Default)]
 struct Overflow {
     waiting: Vec<Lines>,
@@ -721,13 +766,12 @@ async fn publish_loop(
     mut rx: mpsc::Receiver<Lines>,
     publisher: Publisher,
     spool: Arc<Spool>,
-    shared: Arc<Shared>,
+    (config, signals): (Arc<AuditConfig>, Arc<Signals>),
     buffers: Arc<Buffers>,
 ) {
-    let config = shared.config.clone();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let mut handoffs = Vec::new();
-    let mut closing = shared.closing.subscribe();
+    let mut closing = signals.closing.subscribe();
     loop {
         let closed = *closing.borrow_and_update();
         let taken = if closed {
@@ -787,7 +831,7 @@ async fn publish_loop(
             config.clone(),
             buffers.clone(),
         );
-        let mut hurry = shared.hurry.subscribe();
+        let mut hurry = signals.hurry.subscribe();
         tokio::spawn(async move {
             // New events do not wait behind spooled ones: the spool is
             // replayed alongside. Sending everything through the spool while
@@ -837,7 +881,7 @@ async fn publish_loop(
     }
     // Every batch confirmed or spooled.
     let _ = in_flight.acquire_many(IN_FLIGHT as u32).await;
-    shared.drained.send_replace(true);
+    signals.drained.send_replace(true);
 }
 
 impl<S, B> Transform<S, ServiceRequest> for AuditMiddleware
