@@ -40,8 +40,8 @@ use actix_web::{
     },
 };
 use auditline_shared::event::{
-    EventView, MAX_METADATA_BYTES, MAX_RESOURCE_USAGE_BYTES, check_action_type, check_service,
-    object_within,
+    EventView, MAX_METADATA_BYTES, MAX_RESOURCE_USAGE_BYTES, check_action_type, check_http_method,
+    check_service, check_session_id, object_within,
 };
 use chrono::{DateTime, Utc};
 use futures_util::future::{Ready, ready};
@@ -268,10 +268,7 @@ impl Observed<'_> {
     /// event's rules (a test checks the result against the validator).
     fn write_json(&self, config: &AuditConfig, event_id: Uuid, out: &mut Vec<u8>) {
         let method = self.method.as_str();
-        let method = if !method.is_empty()
-            && method.len() <= 10
-            && method.chars().all(|c| c.is_ascii_uppercase())
-        {
+        let method = if check_http_method(method).is_ok() {
             method
         } else {
             "OTHER"
@@ -916,7 +913,7 @@ impl<S> std::fmt::Debug for AuditService<S> {
 }
 
 fn usable_session(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && no_control(id)
+    check_session_id(id).is_ok()
 }
 
 /// Where a request's session id came from.
@@ -1218,6 +1215,18 @@ mod tests {
         let reparsed = AuditEvent::parse(&line).expect("valid");
         assert_eq!(reparsed.status_code, None);
         assert!(!reparsed.success);
+
+        // The event's own rules decide: an extension method such as
+        // M-SEARCH is kept as it is.
+        let search = Method::from_bytes(b"M-SEARCH").expect("method");
+        let extension = Observed {
+            method: &search,
+            ..unanswered
+        };
+        line.clear();
+        extension.write_json(&AuditConfig::new("svc"), Uuid::now_v7(), &mut line);
+        let reparsed = AuditEvent::parse(&line).expect("valid");
+        assert_eq!(reparsed.http_method, "M-SEARCH");
     }
 
     #[test]
