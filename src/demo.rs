@@ -122,10 +122,6 @@ async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// How long shutdown waits for the broker to confirm the last audit events
-/// before it spools them.
-pub const AUDIT_GRACE: Duration = Duration::from_secs(5);
-
 /// Runs the demo until `shutdown` resolves.
 pub async fn run(
     settings: &Settings,
@@ -191,7 +187,9 @@ pub async fn run(
     // Every event is published or spooled before the process ends (shutdown
     // first waits for the server's workers to hand over what they hold).
     if let Some(audit) = audit {
-        audit.shutdown(AUDIT_GRACE).await;
+        audit
+            .shutdown(auditline_ingest::middleware::SHUTDOWN_GRACE)
+            .await;
     }
     Ok(())
 }

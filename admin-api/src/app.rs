@@ -127,10 +127,6 @@ fn query_metadata(query: &str) -> Map<String, Value> {
     metadata
 }
 
-/// How long shutdown waits for the broker to confirm the last audit events
-/// before it spools them.
-const AUDIT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// A built, not yet running admin service.
 pub struct Application {
     port: u16,
@@ -353,7 +349,9 @@ impl Application {
         };
         // The events of the last calls are published or spooled (once the
         // workers, stopping, have handed them over).
-        self.audit.shutdown(AUDIT_GRACE).await;
+        self.audit
+            .shutdown(auditline_ingest::middleware::SHUTDOWN_GRACE)
+            .await;
         // A job cut short here is taken over by another instance (or this
         // one, restarted) once its heartbeat is old enough.
         self.runner.abort();

@@ -41,7 +41,7 @@ use actix_web::{
 };
 use auditline_shared::event::{
     EventView, MAX_METADATA_BYTES, MAX_RESOURCE_USAGE_BYTES, check_action_type, check_http_method,
-    check_service, check_session_id, object_within,
+    check_service, check_session_id, no_control, object_within,
 };
 use chrono::{DateTime, Utc};
 use futures_util::future::{Ready, ready};
@@ -247,12 +247,6 @@ struct Observed<'a> {
     metadata: Option<&'a Map<String, Value>>,
 }
 
-/// Whether `text` has no control character (printable ASCII, the common
-/// case, is checked a byte at a time).
-fn no_control(text: &str) -> bool {
-    text.bytes().all(|b| (0x20..0x7f).contains(&b)) || !text.chars().any(char::is_control)
-}
-
 /// `text` without control characters, cut to `max` characters.
 fn clip(text: &str, max: usize) -> Cow<'_, str> {
     // The common case, already fine, is kept without copying.
@@ -398,9 +392,7 @@ struct Shared {
     /// [`AuditConfig::action_ids`].
     action_ids: Vec<Option<usize>>,
     buffers: Arc<Buffers>,
-    spool: Arc<Spool>,
-    spilled: AtomicU64,
-    overflow: std::sync::Mutex<Overflow>,
+    spiller: Arc<Spiller>,
     /// Workers' [`Pending`] still alive: each hands over what it holds as it
     /// goes, so shutdown waits for none to be left.
     workers: std::sync::atomic::AtomicUsize,
@@ -424,13 +416,57 @@ struct Signals {
     drained: watch::Sender<bool>,
 }
 
-impl Shared {
+/// Events on their way to the spool: those the queue could not take (full,
+/// or closed at shutdown) and those the broker did not confirm. One thread at
+/// a time writes them, one fsync for all that arrived meanwhile: a task and
+/// an fsync per request would make a busy app slower the more it falls
+/// behind.
+struct Spiller {
+    spool: Arc<Spool>,
+    buffers: Arc<Buffers>,
+    spilled: AtomicU64,
+    overflow: std::sync::Mutex<Overflow>,
+}
+
+impl Spiller {
+    fn spill(self: &Arc<Self>, lines: impl IntoIterator<Item = Lines>) {
+        let start_writer = {
+            let mut overflow = self.overflow.lock().unwrap_or_else(|p| p.into_inner());
+            for lines in lines {
+                self.spilled
+                    .fetch_add(lines.count as u64, Ordering::Relaxed);
+                overflow.waiting.push(lines);
+            }
+            !overflow.waiting.is_empty() && !std::mem::replace(&mut overflow.flushing, true)
+        };
+        if start_writer {
+            // A thread of its own, not a runtime's blocking pool: a runtime
+            // shutting down (a worker's last hand-off) may never run a task
+            // given to it, and `flushing` would stay set. Spills are rare (a
+            // full queue, an absent broker, shutdown); should no thread
+            // start, the write happens right here.
+            let on_thread = self.clone();
+            let started = std::thread::Builder::new()
+                .name("audit-spill".into())
+                .spawn(move || on_thread.write());
+            if started.is_err() {
+                self.write();
+            }
+        }
+    }
+
+    /// Whether nothing waits for the spool or is being written to it.
+    fn idle(&self) -> bool {
+        let overflow = self.overflow.lock().unwrap_or_else(|p| p.into_inner());
+        !overflow.flushing && overflow.waiting.is_empty()
+    }
+
     /// Writes the spilled events to the spool until none wait, then clears
     /// `flushing`.
-    fn flush_overflow(&self) {
+    fn write(&self) {
         /// Clears `flushing` should the writer panic, so that the next spill
         /// starts another and shutdown does not wait for this one.
-        struct Guard<'a>(&'a Shared);
+        struct Guard<'a>(&'a Spiller);
         impl Drop for Guard<'_> {
             fn drop(&mut self) {
                 if std::thread::panicking() {
@@ -452,7 +488,7 @@ impl Shared {
             let parts: Vec<&[u8]> = waiting.iter().map(|l| l.body.as_slice()).collect();
             if let Err(e) = self.spool.append_ndjson(&parts) {
                 let events: usize = waiting.iter().map(|l| l.count).sum();
-                tracing::error!(error = %e, events, "audit events could be neither queued nor spooled");
+                tracing::error!(error = %e, events, "audit events could be neither published nor spooled");
             }
             for lines in waiting {
                 self.buffers.give_back(lines.body);
@@ -501,9 +537,12 @@ impl AuditMiddleware {
             session_header,
             queue,
             buffers: buffers.clone(),
-            spool: spool.clone(),
-            spilled: AtomicU64::new(0),
-            overflow: std::sync::Mutex::default(),
+            spiller: Arc::new(Spiller {
+                spool: spool.clone(),
+                buffers,
+                spilled: AtomicU64::new(0),
+                overflow: std::sync::Mutex::default(),
+            }),
             workers: std::sync::atomic::AtomicUsize::new(0),
             signals: Arc::default(),
             replayer: std::sync::Mutex::default(),
@@ -511,18 +550,18 @@ impl AuditMiddleware {
         tokio::spawn(publish_loop(
             rx,
             publisher.clone(),
-            spool.clone(),
+            shared.spiller.clone(),
             (shared.config.clone(), shared.signals.clone()),
-            buffers,
         ));
         let replayer = tokio::spawn(spool.replay_forever(publisher, MAX_BATCH, |_, _| {}));
         *shared.replayer.lock().unwrap_or_else(|p| p.into_inner()) = Some(replayer);
         Ok(Self { shared })
     }
 
-    /// Events that went to the spool because the queue was full (or closed).
+    /// Events that went to the spool: the queue full (or closed), or the
+    /// broker not confirming them.
     pub fn spilled(&self) -> u64 {
-        self.shared.spilled.load(Ordering::Relaxed)
+        self.shared.spiller.spilled.load(Ordering::Relaxed)
     }
 
     /// Publishes, or spools, every event taken, and stops taking new ones
@@ -577,10 +616,7 @@ impl AuditMiddleware {
             tracing::error!("the audit publisher did not finish; events it held may be lost");
         }
         // Events spilled meanwhile.
-        while {
-            let overflow = shared.overflow.lock().unwrap_or_else(|p| p.into_inner());
-            overflow.flushing || !overflow.waiting.is_empty()
-        } {
+        while !shared.spiller.idle() {
             if tokio::time::Instant::now() >= more {
                 tracing::error!("spilled audit events were not written to the spool in time");
                 break;
@@ -594,40 +630,14 @@ impl AuditMiddleware {
             Ok(()) => {}
             Err(
                 mpsc::error::TrySendError::Full(lines) | mpsc::error::TrySendError::Closed(lines),
-            ) => self.spill(lines),
-        }
-    }
-
-    /// Sends events the queue could not take to the spool. Spilled events
-    /// are gathered and written by one thread, one fsync for all that
-    /// arrived meanwhile: a task and an fsync per request would make a busy
-    /// app slower the more it falls behind.
-    fn spill(&self, lines: Lines) {
-        let shared = &self.shared;
-        shared
-            .spilled
-            .fetch_add(lines.count as u64, Ordering::Relaxed);
-        let start_flusher = {
-            let mut overflow = shared.overflow.lock().unwrap_or_else(|p| p.into_inner());
-            overflow.waiting.push(lines);
-            !std::mem::replace(&mut overflow.flushing, true)
-        };
-        if start_flusher {
-            // A thread of its own, not a runtime's blocking pool: a runtime
-            // shutting down (a worker's last hand-off) may never run a task
-            // given to it, and `flushing` would stay set. Spills are rare (a
-            // full queue, or after shutdown); should no thread start, the
-            // write happens right here.
-            let on_thread = shared.clone();
-            let started = std::thread::Builder::new()
-                .name("audit-spill".into())
-                .spawn(move || on_thread.flush_overflow());
-            if started.is_err() {
-                shared.flush_overflow();
-            }
+            ) => self.shared.spiller.spill([lines]),
         }
     }
 }
+
+/// A grace for [`AuditMiddleware::shutdown`] that fits a service's usual
+/// stop timeout (what the demo app and the admin service use).
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Events handed over at once (fewer when a message holds fewer).
 const HANDOFF: usize = 64;
@@ -762,9 +772,8 @@ const IN_FLIGHT: usize = 4;
 async fn publish_loop(
     mut rx: mpsc::Receiver<Lines>,
     publisher: Publisher,
-    spool: Arc<Spool>,
+    spiller: Arc<Spiller>,
     (config, signals): (Arc<AuditConfig>, Arc<Signals>),
-    buffers: Arc<Buffers>,
 ) {
     let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let mut handoffs = Vec::new();
@@ -822,12 +831,7 @@ async fn publish_loop(
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let (publisher, spool, config, buffers) = (
-            publisher.clone(),
-            spool.clone(),
-            config.clone(),
-            buffers.clone(),
-        );
+        let (publisher, spiller, config) = (publisher.clone(), spiller.clone(), config.clone());
         let mut hurry = signals.hurry.subscribe();
         tokio::spawn(async move {
             // New events do not wait behind spooled ones: the spool is
@@ -850,33 +854,18 @@ async fn publish_loop(
                 _ = hurry.wait_for(|h| *h) => false,
             };
             drop(bodies);
-            let messages = if published {
-                messages
-            } else {
-                let spooled = tokio::task::spawn_blocking(move || {
-                    let parts: Vec<&[u8]> = messages
-                        .iter()
-                        .flatten()
-                        .map(|l| l.body.as_slice())
-                        .collect();
-                    (spool.append_ndjson(&parts), messages)
-                })
-                .await;
-                match spooled {
-                    Ok((Ok(()), messages)) => messages,
-                    _ => {
-                        tracing::error!("audit events could be neither published nor spooled");
-                        Vec::new()
-                    }
+            if published {
+                for lines in messages.into_iter().flatten() {
+                    spiller.buffers.give_back(lines.body);
                 }
-            };
-            for lines in messages.into_iter().flatten() {
-                buffers.give_back(lines.body);
+            } else {
+                spiller.spill(messages.into_iter().flatten());
             }
             drop(permit);
         });
     }
-    // Every batch confirmed or spooled.
+    // Every batch confirmed or given to the spool's writer (shutdown then
+    // waits for that too).
     let _ = in_flight.acquire_many(IN_FLIGHT as u32).await;
     signals.drained.send_replace(true);
 }

@@ -645,20 +645,25 @@ pub fn check_action_type(action: &str) -> Result<(), String> {
     })
 }
 
+/// Whether `text` has no control character (printable ASCII, the common
+/// case, is checked a byte at a time).
+pub fn no_control(text: &str) -> bool {
+    text.bytes().all(|b| (0x20..0x7f).contains(&b)) || !text.chars().any(char::is_control)
+}
+
 fn text(value: &str, max: usize) -> Result<(), String> {
     if value.is_empty() {
         return Err("must not be empty".into());
     }
-    // ASCII, the common case, is measured and checked a byte at a time.
-    let (len, control) = if value.is_ascii() {
-        (value.len(), value.bytes().any(|b| b < 0x20 || b == 0x7f))
+    let len = if value.is_ascii() {
+        value.len()
     } else {
-        (value.chars().count(), value.chars().any(char::is_control))
+        value.chars().count()
     };
     if len > max {
         return Err(format!("must be at most {max} characters, got {len}"));
     }
-    if control {
+    if !no_control(value) {
         return Err("must not contain control characters".into());
     }
     Ok(())
