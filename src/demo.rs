@@ -37,7 +37,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 25)]
     pub linger_ms: u64,
     /// Events per published (zstd-compressed) message.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 5000)]
     pub events_per_message: usize,
 }
 
@@ -190,6 +190,10 @@ pub async fn run(
         audit
             .shutdown(auditline_ingest::middleware::SHUTDOWN_GRACE)
             .await;
+        tracing::info!(
+            spilled = audit.spilled(),
+            "audit middleware stopped (spilled: events that went through the spool)"
+        );
     }
     Ok(())
 }

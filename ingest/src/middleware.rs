@@ -19,9 +19,10 @@
 //! the request and response (no owned event, no strings copied between
 //! threads) into a buffer of its own, and hands the buffer over, 64 events at
 //! a time (or after 5 ms), into a bounded queue; a background task joins the
-//! buffers into NDJSON messages and publishes them. When the queue is full,
-//! or the broker cannot take them, events go to the durable spool and are
-//! replayed later: never dropped.
+//! buffers into compressed NDJSON messages and publishes them, holding up to
+//! 16 MiB of compressed messages while the broker is slow to confirm. When
+//! the queue is full, or the broker cannot take them, events go to the
+//! durable spool and are replayed later: never dropped.
 //!
 //! At shutdown, stop the server first (its workers hand over what they hold
 //! as they stop), then await [`AuditMiddleware::shutdown`]: it publishes, or
@@ -156,7 +157,11 @@ pub struct AuditConfig {
     /// messages (on the broker, each message costs far more than its bytes).
     pub linger: std::time::Duration,
     /// The most events in one (zstd-compressed NDJSON) message; messages
-    /// are made of whole hand-offs of up to 64 events.
+    /// are made of whole hand-offs of up to 64 events. The default, 5,000,
+    /// is everything one linger gathers (up to 5,000) in one message: the
+    /// broker's cost is mostly per message (with 500-event messages it took
+    /// twice the CPU an event), and the writer bounds the events it holds
+    /// however large the messages are.
     pub events_per_message: usize,
 }
 
@@ -191,7 +196,7 @@ impl AuditConfig {
                 .collect(),
             queue_capacity: 10_000,
             linger: std::time::Duration::from_millis(25),
-            events_per_message: 500,
+            events_per_message: MAX_BATCH,
         }
     }
 
@@ -764,10 +769,44 @@ struct Overflow {
 
 /// The most events published in one batch.
 const MAX_BATCH: usize = 5_000;
-/// Batches being published at once: the loop goes on taking events while
-/// earlier batches wait for their confirms, so the broker's confirm latency
-/// does not let the queue fill up (and overflow into the spool).
+/// Publishes awaiting their confirms at once (each on a channel of its own).
 const IN_FLIGHT: usize = 4;
+/// The compressed bytes the publisher holds, waiting to be published or
+/// confirmed, in KiB: 16 MiB, some 500,000 events of ~30 bytes, seconds of
+/// a busy app's events. A broker slow to confirm for a while (a busy
+/// 2-core machine has shown pauses of over a second) is waited for in
+/// memory; the queue fills, and events go to the spool, only beyond it.
+const HELD_KIB: usize = 16 * 1024;
+
+/// Batches compressed and not yet published: gathered while every publish
+/// awaits its confirms, then sent together by the next one free.
+#[derive(Default)]
+struct Outbox {
+    messages: Option<crate::publisher::Prepared>,
+    /// Their share of [`HELD_KIB`].
+    held: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Outbox {
+    fn add(
+        &mut self,
+        prepared: crate::publisher::Prepared,
+        held: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        match &mut self.messages {
+            Some(messages) => messages.append(prepared),
+            None => self.messages = Some(prepared),
+        }
+        match &mut self.held {
+            Some(permit) => permit.merge(held),
+            None => self.held = Some(held),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.messages.is_none()
+    }
+}
 
 async fn publish_loop(
     mut rx: mpsc::Receiver<Lines>,
@@ -776,8 +815,52 @@ async fn publish_loop(
     (config, signals): (Arc<AuditConfig>, Arc<Signals>),
 ) {
     let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let held = Arc::new(tokio::sync::Semaphore::new(HELD_KIB));
+    let mut outbox = Outbox::default();
     let mut handoffs = Vec::new();
     let mut closing = signals.closing.subscribe();
+    // Sends what the outbox holds on a publish of its own.
+    let launch = |outbox: &mut Outbox, permit: tokio::sync::OwnedSemaphorePermit| {
+        let Outbox {
+            messages: Some(messages),
+            held,
+        } = std::mem::take(outbox)
+        else {
+            return;
+        };
+        let (publisher, spiller) = (publisher.clone(), spiller.clone());
+        let mut hurry = signals.hurry.subscribe();
+        tokio::spawn(async move {
+            // New events do not wait behind spooled ones: the spool is
+            // replayed alongside. Sending everything through the spool while
+            // it is not empty would make it the path of every event under
+            // load (an fsync, a read and a re-parse each), and the app could
+            // never catch up again. Order in the queue carries no meaning:
+            // every event has its `occurred_at`.
+            //
+            // Past shutdown's grace, an unconfirmed publish gives up and
+            // its events are spooled.
+            let published = tokio::select! {
+                published = publisher.send_prepared(&messages) => published.is_ok(),
+                _ = hurry.wait_for(|h| *h) => false,
+            };
+            if !published {
+                spiller.spill(messages.ndjson().into_iter().filter_map(|body| match body {
+                    Ok(body) => Some(Lines {
+                        count: body.iter().filter(|b| **b == b'\n').count(),
+                        body,
+                        action: Action::None,
+                    }),
+                    Err(e) => {
+                        // Compressed here a moment ago: not expected.
+                        tracing::error!(error = %e, "audit events could not be decoded for the spool");
+                        None
+                    }
+                }));
+            }
+            drop((held, permit));
+        });
+    };
     loop {
         let closed = *closing.borrow_and_update();
         let taken = if closed {
@@ -789,6 +872,11 @@ async fn publish_loop(
             tokio::select! {
                 taken = rx.recv_many(&mut handoffs, MAX_BATCH / HANDOFF) => taken,
                 _ = closing.changed() => continue,
+                // A publish has finished: the next one takes the outbox.
+                Ok(permit) = in_flight.clone().acquire_owned(), if !outbox.is_empty() => {
+                    launch(&mut outbox, permit);
+                    continue;
+                }
             }
         };
         if taken == 0 {
@@ -828,18 +916,9 @@ async fn publish_loop(
                 last.push(lines);
             }
         }
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        let (publisher, spiller, config) = (publisher.clone(), spiller.clone(), config.clone());
-        let mut hurry = signals.hurry.subscribe();
-        tokio::spawn(async move {
-            // New events do not wait behind spooled ones: the spool is
-            // replayed alongside. Sending everything through the spool while
-            // it is not empty would make it the path of every event under
-            // load (an fsync, a read and a re-parse each), and the app could
-            // never catch up again. Order in the queue carries no meaning:
-            // every event has its `occurred_at`.
+        // Compressed now, so that what waits for the broker is small and
+        // the workers' buffers go round again at once.
+        let prepared = {
             let bodies: Vec<(String, Vec<&[u8]>)> = messages
                 .iter()
                 .map(|parts| {
@@ -847,22 +926,34 @@ async fn publish_loop(
                     (key, parts.iter().map(|l| l.body.as_slice()).collect())
                 })
                 .collect();
-            // Past shutdown's grace, an unconfirmed publish gives up and
-            // its events are spooled.
-            let published = tokio::select! {
-                published = publisher.publish_ndjson(&bodies) => published.is_ok(),
-                _ = hurry.wait_for(|h| *h) => false,
-            };
-            drop(bodies);
-            if published {
-                for lines in messages.into_iter().flatten() {
-                    spiller.buffers.give_back(lines.body);
+            publisher.prepare_ndjson(&bodies)
+        };
+        for lines in messages.into_iter().flatten() {
+            spiller.buffers.give_back(lines.body);
+        }
+        // Over the budget, the loop waits (and the queue fills), sending the
+        // outbox whenever a publish is free: its share is freed only then.
+        let kib = (prepared.bytes() / 1024 + 1).min(HELD_KIB) as u32;
+        let share = loop {
+            tokio::select! {
+                share = held.clone().acquire_many_owned(kib) => break share,
+                Ok(permit) = in_flight.clone().acquire_owned(), if !outbox.is_empty() => {
+                    launch(&mut outbox, permit);
                 }
-            } else {
-                spiller.spill(messages.into_iter().flatten());
             }
-            drop(permit);
-        });
+        };
+        let Ok(share) = share else {
+            return;
+        };
+        outbox.add(prepared, share);
+        if let Ok(permit) = in_flight.clone().try_acquire_owned() {
+            launch(&mut outbox, permit);
+        }
+    }
+    if !outbox.is_empty()
+        && let Ok(permit) = in_flight.clone().acquire_owned().await
+    {
+        launch(&mut outbox, permit);
     }
     // Every batch confirmed or given to the spool's writer (shutdown then
     // waits for that too).

@@ -54,6 +54,42 @@ struct Message {
     properties: BasicProperties,
 }
 
+/// NDJSON messages ready to publish ([`Publisher::prepare_ndjson`]).
+pub struct Prepared(Vec<Message>);
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("messages", &self.0.len())
+            .field("bytes", &self.bytes())
+            .finish()
+    }
+}
+
+impl Prepared {
+    /// `other`'s messages after these.
+    pub fn append(&mut self, mut other: Prepared) {
+        self.0.append(&mut other.0);
+    }
+
+    /// The bodies' bytes, as they go to the broker.
+    pub fn bytes(&self) -> usize {
+        self.0.iter().map(|m| m.body.len()).sum()
+    }
+
+    /// Each message's NDJSON, decoded again (to spool what the broker did
+    /// not confirm).
+    pub fn ndjson(&self) -> Vec<Result<Vec<u8>, String>> {
+        self.0
+            .iter()
+            .map(|m| {
+                let encoding = m.properties.content_encoding().as_ref().map(|e| e.as_str());
+                Ok(amqp::decode_body(&m.body, encoding)?.unwrap_or_else(|| m.body.clone()))
+            })
+            .collect()
+    }
+}
+
 /// The live connection, with the generation it was made in so that only the
 /// first of several failing callers replaces it, and its idle confirm-mode
 /// channels. Each call publishes on a channel of its own: RabbitMQ confirms
@@ -197,14 +233,14 @@ impl Publisher {
 
     /// Publishes one event as one message; resolves once the broker confirmed it.
     pub async fn publish(&self, event: &AuditEvent) -> Result<Uuid, PublishError> {
-        self.send(vec![single_message(event)]).await?;
+        self.send(&[single_message(event)]).await?;
         Ok(event.event_id)
     }
 
     /// Publishes each event as its own message, all confirms in flight at once.
     pub async fn publish_each(&self, events: &[AuditEvent]) -> Result<Vec<Uuid>, PublishError> {
-        self.send(events.iter().map(single_message).collect())
-            .await?;
+        let messages: Vec<Message> = events.iter().map(single_message).collect();
+        self.send(&messages).await?;
         Ok(events.iter().map(|e| e.event_id).collect())
     }
 
@@ -224,11 +260,11 @@ impl Publisher {
         per_message: usize,
     ) -> Result<Vec<Uuid>, PublishError> {
         let compress = self.inner.settings.compress;
-        let messages = events
+        let messages: Vec<Message> = events
             .chunks(per_message.max(1))
             .map(|chunk| batch_message(chunk, compress))
             .collect();
-        self.send(messages).await?;
+        self.send(&messages).await?;
         Ok(events.iter().map(|e| e.event_id).collect())
     }
 
@@ -239,15 +275,28 @@ impl Publisher {
         &self,
         messages: &[(String, Vec<&[u8]>)],
     ) -> Result<(), PublishError> {
-        let compress = self.inner.settings.compress;
-        let messages = messages
-            .iter()
-            .map(|(routing_key, parts)| ndjson_message(routing_key.clone(), parts, compress))
-            .collect();
-        self.send(messages).await
+        self.send_prepared(&self.prepare_ndjson(messages)).await
     }
 
-    async fn send(&self, messages: Vec<Message>) -> Result<(), PublishError> {
+    /// The messages of [`Self::publish_ndjson`], built (and compressed) now
+    /// and sent later with [`Self::send_prepared`]: the caller may let go of
+    /// the NDJSON meanwhile.
+    pub fn prepare_ndjson(&self, messages: &[(String, Vec<&[u8]>)]) -> Prepared {
+        let compress = self.inner.settings.compress;
+        Prepared(
+            messages
+                .iter()
+                .map(|(routing_key, parts)| ndjson_message(routing_key.clone(), parts, compress))
+                .collect(),
+        )
+    }
+
+    /// Publishes prepared messages; resolves once every one was confirmed.
+    pub async fn send_prepared(&self, prepared: &Prepared) -> Result<(), PublishError> {
+        self.send(&prepared.0).await
+    }
+
+    async fn send(&self, messages: &[Message]) -> Result<(), PublishError> {
         let timeout_ms = self.inner.settings.publish_timeout_ms;
         let deadline = Instant::now() + Duration::from_millis(timeout_ms);
         let mut pending: Vec<&Message> = messages.iter().collect();

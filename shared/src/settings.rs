@@ -459,9 +459,9 @@ fn default_consumers() -> usize {
     2
 }
 fn default_prefetch_count() -> u16 {
-    // A compromise between single-event messages (batches can never be larger
-    // than the prefetch) and 100-event NDJSON messages (each pipeline holds up
-    // to prefetch × 100 events in memory); see the README.
+    // Single-event messages make batches no larger than the prefetch; large
+    // messages wait in the client, still encoded, while a pipeline holds
+    // four batches' worth of parsed events; see the README.
     500
 }
 fn default_batch_max_events() -> usize {

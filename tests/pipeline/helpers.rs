@@ -560,11 +560,32 @@ pub async fn behind_proxy(env: &TestEnv) -> (Proxy, Settings) {
 }
 
 /// A TCP proxy in front of a real server, which a test can cut (close every
-/// open connection) or take down (refuse new ones) without touching the server.
+/// open connection), take down (refuse new ones) or pause (hold every byte,
+/// as a stalled server would) without touching the server.
 pub struct Proxy {
     pub port: u16,
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
     cut: tokio::sync::watch::Sender<u64>,
+    paused: tokio::sync::watch::Sender<bool>,
+}
+
+/// Copies `from` to `to`, holding what it read while the proxy is paused.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut paused: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if paused.wait_for(|p| !*p).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Proxy {
@@ -576,27 +597,43 @@ impl Proxy {
         let port = listener.local_addr().expect("addr").port();
         let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let (cut, cut_rx) = tokio::sync::watch::channel(0u64);
+        let (paused, paused_rx) = tokio::sync::watch::channel(false);
         let accepting = up.clone();
         tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 if !accepting.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
                 let mut cut_rx = cut_rx.clone();
                 cut_rx.mark_unchanged();
+                let paused = paused_rx.clone();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
                         return;
                     };
+                    let (in_read, in_write) = inbound.into_split();
+                    let (out_read, out_write) = outbound.into_split();
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = pump(in_read, out_write, paused.clone()) => {}
+                        _ = pump(out_read, in_write, paused) => {}
                         _ = cut_rx.changed() => {}
                     }
                 });
             }
         });
-        Self { port, up, cut }
+        Self {
+            port,
+            up,
+            cut,
+            paused,
+        }
+    }
+
+    /// Holds (or lets through again) every byte in both directions: the
+    /// connections stay open, as with a server that stalls.
+    pub fn pause(&self, paused: bool) {
+        self.paused.send_replace(paused);
     }
 
     /// Closes every connection currently open through the proxy.

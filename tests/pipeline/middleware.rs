@@ -327,6 +327,59 @@ async fn a_full_queue_and_an_absent_broker_lose_nothing() {
     env.cleanup().await;
 }
 
+/// A broker that stops confirming for a while (seconds have been seen on a
+/// busy 2-core machine) is waited for in memory: nothing goes to the spool
+/// even with a one-hand-off queue, and everything is stored once it answers.
+#[actix_web::test]
+async fn a_broker_slow_to_confirm_is_waited_for_not_spooled() {
+    let env = TestEnv::new().await;
+    let writer = InProcessWriter::start(&env).await;
+    let (proxy, mut through_proxy) = crate::helpers::behind_proxy(&env).await;
+    through_proxy.publisher.publish_timeout_ms = 60_000;
+    let spool = Arc::new(
+        Spool::open(format!("{}-mw", env.settings.ingest.spool_dir), 1 << 30).expect("spool"),
+    );
+    let mut config = AuditConfig::new("demo-app");
+    config.queue_capacity = 64;
+    config.linger = Duration::from_millis(5);
+    config.events_per_message = 64;
+    let publisher = auditline_ingest::Publisher::new(&through_proxy, "test-mw");
+    let audit = AuditMiddleware::start(config, publisher, spool).expect("middleware");
+    let app = test::init_service(App::new().wrap(audit.clone()).configure(demo::routes)).await;
+    // One request through, so the publisher is connected before the stall.
+    let req = test::TestRequest::get().uri("/health?n=first").to_request();
+    assert_eq!(test::call_service(&app, req).await.status(), 200);
+    env.wait_for_rows(1, Duration::from_secs(30)).await;
+    proxy.pause(true);
+    for i in 0..3_000 {
+        let req = test::TestRequest::get()
+            .uri(&format!("/health?n={i}"))
+            .to_request();
+        assert_eq!(test::call_service(&app, req).await.status(), 200);
+        if i % 64 == 63 {
+            // Time for the hand-off timer and the publish loop.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        audit.spilled(),
+        0,
+        "events went to the spool while the broker was only slow"
+    );
+    proxy.pause(false);
+    env.wait_for_rows(3_001, Duration::from_secs(60)).await;
+    let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT endpoint) FROM auditline.events")
+        .fetch_one(&env.pool)
+        .await
+        .expect("count");
+    assert_eq!(distinct, 3_001, "every request is stored");
+    assert_eq!(env.count().await, (3_001, 3_001), "and stored once");
+    assert_eq!(audit.spilled(), 0);
+    writer.stop().await;
+    env.cleanup().await;
+}
+
 /// A real server stopped while events wait in the middleware (a minute's
 /// linger) and one request is still being served: `shutdown` publishes every
 /// event at once, the request cut short included (no status, not a success).

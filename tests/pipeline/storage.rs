@@ -62,6 +62,62 @@ async fn fifty_thousand_events_land_once_and_a_republish_adds_nothing() {
 }
 
 #[actix_web::test]
+async fn the_writer_holds_a_bounded_number_of_parsed_events_whatever_the_message_size() {
+    let env = TestEnv::new().await;
+    // 40 messages of 500 events wait in the queue before the writer starts:
+    // the prefetch (500 messages) would let it parse all 20,000 at once.
+    let publisher = env.publisher().await;
+    let batch = events(20_000);
+    publisher
+        .publish_batch_of(&batch, 500)
+        .await
+        .expect("batch publish confirmed");
+    let mut settings = env.settings.clone();
+    settings.writer.batch.max_events = 50;
+    settings.writer.consumers = 2;
+    let writer = InProcessWriter::start_with(settings).await;
+    // Each pipeline holds at most four batches' worth plus one message.
+    let bound = 2.0 * (4.0 * 50.0 + 500.0);
+    let mut most: f64 = 0.0;
+    let mut samples = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, metrics) = http_get(writer.port, "/metrics").await;
+        assert_eq!(status, 200);
+        let held = crate::helpers::metric(&metrics, "auditline_writer_events_held");
+        most = most.max(held);
+        samples += 1;
+        if env.count().await.0 == 20_000 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer did not store the 20,000 events in time"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        most <= bound,
+        "the writer held {most} parsed events at once (bound {bound})"
+    );
+    assert!(
+        most >= 500.0 && samples > 5,
+        "the gauge never showed the work ({most} at most over {samples} samples)"
+    );
+    let mut ids: Vec<_> = batch.iter().map(|e| e.event_id).collect();
+    ids.sort();
+    env.assert_exactly(&ids).await;
+    let settled = crate::helpers::wait_until(Duration::from_secs(10), || async {
+        let (_, metrics) = http_get(writer.port, "/metrics").await;
+        crate::helpers::metric(&metrics, "auditline_writer_events_held") == 0.0
+    })
+    .await;
+    assert!(settled, "events still counted as held once all are written");
+    writer.stop().await;
+    env.cleanup().await;
+}
+
+#[actix_web::test]
 async fn zstd_batches_are_stored_and_undecodable_ones_dead_lettered_as_they_came() {
     let env = TestEnv::new().await;
     let writer = InProcessWriter::start(&env).await;

@@ -9,7 +9,7 @@
 
 use crate::{
     batcher::{Batcher, Drain},
-    consumer::Consumer,
+    consumer::{Consumer, Held},
     db_writer::{DbWriter, DbWriterConfig},
     metrics::WriterMetrics,
     partitions::PartitionKeeper,
@@ -197,6 +197,9 @@ async fn readyz(state: web::Data<ReadyState>) -> HttpResponse {
 
 /// How long shutdown waits for a pipeline to write and ack what it holds.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// Batches' worth of parsed events a pipeline holds at most (plus one
+/// message): one being written, one filling, and room to parse ahead of them.
+const HELD_BATCHES: usize = 4;
 
 /// Keeps one pipeline running until stopped.
 async fn run_slot(slot: usize, shared: Shared, mut stop: watch::Receiver<bool>) {
@@ -300,9 +303,20 @@ impl Pipeline {
             metrics: shared.metrics.clone(),
         })
         .start();
-        let batcher = Batcher::new(s.writer.batch.clone(), db_writer).start();
+        let held = Held::new(
+            HELD_BATCHES * s.writer.batch.max_events,
+            shared.metrics.events_held.clone(),
+        );
+        let batcher = Batcher::new(s.writer.batch.clone(), db_writer, held.clone()).start();
         let (down_tx, down) = oneshot::channel();
-        Consumer::new(stream, batcher.clone(), shared.metrics.clone(), down_tx).start();
+        Consumer::new(
+            stream,
+            batcher.clone(),
+            held,
+            shared.metrics.clone(),
+            down_tx,
+        )
+        .start();
         Ok(Self {
             connection,
             channel,

@@ -5,7 +5,7 @@
 //! delivery order and an ack `multiple` never covers an unwritten message.
 
 use crate::{
-    consumer::{DeadLetter, Incoming},
+    consumer::{DeadLetter, Held, Incoming},
     db_writer::DbWriter,
 };
 use actix::prelude::*;
@@ -46,6 +46,8 @@ pub struct Drain;
 pub struct Batcher {
     settings: BatchSettings,
     writer: Addr<DbWriter>,
+    /// Released as batches are written.
+    held: std::sync::Arc<Held>,
     pending: VecDeque<Incoming>,
     pending_events: usize,
     pending_bytes: usize,
@@ -57,10 +59,15 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    pub fn new(settings: BatchSettings, writer: Addr<DbWriter>) -> Self {
+    pub fn new(
+        settings: BatchSettings,
+        writer: Addr<DbWriter>,
+        held: std::sync::Arc<Held>,
+    ) -> Self {
         Self {
             settings,
             writer,
+            held,
             pending: VecDeque::new(),
             pending_events: 0,
             pending_bytes: 0,
@@ -132,12 +139,14 @@ impl Batcher {
             self.first_at = None;
         }
         self.busy = true;
+        let events = batch.events;
         ctx.spawn(
             self.writer
                 .send(batch)
                 .into_actor(self)
-                .map(|result, batcher, ctx| {
+                .map(move |result, batcher, ctx| {
                     batcher.busy = false;
+                    batcher.held.release(events);
                     if result.is_err() {
                         // The writer is gone (pipeline shutting down): nothing of this
                         // batch was acked, so the broker redelivers it.

@@ -6,8 +6,69 @@ use crate::{batcher::Batcher, metrics::WriterMetrics};
 use actix::prelude::*;
 use auditline_shared::{AuditEvent, amqp::decode_body, event::parse_ndjson};
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
 use lapin::message::Delivery;
-use tokio::sync::oneshot;
+use std::sync::Arc;
+use tokio::sync::{oneshot, watch};
+
+/// The events a pipeline has parsed and not yet written, and how many it may
+/// hold: the consumer takes no further delivery while the count is at the
+/// limit (the broker's prefetch then waits in the client, still encoded and
+/// compact). The prefetch counts messages, and a message may hold one event
+/// or thousands, so without this the memory of parsed events would follow
+/// whatever message size a publisher chose.
+#[derive(Debug)]
+pub struct Held {
+    events: watch::Sender<usize>,
+    limit: usize,
+    /// The sum over the pipelines.
+    gauge: prometheus::IntGauge,
+}
+
+impl Held {
+    pub fn new(limit: usize, gauge: prometheus::IntGauge) -> Arc<Self> {
+        Arc::new(Self {
+            events: watch::Sender::new(0),
+            limit: limit.max(1),
+            gauge,
+        })
+    }
+
+    pub fn add(&self, events: usize) {
+        self.events.send_modify(|held| *held += events);
+        self.gauge.add(events as i64);
+    }
+
+    /// Written (or given up on with the pipeline).
+    pub fn release(&self, events: usize) {
+        let mut released = 0;
+        self.events.send_modify(|held| {
+            released = events.min(*held);
+            *held -= released;
+        });
+        self.gauge.sub(released as i64);
+    }
+
+    pub fn events(&self) -> usize {
+        *self.events.borrow()
+    }
+
+    /// Resolves once the pipeline holds fewer events than its limit. A
+    /// message is taken whole even when it alone is over the limit: what is
+    /// held stays under the limit plus one message.
+    async fn room(&self) {
+        let mut held = self.events.subscribe();
+        let _ = held.wait_for(|held| *held < self.limit).await;
+    }
+}
+
+/// A pipeline torn down with events still held: they go back to the broker
+/// (unacked), and out of the gauge.
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.gauge.sub(*self.events.borrow() as i64);
+    }
+}
 
 /// Something that cannot be stored and goes to `<ns>.dead`.
 #[derive(Debug, Clone)]
@@ -132,6 +193,7 @@ impl Incoming {
 pub struct Consumer {
     stream: Option<lapin::Consumer>,
     batcher: Addr<Batcher>,
+    held: Arc<Held>,
     metrics: WriterMetrics,
     down: Option<oneshot::Sender<String>>,
     reason: String,
@@ -148,12 +210,14 @@ impl Consumer {
     pub fn new(
         stream: lapin::Consumer,
         batcher: Addr<Batcher>,
+        held: Arc<Held>,
         metrics: WriterMetrics,
         down: oneshot::Sender<String>,
     ) -> Self {
         Self {
             stream: Some(stream),
             batcher,
+            held,
             metrics,
             down: Some(down),
             reason: "consumer stream ended".into(),
@@ -166,7 +230,16 @@ impl Actor for Consumer {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         if let Some(stream) = self.stream.take() {
-            ctx.add_stream(stream);
+            // The next delivery is taken only when the pipeline has room.
+            let gated = futures_util::stream::unfold(
+                (stream, self.held.clone()),
+                |(mut stream, held)| async move {
+                    held.room().await;
+                    let item = stream.next().await?;
+                    Some((item, (stream, held)))
+                },
+            );
+            ctx.add_stream(gated);
         }
     }
 
@@ -193,6 +266,7 @@ impl StreamHandler<lapin::Result<Delivery>> for Consumer {
                     ctx.stop();
                     return;
                 }
+                self.held.add(incoming.events.len());
                 self.batcher.do_send(incoming);
             }
             Err(e) => {

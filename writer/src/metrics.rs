@@ -20,6 +20,7 @@ pub struct WriterMetrics {
     pub live_events: IntCounter,
     pub live_failures: IntCounter,
     pub pipelines_connected: IntGauge,
+    pub events_held: IntGauge,
     pub partitions_ahead: IntGauge,
     pub partitions_created: IntCounter,
     pub rollup_batches: IntCounter,
@@ -119,6 +120,14 @@ impl WriterMetrics {
                 IntGauge::new(
                     "auditline_writer_pipelines_connected",
                     "Consume pipelines currently connected to the broker.",
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            events_held: register(
+                registry,
+                IntGauge::new(
+                    "auditline_writer_events_held",
+                    "Events parsed and not yet written (each pipeline holds at most four batches' worth plus one message).",
                 )
                 .unwrap_or_else(|e| panic!("{e}")),
             ),
