@@ -34,7 +34,7 @@ pub struct DemoArgs {
     #[arg(long)]
     pub no_audit: bool,
     /// How long the middleware gathers events before publishing, in ms.
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = 50)]
     pub linger_ms: u64,
     /// Events per published (zstd-compressed) message.
     #[arg(long, default_value_t = 5000)]

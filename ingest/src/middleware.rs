@@ -152,9 +152,10 @@ pub struct AuditConfig {
     /// Observations waiting for the background publisher (counted in
     /// hand-offs of up to 64); beyond it they are spooled.
     pub queue_capacity: usize,
-    /// How long the publisher gathers observations before it publishes them:
-    /// the delay it adds to an event's arrival in return for fewer, larger
-    /// messages (on the broker, each message costs far more than its bytes).
+    /// How long the publisher gathers observations before it publishes them
+    /// (less when a message's worth is queued sooner): the delay it adds to
+    /// an event's arrival in return for fewer, larger messages (on the
+    /// broker, each message costs far more than its bytes).
     pub linger: std::time::Duration,
     /// The most events in one (zstd-compressed NDJSON) message; messages
     /// are made of whole hand-offs of up to 64 events. The default, 5,000,
@@ -195,7 +196,7 @@ impl AuditConfig {
                 .map(|(p, a)| ((*p).to_owned(), (*a).to_owned()))
                 .collect(),
             queue_capacity: 10_000,
-            linger: std::time::Duration::from_millis(25),
+            linger: std::time::Duration::from_millis(50),
             events_per_message: MAX_BATCH,
         }
     }
@@ -396,6 +397,8 @@ struct Shared {
     queue: mpsc::Sender<Lines>,
     /// [`AuditConfig::action_ids`].
     action_ids: Vec<Option<usize>>,
+    /// Hand-offs that make a message (see [`Signals::batch_queued`]).
+    batch_handoffs: usize,
     buffers: Arc<Buffers>,
     spiller: Arc<Spiller>,
     /// Workers' [`Pending`] still alive: each hands over what it holds as it
@@ -419,6 +422,10 @@ struct Signals {
     hurry: watch::Sender<bool>,
     /// Set by the publish loop once everything it took is confirmed or spooled.
     drained: watch::Sender<bool>,
+    /// A message's worth of hand-offs is queued: the publish loop stops
+    /// lingering (so the queue holds a busy app's events however long the
+    /// linger).
+    batch_queued: tokio::sync::Notify,
 }
 
 /// Events on their way to the spool: those the queue could not take (full,
@@ -538,6 +545,10 @@ impl AuditMiddleware {
         let buffers = Arc::new(Buffers::default());
         let shared = Arc::new(Shared {
             action_ids: config.action_ids(),
+            // Half the queue at most, so that the rest takes what comes meanwhile.
+            batch_handoffs: (config.events_per_message.min(MAX_BATCH) / HANDOFF)
+                .min(queue.max_capacity() / 2)
+                .max(1),
             config: Arc::new(config),
             session_header,
             queue,
@@ -631,8 +642,13 @@ impl AuditMiddleware {
     }
 
     fn hand_over(&self, lines: Lines) {
-        match self.shared.queue.try_send(lines) {
-            Ok(()) => {}
+        let queue = &self.shared.queue;
+        match queue.try_send(lines) {
+            Ok(()) => {
+                if queue.max_capacity() - queue.capacity() >= self.shared.batch_handoffs {
+                    self.shared.signals.batch_queued.notify_one();
+                }
+            }
             Err(
                 mpsc::error::TrySendError::Full(lines) | mpsc::error::TrySendError::Closed(lines),
             ) => self.shared.spiller.spill([lines]),
@@ -889,6 +905,7 @@ async fn publish_loop(
             if !closed {
                 tokio::select! {
                     () = tokio::time::sleep(config.linger) => {}
+                    () = signals.batch_queued.notified() => {}
                     _ = closing.changed() => {}
                 }
             }

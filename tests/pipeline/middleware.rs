@@ -380,6 +380,37 @@ async fn a_broker_slow_to_confirm_is_waited_for_not_spooled() {
     env.cleanup().await;
 }
 
+/// The linger is a most: a message's worth of queued events goes out at
+/// once, so a busy app's events do not pile up in the queue (and overflow
+/// into the spool) however long the linger.
+#[actix_web::test]
+async fn a_message_worth_of_events_does_not_wait_for_the_linger() {
+    let env = TestEnv::new().await;
+    let writer = InProcessWriter::start(&env).await;
+    let spool = Arc::new(
+        Spool::open(format!("{}-mw", env.settings.ingest.spool_dir), 1 << 30).expect("spool"),
+    );
+    let mut config = AuditConfig::new("demo-app");
+    config.linger = Duration::from_secs(600);
+    config.events_per_message = 640;
+    let audit = AuditMiddleware::start(config, env.publisher().await, spool).expect("middleware");
+    let app = test::init_service(App::new().wrap(audit.clone()).configure(demo::routes)).await;
+    // The first hand-off starts a linger; ten more make a message's worth.
+    for i in 0..64 * 11 {
+        let req = test::TestRequest::get()
+            .uri(&format!("/health?n={i}"))
+            .to_request();
+        assert_eq!(test::call_service(&app, req).await.status(), 200);
+        if i % 64 == 63 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    env.wait_for_rows(64 * 11, Duration::from_secs(30)).await;
+    assert_eq!(audit.spilled(), 0);
+    writer.stop().await;
+    env.cleanup().await;
+}
+
 /// A real server stopped while events wait in the middleware (a minute's
 /// linger) and one request is still being served: `shutdown` publishes every
 /// event at once, the request cut short included (no status, not a success).
