@@ -26,6 +26,7 @@ pid=
 cleanup() {
   [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
   rabbitmqctl -q delete_queue "$AUDITLINE_NAMESPACE.writer" >/dev/null 2>&1 || true
+  rabbitmqctl -q delete_queue "$AUDITLINE_NAMESPACE.dead" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT

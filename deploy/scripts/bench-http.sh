@@ -22,6 +22,9 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rabbitmqctl -q delete_queue "benchdemo-$ts.writer" >/dev/null 2>&1 || true
+  rabbitmqctl -q delete_queue "benchdemo-$ts.dead" >/dev/null 2>&1 || true
+  rabbitmqctl -q delete_queue "benchhttp-$ts.writer" >/dev/null 2>&1 || true
+  rabbitmqctl -q delete_queue "benchhttp-$ts.dead" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT

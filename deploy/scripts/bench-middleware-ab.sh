@@ -35,6 +35,7 @@ cleanup() {
   wait 2>/dev/null || true
   [ -n "$broker" ] && taskset -a -p -c "0-$(( $(nproc) - 1 ))" "$broker" >/dev/null 2>&1 || true
   rabbitmqctl -q delete_queue "benchab-$ts.writer" >/dev/null 2>&1 || true
+  rabbitmqctl -q delete_queue "benchab-$ts.dead" >/dev/null 2>&1 || true
   psql -qX -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS auditline_bench_ab_$ts" >/dev/null 2>&1 || true
   rm -rf "$work"
 }

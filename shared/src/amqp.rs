@@ -45,54 +45,61 @@ pub fn message_body(parts: &[&[u8]], compress: bool) -> (Vec<u8>, Option<&'stati
     }
 }
 
-/// [`compress`] of the concatenation of `parts`, without concatenating them
-/// (the audit middleware's messages are its workers' buffers, one after
-/// another). One frame, with its size pledged; the output is written into a
-/// reused buffer of the thread and copied out at its compressed size, so a
-/// message costs no large allocation (each of which would be mapped and
-/// faulted in afresh).
+/// [`compress`] of the concatenation of `parts` (the audit middleware's
+/// messages are its workers' buffers, one after another). One frame, made in
+/// one pass over one contiguous input: several parts are first copied into a
+/// buffer of the thread (zstd's streaming mode would copy them into its own
+/// window anyway, and its ring buffer sends most of a large message down the
+/// slower "external dictionary" path: a third of the compression time). The
+/// output is written into another reused buffer and copied out at its
+/// compressed size, so a message costs no large allocation (each of which
+/// would be mapped and faulted in afresh).
 pub fn compress_parts(parts: &[&[u8]]) -> Option<Vec<u8>> {
-    /// The largest output buffer a thread keeps between messages.
-    const MAX_KEPT_OUTPUT: usize = 4 << 20;
-    use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
-    thread_local! {
+    use zstd::zstd_safe::{CCtx, CParameter};
+    /// The largest buffers a thread keeps between messages.
+    const MAX_KEPT: usize = 8 << 20;
+    struct State {
         // A context per thread, reused: creating one per message (what
         // `zstd::bulk::compress` does) showed up in the middleware's profile.
-        static ENCODER: std::cell::RefCell<Option<(zstd::stream::raw::Encoder<'static>, Vec<u8>)>> =
-            std::cell::RefCell::new(zstd::stream::raw::Encoder::new(1).ok().map(|e| (e, Vec::new())));
+        context: CCtx<'static>,
+        joined: Vec<u8>,
+        packed: Vec<u8>,
     }
-    let total: usize = parts.iter().map(|p| p.len()).sum();
-    ENCODER.with_borrow_mut(|state| {
-        let (encoder, packed) = state.as_mut()?;
-        encoder.reinit().ok()?;
-        encoder.set_pledged_src_size(Some(total as u64)).ok()?;
-        packed.clear();
-        // Room for the worst case: no call ever waits for output space.
-        packed.reserve(zstd::zstd_safe::compress_bound(total));
-        let mut out = OutBuffer::around(packed);
-        for part in parts {
-            let mut input = InBuffer::around(part);
-            while input.pos() < part.len() {
-                let before = input.pos();
-                encoder.run(&mut input, &mut out).ok()?;
-                if input.pos() == before {
-                    return None;
+    thread_local! {
+        static STATE: std::cell::RefCell<Option<State>> = std::cell::RefCell::new(
+            CCtx::try_create().and_then(|mut context| {
+                context.set_parameter(CParameter::CompressionLevel(1)).ok()?;
+                Some(State { context, joined: Vec::new(), packed: Vec::new() })
+            }),
+        );
+    }
+    STATE.with_borrow_mut(|state| {
+        let State {
+            context,
+            joined,
+            packed,
+        } = state.as_mut()?;
+        let input: &[u8] = match parts {
+            [one] => one,
+            _ => {
+                joined.clear();
+                for part in parts {
+                    joined.extend_from_slice(part);
                 }
+                joined
             }
-        }
-        loop {
-            let before = out.pos();
-            if encoder.finish(&mut out, true).ok()? == 0 {
-                break;
-            }
-            if out.pos() == before {
-                return None;
-            }
-        }
-        let body = out.as_slice().to_vec();
-        // A rare huge message does not keep its buffer for the thread's life.
-        if packed.capacity() > MAX_KEPT_OUTPUT {
+        };
+        packed.clear();
+        // Room for the worst case: zstd never runs out of output space.
+        packed.reserve(zstd::zstd_safe::compress_bound(input.len()));
+        context.compress2(packed, input).ok()?;
+        let body = packed.to_vec();
+        // A rare huge message does not keep its buffers for the thread's life.
+        if packed.capacity() > MAX_KEPT {
             *packed = Vec::new();
+        }
+        if joined.capacity() > MAX_KEPT {
+            *joined = Vec::new();
         }
         Some(body)
     })
