@@ -824,6 +824,33 @@ impl Outbox {
     }
 }
 
+/// The most NDJSON bytes in one message (whole hand-offs, so one hand-off
+/// of 64 large events may exceed it alone): well under what the writer
+/// decodes (64 MiB), however much metadata the app attaches.
+const MAX_MESSAGE_BYTES: usize = 8 << 20;
+
+/// Hand-offs grouped, in order, into messages of up to `events_per_message`
+/// events and [`MAX_MESSAGE_BYTES`] (a hand-off never holds more events).
+fn group(handoffs: impl IntoIterator<Item = Lines>, events_per_message: usize) -> Vec<Vec<Lines>> {
+    let mut messages: Vec<Vec<Lines>> = Vec::new();
+    let (mut events, mut bytes) = (0, 0);
+    for lines in handoffs {
+        if messages.is_empty()
+            || events + lines.count > events_per_message
+            || bytes + lines.body.len() > MAX_MESSAGE_BYTES
+        {
+            messages.push(Vec::new());
+            (events, bytes) = (0, 0);
+        }
+        events += lines.count;
+        bytes += lines.body.len();
+        if let Some(last) = messages.last_mut() {
+            last.push(lines);
+        }
+    }
+    messages
+}
+
 async fn publish_loop(
     mut rx: mpsc::Receiver<Lines>,
     publisher: Publisher,
@@ -919,20 +946,7 @@ async fn publish_loop(
                 }
             }
         }
-        // Hand-offs grouped into messages of up to `events_per_message`
-        // events (a hand-off never holds more).
-        let mut messages: Vec<Vec<Lines>> = Vec::new();
-        let mut in_last = 0;
-        for lines in handoffs.drain(..) {
-            if messages.is_empty() || in_last + lines.count > config.events_per_message {
-                messages.push(Vec::new());
-                in_last = 0;
-            }
-            in_last += lines.count;
-            if let Some(last) = messages.last_mut() {
-                last.push(lines);
-            }
-        }
+        let messages = group(handoffs.drain(..), config.events_per_message);
         // Compressed now, so that what waits for the broker is small and
         // the workers' buffers go round again at once.
         let prepared = {
@@ -1391,6 +1405,35 @@ mod tests {
         assert_eq!(key(&[lines(&["/health", "/misc"])]), "svc.other");
         assert_eq!(key(&[lines(&["/files/1", "/health"])]), "svc.mixed");
         assert_eq!(key(&[lines(&["/files/1"]), lines(&["/code"])]), "svc.mixed");
+    }
+
+    #[test]
+    fn messages_stay_within_their_events_and_bytes() {
+        let handoff = |count: usize, bytes: usize| Lines {
+            body: vec![b'x'; bytes],
+            count,
+            action: Action::None,
+        };
+        // Ordinary events: 5,000 a message, whole hand-offs.
+        let small: Vec<Lines> = (0..100).map(|_| handoff(64, 64 * 400)).collect();
+        let counts: Vec<usize> = group(small, 5_000)
+            .iter()
+            .map(|m| m.iter().map(|l| l.count).sum())
+            .collect();
+        assert_eq!(counts, [4_992, 1_408]);
+        // Every event with 32 KiB of metadata and resources: 2 MiB a
+        // hand-off, so four to a message, far below the writer's 64 MiB.
+        let large: Vec<Lines> = (0..10).map(|_| handoff(64, 64 * 32 * 1024)).collect();
+        let messages = group(large, 5_000);
+        assert_eq!(messages.len(), 3);
+        for message in &messages {
+            let bytes: usize = message.iter().map(|l| l.body.len()).sum();
+            assert!(bytes <= MAX_MESSAGE_BYTES, "{bytes} bytes in one message");
+        }
+        assert_eq!(
+            messages.iter().flatten().map(|l| l.count).sum::<usize>(),
+            640
+        );
     }
 
     #[test]
