@@ -63,9 +63,21 @@ async fn fifty_thousand_events_land_once_and_a_republish_adds_nothing() {
 
 #[actix_web::test]
 async fn the_writer_holds_a_bounded_number_of_parsed_events_whatever_the_message_size() {
+    // Four batches of 50 events, plus one message, a pipeline.
+    held_events_stay_bounded(50, 8 << 20, 2.0 * (4.0 * 50.0 + 500.0)).await;
+}
+
+#[actix_web::test]
+async fn the_writer_holds_a_bounded_number_of_parsed_bytes_whatever_the_message_size() {
+    // Four batches of 20 kB (events of 200 bytes at least), plus one
+    // message, a pipeline.
+    held_events_stay_bounded(5_000, 20_000, 2.0 * (4.0 * 20_000.0 / 200.0 + 500.0)).await;
+}
+
+/// 40 messages of 500 events wait in the queue before the writer starts: the
+/// prefetch (500 messages) would let it parse all 20,000 at once.
+async fn held_events_stay_bounded(max_events: usize, max_bytes: usize, bound: f64) {
     let env = TestEnv::new().await;
-    // 40 messages of 500 events wait in the queue before the writer starts:
-    // the prefetch (500 messages) would let it parse all 20,000 at once.
     let publisher = env.publisher().await;
     let batch = events(20_000);
     publisher
@@ -73,11 +85,10 @@ async fn the_writer_holds_a_bounded_number_of_parsed_events_whatever_the_message
         .await
         .expect("batch publish confirmed");
     let mut settings = env.settings.clone();
-    settings.writer.batch.max_events = 50;
+    settings.writer.batch.max_events = max_events;
+    settings.writer.batch.max_bytes = max_bytes;
     settings.writer.consumers = 2;
     let writer = InProcessWriter::start_with(settings).await;
-    // Each pipeline holds at most four batches' worth plus one message.
-    let bound = 2.0 * (4.0 * 50.0 + 500.0);
     let mut most: f64 = 0.0;
     let mut samples = 0;
     let deadline = std::time::Instant::now() + Duration::from_secs(120);

@@ -197,8 +197,9 @@ async fn readyz(state: web::Data<ReadyState>) -> HttpResponse {
 
 /// How long shutdown waits for a pipeline to write and ack what it holds.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
-/// Batches' worth of parsed events a pipeline holds at most (plus one
-/// message): one being written, one filling, and room to parse ahead of them.
+/// Batches' worth of parsed events (and of their bytes) a pipeline holds at
+/// most, plus one message: one being written, one filling, and room to parse
+/// ahead of them.
 const HELD_BATCHES: usize = 4;
 
 /// Keeps one pipeline running until stopped.
@@ -305,6 +306,7 @@ impl Pipeline {
         .start();
         let held = Held::new(
             HELD_BATCHES * s.writer.batch.max_events,
+            HELD_BATCHES * s.writer.batch.max_bytes,
             shared.metrics.events_held.clone(),
         );
         let batcher = Batcher::new(s.writer.batch.clone(), db_writer, held.clone()).start();

@@ -146,7 +146,7 @@ impl Batcher {
                 .into_actor(self)
                 .map(move |result, batcher, ctx| {
                     batcher.busy = false;
-                    batcher.held.release(events);
+                    batcher.held.release(events, bytes);
                     if result.is_err() {
                         // The writer is gone (pipeline shutting down): nothing of this
                         // batch was acked, so the broker redelivers it.

@@ -11,54 +11,58 @@ use lapin::message::Delivery;
 use std::sync::Arc;
 use tokio::sync::{oneshot, watch};
 
-/// The events a pipeline has parsed and not yet written, and how many it may
-/// hold: the consumer takes no further delivery while the count is at the
-/// limit (the broker's prefetch then waits in the client, still encoded and
-/// compact). The prefetch counts messages, and a message may hold one event
-/// or thousands, so without this the memory of parsed events would follow
-/// whatever message size a publisher chose.
+/// The events a pipeline has parsed and not yet written, with their bodies'
+/// bytes, and how many it may hold: the consumer takes no further delivery
+/// while either is at its limit (the broker's prefetch then waits in the
+/// client, still encoded and compact). The prefetch counts messages, and a
+/// message may hold one event or thousands, so without this the memory of
+/// parsed events would follow whatever message size a publisher chose.
 #[derive(Debug)]
 pub struct Held {
-    events: watch::Sender<usize>,
-    limit: usize,
-    /// The sum over the pipelines.
+    /// Events and bytes.
+    held: watch::Sender<(usize, usize)>,
+    limits: (usize, usize),
+    /// Events, summed over the pipelines.
     gauge: prometheus::IntGauge,
 }
 
 impl Held {
-    pub fn new(limit: usize, gauge: prometheus::IntGauge) -> Arc<Self> {
+    pub fn new(events: usize, bytes: usize, gauge: prometheus::IntGauge) -> Arc<Self> {
         Arc::new(Self {
-            events: watch::Sender::new(0),
-            limit: limit.max(1),
+            held: watch::Sender::new((0, 0)),
+            limits: (events.max(1), bytes.max(1)),
             gauge,
         })
     }
 
-    pub fn add(&self, events: usize) {
-        self.events.send_modify(|held| *held += events);
+    pub fn add(&self, events: usize, bytes: usize) {
+        self.held.send_modify(|held| {
+            held.0 += events;
+            held.1 += bytes;
+        });
         self.gauge.add(events as i64);
     }
 
     /// Written (or given up on with the pipeline).
-    pub fn release(&self, events: usize) {
+    pub fn release(&self, events: usize, bytes: usize) {
         let mut released = 0;
-        self.events.send_modify(|held| {
-            released = events.min(*held);
-            *held -= released;
+        self.held.send_modify(|held| {
+            released = events.min(held.0);
+            held.0 -= released;
+            held.1 = held.1.saturating_sub(bytes);
         });
         self.gauge.sub(released as i64);
     }
 
-    pub fn events(&self) -> usize {
-        *self.events.borrow()
-    }
-
-    /// Resolves once the pipeline holds fewer events than its limit. A
-    /// message is taken whole even when it alone is over the limit: what is
-    /// held stays under the limit plus one message.
+    /// Resolves once the pipeline holds fewer events and bytes than its
+    /// limits. A message is taken whole even when it alone is over them:
+    /// what is held stays under the limits plus one message.
     async fn room(&self) {
-        let mut held = self.events.subscribe();
-        let _ = held.wait_for(|held| *held < self.limit).await;
+        let mut held = self.held.subscribe();
+        let (events, bytes) = self.limits;
+        let _ = held
+            .wait_for(|held| held.0 < events && held.1 < bytes)
+            .await;
     }
 }
 
@@ -66,7 +70,7 @@ impl Held {
 /// (unacked), and out of the gauge.
 impl Drop for Held {
     fn drop(&mut self) {
-        self.gauge.sub(*self.events.borrow() as i64);
+        self.gauge.sub(self.held.borrow().0 as i64);
     }
 }
 
@@ -266,7 +270,7 @@ impl StreamHandler<lapin::Result<Delivery>> for Consumer {
                     ctx.stop();
                     return;
                 }
-                self.held.add(incoming.events.len());
+                self.held.add(incoming.events.len(), incoming.body.len());
                 self.batcher.do_send(incoming);
             }
             Err(e) => {
