@@ -794,13 +794,20 @@ const IN_FLIGHT: usize = 4;
 /// memory; the queue fills, and events go to the spool, only beyond it.
 const HELD_KIB: usize = 16 * 1024;
 
-/// Batches compressed and not yet published: gathered while every publish
-/// awaits its confirms, then sent together by the next one free.
+/// The most compressed bytes one publish takes from the outbox (~35,000
+/// events): a publish that fails spools what it took, so neither its
+/// decoding nor the duplicates of what it had sent grow with the backlog.
+const LAUNCH_BYTES: usize = HELD_KIB * 1024 / (4 * IN_FLIGHT);
+
+/// Batches compressed and not yet published, oldest first, each with its
+/// share of [`HELD_KIB`]: gathered while every publish awaits its confirms,
+/// then sent by the next one free, up to [`LAUNCH_BYTES`] at a time.
 #[derive(Default)]
 struct Outbox {
-    messages: Option<crate::publisher::Prepared>,
-    /// Their share of [`HELD_KIB`].
-    held: Option<tokio::sync::OwnedSemaphorePermit>,
+    batches: std::collections::VecDeque<(
+        crate::publisher::Prepared,
+        tokio::sync::OwnedSemaphorePermit,
+    )>,
 }
 
 impl Outbox {
@@ -809,18 +816,32 @@ impl Outbox {
         prepared: crate::publisher::Prepared,
         held: tokio::sync::OwnedSemaphorePermit,
     ) {
-        match &mut self.messages {
-            Some(messages) => messages.append(prepared),
-            None => self.messages = Some(prepared),
-        }
-        match &mut self.held {
-            Some(permit) => permit.merge(held),
-            None => self.held = Some(held),
-        }
+        self.batches.push_back((prepared, held));
     }
 
     fn is_empty(&self) -> bool {
-        self.messages.is_none()
+        self.batches.is_empty()
+    }
+
+    /// The oldest batches, merged, up to [`LAUNCH_BYTES`] (one at least).
+    fn take(
+        &mut self,
+    ) -> Option<(
+        crate::publisher::Prepared,
+        tokio::sync::OwnedSemaphorePermit,
+    )> {
+        let (mut messages, mut held) = self.batches.pop_front()?;
+        while let Some((next, _)) = self.batches.front() {
+            if messages.bytes() + next.bytes() > LAUNCH_BYTES {
+                break;
+            }
+            let Some((next, share)) = self.batches.pop_front() else {
+                break;
+            };
+            messages.append(next);
+            held.merge(share);
+        }
+        Some((messages, held))
     }
 }
 
@@ -864,11 +885,7 @@ async fn publish_loop(
     let mut closing = signals.closing.subscribe();
     // Sends what the outbox holds on a publish of its own.
     let launch = |outbox: &mut Outbox, permit: tokio::sync::OwnedSemaphorePermit| {
-        let Outbox {
-            messages: Some(messages),
-            held,
-        } = std::mem::take(outbox)
-        else {
+        let Some((messages, held)) = outbox.take() else {
             return;
         };
         let (publisher, spiller) = (publisher.clone(), spiller.clone());
@@ -981,9 +998,10 @@ async fn publish_loop(
             launch(&mut outbox, permit);
         }
     }
-    if !outbox.is_empty()
-        && let Ok(permit) = in_flight.clone().acquire_owned().await
-    {
+    while !outbox.is_empty() {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
         launch(&mut outbox, permit);
     }
     // Every batch confirmed or given to the spool's writer (shutdown then

@@ -57,7 +57,7 @@ pub fn message_body(parts: &[&[u8]], compress: bool) -> (Vec<u8>, Option<&'stati
 pub fn compress_parts(parts: &[&[u8]]) -> Option<Vec<u8>> {
     use zstd::zstd_safe::{CCtx, CParameter};
     /// The largest buffers a thread keeps between messages.
-    const MAX_KEPT: usize = 8 << 20;
+    const MAX_KEPT: usize = 4 << 20;
     struct State {
         // A context per thread, reused: creating one per message (what
         // `zstd::bulk::compress` does) showed up in the middleware's profile.

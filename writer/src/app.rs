@@ -313,6 +313,7 @@ impl Pipeline {
         let (down_tx, down) = oneshot::channel();
         Consumer::new(
             stream,
+            channel.clone(),
             batcher.clone(),
             held,
             shared.metrics.clone(),

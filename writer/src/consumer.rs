@@ -196,6 +196,8 @@ impl Incoming {
 /// Consumes one channel.
 pub struct Consumer {
     stream: Option<lapin::Consumer>,
+    /// The stream's channel, watched while the pipeline is full.
+    channel: lapin::Channel,
     batcher: Addr<Batcher>,
     held: Arc<Held>,
     metrics: WriterMetrics,
@@ -213,6 +215,7 @@ impl Consumer {
     /// `down` fires when the consumer stops (stream ended or failed), with why.
     pub fn new(
         stream: lapin::Consumer,
+        channel: lapin::Channel,
         batcher: Addr<Batcher>,
         held: Arc<Held>,
         metrics: WriterMetrics,
@@ -220,6 +223,7 @@ impl Consumer {
     ) -> Self {
         Self {
             stream: Some(stream),
+            channel,
             batcher,
             held,
             metrics,
@@ -235,12 +239,27 @@ impl Actor for Consumer {
     fn started(&mut self, ctx: &mut Self::Context) {
         if let Some(stream) = self.stream.take() {
             // The next delivery is taken only when the pipeline has room.
+            // A full pipeline polls no delivery, so it would not see its
+            // connection drop (or its batcher stop), which must end it to be
+            // rebuilt: meanwhile it looks every second, and ends the stream.
+            let (channel, batcher) = (self.channel.clone(), self.batcher.clone());
+            let alive = move || channel.status().connected() && batcher.connected();
             let gated = futures_util::stream::unfold(
-                (stream, self.held.clone()),
-                |(mut stream, held)| async move {
-                    held.room().await;
+                (stream, self.held.clone(), alive),
+                |(mut stream, held, alive)| async move {
+                    loop {
+                        tokio::select! {
+                            () = held.room() => break,
+                            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
+                                if !alive() {
+                                    tracing::warn!("a full pipeline lost its channel or batcher; it is rebuilt");
+                                    return None;
+                                }
+                            }
+                        }
+                    }
                     let item = stream.next().await?;
-                    Some((item, (stream, held)))
+                    Some((item, (stream, held, alive)))
                 },
             );
             ctx.add_stream(gated);
