@@ -25,9 +25,7 @@ struct Expected {
 async fn ten_thousand_requests_become_ten_thousand_faithful_events() {
     let env = TestEnv::new().await;
     let writer = InProcessWriter::start(&env).await;
-    let spool = Arc::new(
-        Spool::open(format!("{}-mw", env.settings.ingest.spool_dir), 1 << 30).expect("spool"),
-    );
+    let spool = test_spool(&env);
     let mut config = AuditConfig::new("demo-app");
     config.trusted_proxies = vec![Cidr::parse("10.0.0.0/8").expect("cidr")];
     let audit = AuditMiddleware::start(config, env.publisher().await, spool).expect("middleware");
@@ -296,9 +294,7 @@ async fn a_full_queue_and_an_absent_broker_lose_nothing() {
     let (proxy, mut through_proxy) = crate::helpers::behind_proxy(&env).await;
     through_proxy.publisher.publish_timeout_ms = 300;
     proxy.set_up(false);
-    let spool = Arc::new(
-        Spool::open(format!("{}-mw", env.settings.ingest.spool_dir), 1 << 30).expect("spool"),
-    );
+    let spool = test_spool(&env);
     let mut config = AuditConfig::new("demo-app");
     config.queue_capacity = 1;
     let publisher = auditline_ingest::Publisher::new(&through_proxy, "test-mw");
@@ -327,6 +323,28 @@ async fn a_full_queue_and_an_absent_broker_lose_nothing() {
     env.cleanup().await;
 }
 
+/// `n` requests to `/health?n=<i>` through `app`, each answered 200, with a
+/// pause after every 64 (a hand-off) for the middleware's timer and publish
+/// loop.
+macro_rules! health_requests {
+    ($app:expr, $n:expr) => {
+        for i in 0..$n {
+            let req = test::TestRequest::get()
+                .uri(&format!("/health?n={i}"))
+                .to_request();
+            assert_eq!(test::call_service(&$app, req).await.status(), 200);
+            if i % 64 == 63 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+}
+
+/// A spool of the test's own for the middleware.
+fn test_spool(env: &TestEnv) -> Arc<Spool> {
+    Arc::new(Spool::open(format!("{}-mw", env.settings.ingest.spool_dir), 1 << 30).expect("spool"))
+}
+
 /// A broker that stops confirming for a while (seconds have been seen on a
 /// busy 2-core machine) is waited for in memory: nothing goes to the spool
 /// even with a one-hand-off queue, and everything is stored once it answers.
@@ -336,9 +354,7 @@ async fn a_broker_slow_to_confirm_is_waited_for_not_spooled() {
     let writer = InProcessWriter::start(&env).await;
     let (proxy, mut through_proxy) = crate::helpers::behind_proxy(&env).await;
     through_proxy.publisher.publish_timeout_ms = 60_000;
-    let spool = Arc::new(
-        Spool::open(format!("{}-mw", env.settings.ingest.spool_dir), 1 << 30).expect("spool"),
-    );
+    let spool = test_spool(&env);
     let mut config = AuditConfig::new("demo-app");
     config.queue_capacity = 64;
     config.linger = Duration::from_millis(5);
@@ -351,16 +367,7 @@ async fn a_broker_slow_to_confirm_is_waited_for_not_spooled() {
     assert_eq!(test::call_service(&app, req).await.status(), 200);
     env.wait_for_rows(1, Duration::from_secs(30)).await;
     proxy.pause(true);
-    for i in 0..3_000 {
-        let req = test::TestRequest::get()
-            .uri(&format!("/health?n={i}"))
-            .to_request();
-        assert_eq!(test::call_service(&app, req).await.status(), 200);
-        if i % 64 == 63 {
-            // Time for the hand-off timer and the publish loop.
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
+    health_requests!(app, 3_000);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         audit.spilled(),
@@ -387,24 +394,14 @@ async fn a_broker_slow_to_confirm_is_waited_for_not_spooled() {
 async fn a_message_worth_of_events_does_not_wait_for_the_linger() {
     let env = TestEnv::new().await;
     let writer = InProcessWriter::start(&env).await;
-    let spool = Arc::new(
-        Spool::open(format!("{}-mw", env.settings.ingest.spool_dir), 1 << 30).expect("spool"),
-    );
+    let spool = test_spool(&env);
     let mut config = AuditConfig::new("demo-app");
     config.linger = Duration::from_secs(600);
     config.events_per_message = 640;
     let audit = AuditMiddleware::start(config, env.publisher().await, spool).expect("middleware");
     let app = test::init_service(App::new().wrap(audit.clone()).configure(demo::routes)).await;
     // The first hand-off starts a linger; ten more make a message's worth.
-    for i in 0..64 * 11 {
-        let req = test::TestRequest::get()
-            .uri(&format!("/health?n={i}"))
-            .to_request();
-        assert_eq!(test::call_service(&app, req).await.status(), 200);
-        if i % 64 == 63 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
+    health_requests!(app, 64 * 11);
     env.wait_for_rows(64 * 11, Duration::from_secs(30)).await;
     assert_eq!(audit.spilled(), 0);
     writer.stop().await;
@@ -419,9 +416,7 @@ async fn shutdown_publishes_what_the_middleware_holds_and_records_cut_requests()
     use tokio::io::AsyncWriteExt;
     let env = TestEnv::new().await;
     let writer = InProcessWriter::start(&env).await;
-    let spool = Arc::new(
-        Spool::open(format!("{}-mw", env.settings.ingest.spool_dir), 1 << 30).expect("spool"),
-    );
+    let spool = test_spool(&env);
     let mut config = AuditConfig::new("demo-app");
     config.linger = Duration::from_secs(60);
     config.events_per_message = 5_000;
