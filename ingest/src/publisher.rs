@@ -268,19 +268,10 @@ impl Publisher {
         Ok(events.iter().map(|e| e.event_id).collect())
     }
 
-    /// Publishes events already written as NDJSON (every line one valid
+    /// Messages of events already written as NDJSON (every line one valid
     /// event): a message per `(routing key, parts)`, its body the parts one
-    /// after another; resolves once every message was confirmed.
-    pub async fn publish_ndjson(
-        &self,
-        messages: &[(String, Vec<&[u8]>)],
-    ) -> Result<(), PublishError> {
-        self.send_prepared(&self.prepare_ndjson(messages)).await
-    }
-
-    /// The messages of [`Self::publish_ndjson`], built (and compressed) now
-    /// and sent later with [`Self::send_prepared`]: the caller may let go of
-    /// the NDJSON meanwhile.
+    /// after another, built (and compressed) now and sent later with
+    /// [`Self::send_prepared`]; the caller may let go of the NDJSON meanwhile.
     pub fn prepare_ndjson(&self, messages: &[(String, Vec<&[u8]>)]) -> Prepared {
         let compress = self.inner.settings.compress;
         Prepared(
