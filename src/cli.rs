@@ -90,6 +90,10 @@ pub enum Command {
         /// Print the report as JSON instead of lines.
         #[arg(long)]
         json: bool,
+        /// Walk the checkpoint history from this file on (e.g. after the
+        /// checkpoint key was rotated); default: the whole history.
+        #[arg(long)]
+        checkpoint: Option<String>,
     },
     /// Write a checkpoint of every seal chain to storage now.
     Checkpoint,
@@ -99,7 +103,9 @@ pub enum Command {
         #[command(subcommand)]
         action: PartitionAction,
     },
-    /// Print a new Ed25519 key pair for `integrity.signing_key` / `integrity.verify_key`.
+    /// Print new Ed25519 key pairs: the checkpoint key (`integrity.signing_key`
+    /// / `verify_key`) and the writers' seal key (`integrity.writer_key` /
+    /// `writer_verify_keys`).
     Keygen,
 }
 
@@ -199,7 +205,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Token { action } => token(&settings, action).await,
         Command::Loadgen(args) => loadgen::run(&settings, args).await,
-        Command::Verify { from, to, json } => verify(&settings, from, to, json).await,
+        Command::Verify {
+            from,
+            to,
+            json,
+            checkpoint,
+        } => verify(&settings, (from, to), checkpoint.as_deref(), json).await,
         Command::Checkpoint => {
             let (storage, keys) = integrity(&settings)?;
             let pool = db::pool(&settings.database_url, 2)?;
@@ -209,7 +220,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 &settings.integrity.checkpoint_destination,
                 &keys,
             )
-            .await?;
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!(
                 "{file}: {} chains, {}",
                 cp.chains.len(),
@@ -224,7 +236,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Partitions { action } => partitions(&settings, action).await,
         Command::Keygen => {
             let (private, public) = checkpoint::Keys::generate()?;
-            println!("signing_key = \"{private}\"\nverify_key = \"{public}\"");
+            let (writer, writer_public) = checkpoint::Keys::generate()?;
+            println!(
+                "# [integrity]: the checkpoint key (admin service, `checkpoint`, `partitions`)\n\
+                 signing_key = \"{private}\"\nverify_key = \"{public}\"\n\
+                 # the writers' seal key (writer only) and what verify accepts\n\
+                 writer_key = \"{writer}\"\nwriter_verify_keys = [\"{writer_public}\"]"
+            );
             Ok(())
         }
     }
@@ -306,10 +324,15 @@ async fn partitions(settings: &Settings, action: PartitionAction) -> anyhow::Res
     Ok(())
 }
 
+type TimeRange = (
+    Option<chrono::DateTime<chrono::Utc>>,
+    Option<chrono::DateTime<chrono::Utc>>,
+);
+
 async fn verify(
     settings: &Settings,
-    from: Option<chrono::DateTime<chrono::Utc>>,
-    to: Option<chrono::DateTime<chrono::Utc>>,
+    range: TimeRange,
+    start: Option<&str>,
     json: bool,
 ) -> anyhow::Result<()> {
     let (storage, keys) = integrity(settings)?;
@@ -319,8 +342,8 @@ async fn verify(
         &storage,
         &settings.integrity.checkpoint_destination,
         &keys,
-        from,
-        to,
+        range,
+        start,
     )
     .await?;
     if json {

@@ -1,30 +1,55 @@
-//! Checkpoints: each seal chain's newest seal, written periodically (also
-//! when nothing changed) into storage, outside the database, and signed with
-//! the installation's Ed25519 key. Someone who can rewrite the database but
-//! not the storage cannot remove the newest batches, or rewrite a chain,
-//! without `verify` noticing; at most the batches committed after the last
-//! checkpoint are unprotected.
+//! Checkpoints: each seal chain's newest seal, written periodically into
+//! storage, outside the database, and signed with the installation's
+//! Ed25519 key.
 //!
-//! Files (in `integrity.checkpoint_destination`): `checkpoint-<time>.json` for
-//! each one written and `checkpoint-latest.json`, which `verify` reads.
+//! Checkpoints only move forward. Each one is numbered and names the
+//! SHA-256 of the file before it, and the checkpointer signs a new one only
+//! when the database still holds everything the previous one anchored: every
+//! chain, each anchored seal with the same hash, and every seal after it
+//! linked, recomputing and (with writer keys) signed by a writer. A
+//! regression (a chain gone, a seal changed, a sequence gone backwards) is
+//! refused: nothing is signed, `auditline_integrity_violations_total`
+//! rises, an error is logged and the alert fires. Retention never removes
+//! seals, so no drop record can excuse one. Several admin instances take
+//! turns through an advisory lock, so the history never forks.
+//!
+//! `verify` walks the whole history (or from one named checkpoint): the
+//! signatures, the `previous` links, that no checkpoint anchors less than
+//! the one before, and every anchored seal against the database. Someone
+//! who can rewrite the database but not the storage, and holds neither key,
+//! cannot remove or rewrite sealed batches without `verify` noticing; at
+//! most the batches committed after the last checkpoint can be cut off
+//! (and only before the next one), and with writer keys not even rewritten.
+//!
+//! Files (in `integrity.checkpoint_destination`): `checkpoint-<time>.json`
+//! for each one written, and `checkpoint-latest.json`, a copy of the newest.
 
 use crate::storage::Storage;
+use crate::verify::{self, Report};
 use anyhow::Context;
 use auditline_shared::{
     auth::{hex, unhex},
     settings::IntegritySettings,
+    signing::{self, SigningKey},
 };
 use chrono::{DateTime, Utc};
 use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
-use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+use std::collections::HashMap;
 use std::time::Duration;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-/// The file `verify` reads.
+/// The copy of the newest checkpoint.
 pub const LATEST: &str = "checkpoint-latest.json";
+/// Every checkpoint file's name starts with this.
+pub const PREFIX: &str = "checkpoint-";
+/// The format written now: numbered, linked to the previous file.
+pub const VERSION: u32 = 2;
+/// The advisory lock checkpointers take turns with.
+const LOCK: i64 = 0x6175_6469_7463_6b70;
 
 /// One chain's newest seal at checkpoint time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, ToSchema)]
@@ -41,7 +66,13 @@ pub struct Anchored {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Body {
     pub version: u32,
+    /// 1, 2, 3, … (version 2 on; version 1 files have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<u64>,
     pub created_at: DateTime<Utc>,
+    /// SHA-256 (hex) of the previous checkpoint file; absent on the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
     pub chains: Vec<Anchored>,
 }
 
@@ -52,7 +83,7 @@ pub struct Checkpoint {
     pub body: Body,
     /// The signer's Ed25519 public key (hex), when signed.
     pub public_key: Option<String>,
-    /// Ed25519 signature (hex) over the JSON of `version`, `created_at` and `chains`.
+    /// Ed25519 signature (hex) over the JSON of the other fields.
     pub signature: Option<String>,
 }
 
@@ -63,61 +94,94 @@ impl std::ops::Deref for Checkpoint {
     }
 }
 
-/// The installation's keys.
+/// A checkpoint as read from storage.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub file: String,
+    /// SHA-256 (hex) of the file's bytes, which the next one names.
+    pub sha256: String,
+    pub checkpoint: Checkpoint,
+}
+
+impl std::ops::Deref for Stored {
+    type Target = Body;
+    fn deref(&self) -> &Body {
+        &self.checkpoint.body
+    }
+}
+
+/// What is wrong with a seal's signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealSignature {
+    /// No signature, and writer keys are configured.
+    Missing,
+    /// Signed by a key that is not a configured writer key.
+    UnknownKey,
+    /// The signature does not verify.
+    Invalid,
+}
+
+/// The installation's keys: the checkpoint key pair and the writers' public keys.
 pub struct Keys {
-    signing: Option<Ed25519KeyPair>,
-    verify: Option<Vec<u8>>,
+    signing: Option<SigningKey>,
+    verify: Option<[u8; 32]>,
+    writers: Vec<[u8; 32]>,
 }
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Keys")
             .field("signing", &self.signing.is_some())
-            .field("verify", &self.verify.as_deref().map(hex))
+            .field("verify", &self.verify.as_ref().map(|k| hex(k)))
+            .field(
+                "writers",
+                &self.writers.iter().map(|k| hex(k)).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
 
-/// A 32-byte key written as 64 hex digits.
-fn key32(text: &str, what: &str) -> anyhow::Result<[u8; 32]> {
-    unhex(text.trim())
-        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-        .ok_or_else(|| anyhow::anyhow!("{what} must be 32 bytes written as 64 hex digits"))
-}
-
 impl Keys {
     pub fn from_settings(settings: &IntegritySettings) -> anyhow::Result<Self> {
-        let signing =
-            match &settings.signing_key {
-                None => None,
-                Some(secret) => {
-                    let seed = key32(secret.expose(), "integrity.signing_key")?;
-                    Some(Ed25519KeyPair::from_seed_unchecked(&seed).map_err(|_| {
-                        anyhow::anyhow!("integrity.signing_key is not an Ed25519 seed")
-                    })?)
-                }
-            };
+        let signing = SigningKey::load(
+            settings.signing_key.as_ref(),
+            settings.signing_key_file.as_deref(),
+            "integrity.signing_key",
+        )?;
         let verify = match &settings.verify_key {
-            Some(key) => Some(key32(key, "integrity.verify_key")?.to_vec()),
-            None => signing.as_ref().map(|k| k.public_key().as_ref().to_vec()),
+            Some(key) => Some(signing::public_key(key, "integrity.verify_key")?),
+            None => signing.as_ref().map(SigningKey::public),
         };
-        Ok(Self { signing, verify })
+        let mut writers = settings
+            .writer_verify_keys
+            .iter()
+            .map(|k| signing::public_key(k, "integrity.writer_verify_keys"))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if writers.is_empty() {
+            let own = SigningKey::load(
+                settings.writer_key.as_ref(),
+                settings.writer_key_file.as_deref(),
+                "integrity.writer_key",
+            )?;
+            writers.extend(own.map(|k| k.public()));
+        }
+        Ok(Self {
+            signing,
+            verify,
+            writers,
+        })
     }
 
     /// A new key pair: (private seed, public key), hex.
     pub fn generate() -> anyhow::Result<(String, String)> {
-        let mut seed = [0u8; 32];
-        rand::fill(&mut seed);
-        let pair = Ed25519KeyPair::from_seed_unchecked(&seed)
-            .map_err(|_| anyhow::anyhow!("cannot make a key pair"))?;
-        Ok((hex(&seed), hex(pair.public_key().as_ref())))
+        SigningKey::generate()
     }
 
     /// Signs `message`: (public key, signature), hex; `None` without a signing key.
     pub fn sign(&self, message: &[u8]) -> Option<(String, String)> {
         self.signing
             .as_ref()
-            .map(|k| (hex(k.public_key().as_ref()), hex(k.sign(message).as_ref())))
+            .map(|k| (hex(&k.public()), hex(&k.sign(message))))
     }
 
     /// Checks a signature made by [`Keys::sign`]. Without a verify key
@@ -130,51 +194,145 @@ impl Keys {
             return Err("it is not signed, and a verify key is configured".into());
         };
         let signature = unhex(signature).ok_or("its signature is not hexadecimal")?;
-        UnparsedPublicKey::new(&ED25519, key)
-            .verify(message, &signature)
-            .map_err(|_| "its signature does not verify with the configured key".to_owned())
+        if signing::verify(key, message, &signature) {
+            Ok(())
+        } else {
+            Err("its signature does not verify with the configured key".to_owned())
+        }
     }
 
     pub fn can_verify(&self) -> bool {
         self.verify.is_some()
     }
+
+    /// How many writer public keys seal signatures are checked against (0: not checked).
+    pub fn writer_keys(&self) -> usize {
+        self.writers.len()
+    }
+
+    /// Checks a seal's signature; always passes without writer keys.
+    pub fn check_seal(
+        &self,
+        seal_hash: &[u8],
+        key: Option<&[u8]>,
+        signature: Option<&[u8]>,
+    ) -> Result<(), SealSignature> {
+        if self.writers.is_empty() {
+            return Ok(());
+        }
+        let (Some(key), Some(signature)) = (key, signature) else {
+            return Err(SealSignature::Missing);
+        };
+        if !self.writers.iter().any(|w| w[..] == *key) {
+            return Err(SealSignature::UnknownKey);
+        }
+        if signing::verify(
+            key,
+            &auditline_shared::seal::signed_message(seal_hash),
+            signature,
+        ) {
+            Ok(())
+        } else {
+            Err(SealSignature::Invalid)
+        }
+    }
 }
 
-/// Each chain's newest seal.
-pub async fn tips(pool: &PgPool) -> sqlx::Result<Vec<Anchored>> {
-    sqlx::query_as(
-        "SELECT DISTINCT ON (chain) chain, seq, encode(seal_hash, 'hex') AS seal_hash, batch_id, committed_at \
-         FROM auditline.batches WHERE chain IS NOT NULL ORDER BY chain, seq DESC",
-    )
-    .fetch_all(pool)
-    .await
+/// Why no checkpoint was written.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The database no longer holds what the previous checkpoint anchored,
+    /// or a new seal does not verify: refused, never signed.
+    #[error("integrity violation, checkpoint refused: {}", .0.join("; "))]
+    Violation(Vec<String>),
+    /// Another instance is writing a checkpoint right now.
+    #[error("another instance is writing a checkpoint")]
+    Busy,
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
 }
 
-/// Builds, signs and stores a checkpoint of the chains' current tips.
+/// SHA-256 (hex) of a checkpoint file's bytes.
+pub fn file_hash(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// Checks the database against the newest checkpoint, then builds, signs
+/// and stores the next one (see the module doc).
 pub async fn publish(
     pool: &PgPool,
     storage: &Storage,
     destination: &str,
     keys: &Keys,
-) -> anyhow::Result<(String, Checkpoint)> {
-    let body = Body {
-        version: 1,
-        created_at: Utc::now(),
-        chains: tips(pool).await.context("cannot read the seal chains")?,
+) -> Result<(String, Checkpoint), PublishError> {
+    // Held until the transaction ends, on this connection: one
+    // checkpointer at a time across instances.
+    let mut lock = pool.begin().await.context("cannot reach the database")?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(LOCK)
+        .fetch_one(&mut *lock)
+        .await
+        .context("cannot take the checkpoint lock")?;
+    if !locked {
+        return Err(PublishError::Busy);
+    }
+    let previous = match storage.get(destination, LATEST).await? {
+        None => None,
+        Some(bytes) => match parse(&bytes, keys) {
+            Ok(cp) => Some((file_hash(&bytes), cp)),
+            Err(e) => {
+                return Err(PublishError::Violation(vec![format!(
+                    "{LATEST} is refused ({e}); it was replaced outside Auditline, or the \
+                     checkpoint key changed (then move the old history aside deliberately)"
+                )]));
+            }
+        },
     };
-    let signed = keys.sign(&serde_json::to_vec(&body)?);
+    let mut report = Report::new(None, None);
+    let since: HashMap<String, i64> = previous
+        .iter()
+        .flat_map(|(_, cp)| cp.chains.iter().map(|a| (a.chain.clone(), a.seq)))
+        .collect();
+    let seals = verify::check_chains(pool, keys, &since, &mut report).await?;
+    if let Some((_, cp)) = &previous {
+        verify::check_anchors(
+            std::slice::from_ref(&Stored {
+                file: LATEST.into(),
+                sha256: String::new(),
+                checkpoint: cp.clone(),
+            }),
+            &seals,
+            &mut report,
+        );
+    }
+    if !report.ok {
+        return Err(PublishError::Violation(
+            report.findings.iter().map(|f| f.message.clone()).collect(),
+        ));
+    }
+    let body = Body {
+        version: VERSION,
+        number: Some(previous.as_ref().and_then(|(_, cp)| cp.number).unwrap_or(0) + 1),
+        created_at: Utc::now(),
+        previous: previous.map(|(hash, _)| hash),
+        chains: seals.tips(),
+    };
+    let signed = keys.sign(&serde_json::to_vec(&body).context("checkpoint JSON")?);
     let checkpoint = Checkpoint {
         body,
         public_key: signed.as_ref().map(|(k, _)| k.clone()),
         signature: signed.map(|(_, s)| s),
     };
-    let json = serde_json::to_vec_pretty(&checkpoint)?;
+    let json = serde_json::to_vec_pretty(&checkpoint).context("checkpoint JSON")?;
     let file = format!(
-        "checkpoint-{}.json",
+        "{PREFIX}{}.json",
         checkpoint.created_at.format("%Y%m%dT%H%M%S%.6fZ")
     );
     storage.put(destination, &file, json.clone()).await?;
     storage.put(destination, LATEST, json).await?;
+    lock.rollback()
+        .await
+        .context("cannot release the checkpoint lock")?;
     Ok((file, checkpoint))
 }
 
@@ -190,6 +348,48 @@ pub async fn latest(
         Err(e) => return Some(Err(format!("cannot read {LATEST}: {e:#}"))),
     };
     Some(parse(&bytes, keys).map(|cp| (LATEST.to_owned(), cp)))
+}
+
+/// Every checkpoint file in `destination`, oldest first, from `start` (a
+/// file name) when given; each file that cannot be read or whose signature
+/// does not verify is an `Err` in its place.
+pub async fn history(
+    storage: &Storage,
+    destination: &str,
+    keys: &Keys,
+    start: Option<&str>,
+) -> anyhow::Result<Vec<Result<Stored, String>>> {
+    let mut names: Vec<String> = storage
+        .list(destination, PREFIX)
+        .await?
+        .into_iter()
+        .filter(|n| n.ends_with(".json") && n != LATEST)
+        .collect();
+    // The names carry the creation time, fixed width: they sort by it.
+    names.sort();
+    if let Some(start) = start {
+        let Some(at) = names.iter().position(|n| n == start) else {
+            anyhow::bail!("no checkpoint named {start:?} in {destination:?}");
+        };
+        names.drain(..at);
+    }
+    let mut out = Vec::with_capacity(names.len());
+    for file in names {
+        let bytes = storage
+            .get(destination, &file)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("{file} disappeared while it was read"))?;
+        out.push(
+            parse(&bytes, keys)
+                .map(|checkpoint| Stored {
+                    file: file.clone(),
+                    sha256: file_hash(&bytes),
+                    checkpoint,
+                })
+                .map_err(|e| format!("{file}: {e}")),
+        );
+    }
+    Ok(out)
 }
 
 /// Parses a checkpoint file and checks its signature.
@@ -208,6 +408,7 @@ pub struct Metrics {
     seq: IntGaugeVec,
     published: IntGauge,
     failures: IntCounter,
+    violations: IntCounter,
 }
 
 impl Metrics {
@@ -225,15 +426,21 @@ impl Metrics {
         )?;
         let failures = IntCounter::new(
             "auditline_checkpoint_failures_total",
-            "Checkpoints that could not be written",
+            "Checkpoints that could not be written (storage or database errors)",
+        )?;
+        let violations = IntCounter::new(
+            "auditline_integrity_violations_total",
+            "Checkpoints refused because the database no longer holds what the previous one anchored, or a new seal does not verify",
         )?;
         registry.register(Box::new(seq.clone()))?;
         registry.register(Box::new(published.clone()))?;
         registry.register(Box::new(failures.clone()))?;
+        registry.register(Box::new(violations.clone()))?;
         Ok(Self {
             seq,
             published,
             failures,
+            violations,
         })
     }
 
@@ -244,6 +451,28 @@ impl Metrics {
             self.seq.with_label_values(&[&chain.chain]).set(chain.seq);
         }
         self.published.set(cp.created_at.timestamp());
+    }
+
+    /// Counts and logs a failed attempt.
+    pub fn failed(&self, error: &PublishError) {
+        match error {
+            PublishError::Busy => {
+                tracing::debug!("another instance is writing a checkpoint");
+            }
+            PublishError::Violation(problems) => {
+                self.violations.inc();
+                tracing::error!(
+                    problems = %problems.join("; "),
+                    "INTEGRITY VIOLATION: the database no longer holds what the last checkpoint \
+                     anchored, or a seal does not verify; no checkpoint is signed until this is \
+                     investigated (run `auditline verify`)"
+                );
+            }
+            PublishError::Unexpected(e) => {
+                self.failures.inc();
+                tracing::warn!(error = %format!("{e:#}"), "cannot write a checkpoint");
+            }
+        }
     }
 }
 
@@ -265,10 +494,7 @@ pub async fn run(
                 metrics.observe(&cp);
                 tracing::debug!(file, chains = cp.chains.len(), "checkpoint written");
             }
-            Err(e) => {
-                metrics.failures.inc();
-                tracing::warn!(error = %format!("{e:#}"), "cannot write a checkpoint");
-            }
+            Err(e) => metrics.failed(&e),
         }
     }
 }

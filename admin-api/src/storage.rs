@@ -217,6 +217,56 @@ impl Storage {
         }
     }
 
+    /// The names of the files whose name starts with `prefix`.
+    pub async fn list(&self, destination: &str, prefix: &str) -> anyhow::Result<Vec<String>> {
+        match self.bucket(destination)? {
+            None => {
+                let mut entries = match tokio::fs::read_dir(&self.dir).await {
+                    Ok(entries) => entries,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                    Err(e) => {
+                        return Err(e)
+                            .with_context(|| format!("cannot list {}", self.dir.display()));
+                    }
+                };
+                let mut names = Vec::new();
+                while let Some(entry) = entries
+                    .next_entry()
+                    .await
+                    .with_context(|| format!("cannot list {}", self.dir.display()))?
+                {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if name.starts_with(prefix) {
+                        names.push(name);
+                    }
+                }
+                Ok(names)
+            }
+            Some(bucket) => {
+                // Listing prefixes are whole path segments: list the
+                // destination's folder and pick by name.
+                let base = bucket.path("");
+                let folder = (!base.as_ref().is_empty()).then_some(&base);
+                let mut listing = bucket.store.list(folder);
+                let mut names = Vec::new();
+                while let Some(meta) = listing.next().await {
+                    let meta = meta.with_context(|| {
+                        format!("destination {destination:?}: cannot list {prefix}*")
+                    })?;
+                    let full = meta.location.as_ref();
+                    let name = full
+                        .strip_prefix(base.as_ref())
+                        .unwrap_or(full)
+                        .trim_start_matches('/');
+                    if name.starts_with(prefix) && !name.contains('/') {
+                        names.push(name.to_owned());
+                    }
+                }
+                Ok(names)
+            }
+        }
+    }
+
     /// Reads a file: its size and its bytes as a stream.
     pub async fn read(
         &self,

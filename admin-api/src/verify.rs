@@ -2,13 +2,18 @@
 //! (see `auditline_shared::seal`) and reports precisely what does not match.
 //!
 //! 1. **Chains**: every writer pipeline's seals must be numbered 1, 2, 3, …
-//!    with each one naming its predecessor's hash, and each seal hash must
-//!    recompute from its fields (the entry list included): a gap is a missing
-//!    batch, a wrong link a re-ordered or altered seal.
-//! 2. **Checkpoint**: the newest signed checkpoint in storage (see
-//!    [`crate::checkpoint`]) names each chain's newest seal at the time it was
-//!    written; a chain that ends before it lost its newest batches, a seal
-//!    that differs from it was rewritten.
+//!    with each one naming its predecessor's hash, each seal hash must
+//!    recompute from its fields (the entry list included), and, when writer
+//!    public keys are configured, each seal must be signed by one of them: a
+//!    gap is a missing batch, a wrong link a re-ordered or altered seal, a
+//!    missing or wrong signature a seal written outside the writers (a new
+//!    chain, a rewritten or recomputed one).
+//! 2. **Checkpoints**: every signed checkpoint in storage (see
+//!    [`crate::checkpoint`]), oldest first: each must name the one before
+//!    it and anchor no less than it; each anchored seal must still be in the
+//!    database with the same hash. A chain that ends before an anchored seal
+//!    lost its newest batches (or all of them), a seal that differs from an
+//!    anchor was rewritten.
 //! 3. **Rows** in the range: each stored row's digest is recomputed and looked
 //!    up in the seals' entries. A row no seal lists was inserted, a row whose
 //!    digest differs was changed, an entry with no row was removed, except
@@ -19,7 +24,7 @@
 
 use crate::search::StoredEvent;
 use crate::{
-    checkpoint::{self, Checkpoint, Keys},
+    checkpoint::{self, Anchored, Keys, SealSignature, Stored},
     storage::Storage,
 };
 use auditline_shared::{AuditEvent, auth::hex, event::rfc3339_text, seal};
@@ -55,8 +60,16 @@ pub enum Kind {
     Truncated,
     /// A seal differs from the hash the checkpoint anchors for it.
     CheckpointMismatch,
-    /// The checkpoint in storage is unreadable or its signature does not verify.
+    /// A checkpoint in storage is unreadable or its signature does not verify.
     BadCheckpoint,
+    /// The checkpoint history goes backwards: a checkpoint is missing or
+    /// altered (its successor names another hash), anchors less than the one
+    /// before it, or the latest copy is not the newest checkpoint.
+    CheckpointRegression,
+    /// A seal carries no signature, though writer keys are configured.
+    UnsignedSeal,
+    /// A seal's signature is not a configured writer key's, or does not verify.
+    ForgedSeal,
     /// A retention drop record is not signed by the configured key: the
     /// day's rows are expected as if it had not been dropped.
     BadDropRecord,
@@ -117,8 +130,12 @@ pub struct Report {
     pub unsealed_batches: i64,
     /// Days retention archived and dropped (their rows are not expected).
     pub dropped_days: Vec<NaiveDate>,
-    /// The anchored checkpoint the chains were compared with.
+    /// The newest checkpoint the chains were compared with.
     pub checkpoint: Option<CheckpointUsed>,
+    /// Checkpoint files walked (the whole history, or from the one named).
+    pub checkpoints: usize,
+    /// Writer public keys seal signatures were checked against (0: signatures were not checked).
+    pub writer_keys: usize,
     /// Findings per kind.
     pub counts: BTreeMap<String, u64>,
     /// The first findings (at most 1,000).
@@ -145,6 +162,8 @@ impl Report {
             unsealed_batches: 0,
             dropped_days: Vec::new(),
             checkpoint: None,
+            checkpoints: 0,
+            writer_keys: 0,
             counts: BTreeMap::new(),
             findings: Vec::new(),
         }
@@ -182,8 +201,44 @@ struct SealRow {
     prev_hash: Vec<u8>,
     seal_hash: Vec<u8>,
     batch_id: Uuid,
+    committed_at: DateTime<Utc>,
     inserted_count: i32,
     entries_hash: Vec<u8>,
+    seal_key: Option<Vec<u8>>,
+    seal_signature: Option<Vec<u8>>,
+}
+
+/// A stored seal as the chain check saw it.
+#[derive(Debug, Clone)]
+pub struct SealSeen {
+    pub hash: Vec<u8>,
+    pub batch_id: Uuid,
+    pub committed_at: DateTime<Utc>,
+}
+
+/// Each chain's seals read by [`check_chains`], by sequence number.
+#[derive(Debug, Default)]
+pub struct Seals(HashMap<String, BTreeMap<i64, SealSeen>>);
+
+impl Seals {
+    /// Each chain's newest seal, by chain name.
+    pub fn tips(&self) -> Vec<Anchored> {
+        let mut tips: Vec<Anchored> = self
+            .0
+            .iter()
+            .filter_map(|(chain, seals)| {
+                seals.iter().next_back().map(|(seq, seal)| Anchored {
+                    chain: chain.clone(),
+                    seq: *seq,
+                    seal_hash: hex(&seal.hash),
+                    batch_id: seal.batch_id,
+                    committed_at: seal.committed_at,
+                })
+            })
+            .collect();
+        tips.sort_by(|a, b| a.chain.cmp(&b.chain));
+        tips
+    }
 }
 
 /// A stored row: the event, when it was received, the batch that stored it.
@@ -302,53 +357,92 @@ impl StoredRow {
     }
 }
 
-/// Verifies the seals, the chains against the newest checkpoint in
-/// `destination`, and the rows that occurred in `[from, to)` (everything
-/// when unbounded).
+/// Verifies the seals, the chains against the checkpoint history in
+/// `destination` (from the file `start` when given), and the rows that
+/// occurred in `[from, to)` (everything when unbounded).
 pub async fn verify(
     pool: &PgPool,
     storage: &Storage,
     destination: &str,
     keys: &Keys,
-    from: Option<DateTime<Utc>>,
-    to: Option<DateTime<Utc>>,
+    range: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
+    start: Option<&str>,
 ) -> anyhow::Result<Report> {
+    let (from, to) = range;
     let mut report = Report::new(from, to);
+    report.writer_keys = keys.writer_keys();
     report.unsealed_batches =
         sqlx::query_scalar("SELECT count(*) FROM auditline.batches WHERE chain IS NULL")
             .fetch_one(pool)
             .await?;
-    let tips = check_chains(pool, &mut report).await?;
+    let seals = check_chains(pool, keys, &HashMap::new(), &mut report).await?;
+    let history = checkpoint::history(storage, destination, keys, start).await?;
+    report.checkpoints = history.len();
+    let good = check_history(history, start.is_some(), &mut report);
     match checkpoint::latest(storage, destination, keys).await {
-        None => {}
-        Some(Err(e)) => report.add(Finding::new(Kind::BadCheckpoint, e)),
-        Some(Ok((file, cp))) => {
-            check_checkpoint(&cp, &tips, &mut report);
-            report.checkpoint = Some(CheckpointUsed {
-                file,
-                created_at: cp.created_at,
-                chains: cp.chains.len(),
-            });
+        None if !good.is_empty() => report.add(Finding::new(
+            Kind::CheckpointRegression,
+            format!(
+                "{} is gone, though checkpoints were written",
+                checkpoint::LATEST
+            ),
+        )),
+        Some(Ok((_, latest))) => {
+            if let Some(newest) = good.last()
+                && latest != newest.checkpoint
+                && start.is_none()
+            {
+                report.add(Finding::new(
+                    Kind::CheckpointRegression,
+                    format!(
+                        "{} (of {}) is not the newest checkpoint {} (of {}): it was replaced",
+                        checkpoint::LATEST,
+                        latest.created_at,
+                        newest.file,
+                        newest.created_at
+                    ),
+                ));
+            }
         }
+        Some(Err(e)) => report.add(Finding::new(Kind::BadCheckpoint, e)),
+        None => {}
     }
+    check_anchors(&good, &seals, &mut report);
+    report.checkpoint = good.last().map(|cp| CheckpointUsed {
+        file: cp.file.clone(),
+        created_at: cp.created_at,
+        chains: cp.chains.len(),
+    });
     check_rows(pool, from, to, keys, &mut report).await?;
     Ok(report)
 }
 
-/// Checks each chain's numbering, links and hashes; returns each chain's
-/// seals by sequence number (their stored hash).
-async fn check_chains(
+/// Checks each chain's numbering, links, hashes and signatures, from the
+/// sequence number `since` names for it (the whole chain otherwise);
+/// returns the seals read.
+pub async fn check_chains(
     pool: &PgPool,
+    keys: &Keys,
+    since: &HashMap<String, i64>,
     report: &mut Report,
-) -> anyhow::Result<HashMap<String, BTreeMap<i64, Vec<u8>>>> {
+) -> anyhow::Result<Seals> {
+    let (names, starts): (Vec<&str>, Vec<i64>) =
+        since.iter().map(|(c, s)| (c.as_str(), *s)).unzip();
     let mut rows = sqlx::query_as::<_, SealRow>(
-        "SELECT chain, seq, prev_hash, seal_hash, batch_id, inserted_count, \
-                sha256(entries) AS entries_hash \
-         FROM auditline.batches WHERE chain IS NOT NULL ORDER BY chain, seq",
+        "WITH since(chain, seq) AS (SELECT * FROM unnest($1::text[], $2::bigint[])) \
+         SELECT b.chain, b.seq, b.prev_hash, b.seal_hash, b.batch_id, b.committed_at, \
+                b.inserted_count, sha256(b.entries) AS entries_hash, b.seal_key, b.seal_signature \
+         FROM auditline.batches b LEFT JOIN since ON since.chain = b.chain \
+         WHERE b.chain IS NOT NULL AND b.seq >= coalesce(since.seq, 1) \
+         ORDER BY b.chain, b.seq",
     )
+    .bind(&names)
+    .bind(&starts)
     .fetch(pool);
-    let mut chains: HashMap<String, BTreeMap<i64, Vec<u8>>> = HashMap::new();
-    let mut current: Option<(String, i64, Vec<u8>)> = None;
+    let mut chains: HashMap<String, BTreeMap<i64, SealSeen>> = HashMap::new();
+    // The chain being read: its name, the sequence number expected next and
+    // the hash that seal must name (unknown for a walk's first seal).
+    let mut current: Option<(String, i64, Option<Vec<u8>>)> = None;
     while let Some(row) = rows.try_next().await? {
         report.seals += 1;
         let at = SealRef {
@@ -356,9 +450,12 @@ async fn check_chains(
             seq: row.seq,
             batch_id: row.batch_id,
         };
-        let (expected_seq, prev) = match &current {
-            Some((chain, seq, hash)) if *chain == row.chain => (seq + 1, hash.clone()),
-            _ => (1, seal::GENESIS.to_vec()),
+        let (expected_seq, prev) = match current.take() {
+            Some((chain, seq, hash)) if chain == row.chain => (seq, hash),
+            _ => match since.get(&row.chain) {
+                Some(seq) => (*seq, None),
+                None => (1, Some(seal::GENESIS.to_vec())),
+            },
         };
         if row.seq > expected_seq {
             report.add(
@@ -374,7 +471,7 @@ async fn check_chains(
                 )
                 .at_seal(&at),
             );
-        } else if row.prev_hash != prev {
+        } else if prev.is_some_and(|prev| row.prev_hash != prev) {
             report.add(
                 Finding::new(
                     Kind::BrokenChain,
@@ -408,57 +505,206 @@ async fn check_chains(
                 .at_seal(&at),
             );
         }
-        chains
-            .entry(row.chain.clone())
-            .or_default()
-            .insert(row.seq, row.seal_hash.clone());
-        current = Some((row.chain, row.seq, row.seal_hash));
-    }
-    report.chains = chains.len();
-    Ok(chains)
-}
-
-fn check_checkpoint(
-    cp: &Checkpoint,
-    tips: &HashMap<String, BTreeMap<i64, Vec<u8>>>,
-    report: &mut Report,
-) {
-    for anchored in &cp.chains {
-        let at = SealRef {
-            chain: anchored.chain.clone(),
-            seq: anchored.seq,
-            batch_id: anchored.batch_id,
-        };
-        let seals = tips.get(&anchored.chain);
-        let newest = seals
-            .and_then(|s| s.keys().next_back().copied())
-            .unwrap_or(0);
-        match seals.and_then(|s| s.get(&anchored.seq)) {
-            Some(hash) if hex(hash) == anchored.seal_hash => {}
-            Some(_) => report.add(
+        let signed = keys.check_seal(
+            &row.seal_hash,
+            row.seal_key.as_deref(),
+            row.seal_signature.as_deref(),
+        );
+        if let Err(problem) = signed {
+            let (kind, why) = match problem {
+                SealSignature::Missing => (Kind::UnsignedSeal, "is not signed"),
+                SealSignature::UnknownKey => (
+                    Kind::ForgedSeal,
+                    "is signed by a key that is not a configured writer key",
+                ),
+                SealSignature::Invalid => {
+                    (Kind::ForgedSeal, "carries a signature that does not verify")
+                }
+            };
+            report.add(
                 Finding::new(
-                    Kind::CheckpointMismatch,
+                    kind,
                     format!(
-                        "chain {} seal {} differs from the checkpoint of {}: the chain was rewritten",
-                        anchored.chain, anchored.seq, cp.created_at
+                        "chain {} seal {} (batch {}) {why}: it was not written by a writer",
+                        row.chain, row.seq, row.batch_id
                     ),
                 )
                 .at_seal(&at),
-            ),
-            None if newest < anchored.seq => report.add(
+            );
+        }
+        current = Some((row.chain.clone(), row.seq + 1, Some(row.seal_hash.clone())));
+        chains.entry(row.chain).or_default().insert(
+            row.seq,
+            SealSeen {
+                hash: row.seal_hash,
+                batch_id: row.batch_id,
+                committed_at: row.committed_at,
+            },
+        );
+    }
+    report.chains = chains.len();
+    Ok(Seals(chains))
+}
+
+/// Checks that the history moves forward: each checkpoint names the one
+/// before it, and anchors every chain the one before it anchored, at the
+/// same or a later seal. Returns the checkpoints that could be read.
+fn check_history(
+    history: Vec<Result<Stored, String>>,
+    from_named: bool,
+    report: &mut Report,
+) -> Vec<Stored> {
+    let mut good: Vec<Stored> = Vec::with_capacity(history.len());
+    for entry in history {
+        let cp = match entry {
+            Ok(cp) => cp,
+            Err(e) => {
+                report.add(Finding::new(Kind::BadCheckpoint, e));
+                continue;
+            }
+        };
+        if let Some(before) = good.last() {
+            let link_ok = match &cp.previous {
+                Some(previous) => *previous == before.sha256,
+                // A first-format checkpoint names nothing: only numbering checks it.
+                None => cp.version < checkpoint::VERSION,
+            };
+            if !link_ok {
+                report.add(Finding::new(
+                    Kind::CheckpointRegression,
+                    format!(
+                        "{} does not name {} as its predecessor: a checkpoint between them is \
+                         missing or one of them was altered",
+                        cp.file, before.file
+                    ),
+                ));
+            }
+            let was: HashMap<&str, &Anchored> = before
+                .chains
+                .iter()
+                .map(|a| (a.chain.as_str(), a))
+                .collect();
+            let now: HashMap<&str, &Anchored> =
+                cp.chains.iter().map(|a| (a.chain.as_str(), a)).collect();
+            for (chain, old) in was {
+                let problem = match now.get(chain) {
+                    None => Some(format!("no longer anchors chain {chain}")),
+                    Some(new) if new.seq < old.seq => Some(format!(
+                        "anchors chain {chain} at seal {} though {} anchored seal {}",
+                        new.seq, before.file, old.seq
+                    )),
+                    Some(new) if new.seq == old.seq && new.seal_hash != old.seal_hash => {
+                        Some(format!(
+                            "anchors another hash for chain {chain} seal {} than {}",
+                            new.seq, before.file
+                        ))
+                    }
+                    Some(_) => None,
+                };
+                if let Some(problem) = problem {
+                    report.add(Finding::new(
+                        Kind::CheckpointRegression,
+                        format!("{} {problem}: the history went backwards", cp.file),
+                    ));
+                }
+            }
+        } else if cp.previous.is_some() && !from_named {
+            report.add(Finding::new(
+                Kind::CheckpointRegression,
+                format!(
+                    "the oldest checkpoint in storage, {}, names a predecessor that is not \
+                     there: older checkpoints were removed",
+                    cp.file
+                ),
+            ));
+        }
+        good.push(cp);
+    }
+    good
+}
+
+/// Compares every anchored seal with the database: per chain, the newest
+/// anchored seal must be there and each anchored hash must match (one
+/// finding per chain and kind, naming the first checkpoint concerned).
+pub fn check_anchors(history: &[Stored], seals: &Seals, report: &mut Report) {
+    // chain -> (newest anchored seq, the first checkpoint anchoring it)
+    let mut newest: BTreeMap<&str, (i64, &Stored, &Anchored)> = BTreeMap::new();
+    // chain -> the first mismatching anchor, and how many differ
+    let mut mismatched: BTreeMap<&str, (&Stored, &Anchored, usize)> = BTreeMap::new();
+    let mut compared: HashMap<(&str, i64), ()> = HashMap::new();
+    for cp in history {
+        for anchored in &cp.chains {
+            let chain = anchored.chain.as_str();
+            match newest.get(chain) {
+                Some((seq, _, _)) if *seq >= anchored.seq => {}
+                _ => {
+                    newest.insert(chain, (anchored.seq, cp, anchored));
+                }
+            }
+            if compared.insert((chain, anchored.seq), ()).is_some() {
+                continue;
+            }
+            let stored = seals.0.get(chain).and_then(|s| s.get(&anchored.seq));
+            if let Some(seal) = stored
+                && hex(&seal.hash) != anchored.seal_hash
+            {
+                mismatched
+                    .entry(chain)
+                    .and_modify(|(_, _, n)| *n += 1)
+                    .or_insert((cp, anchored, 1));
+            }
+        }
+    }
+    for (chain, (seq, cp, anchored)) in newest {
+        let at = SealRef {
+            chain: chain.to_owned(),
+            seq,
+            batch_id: anchored.batch_id,
+        };
+        let held = seals
+            .0
+            .get(chain)
+            .and_then(|s| s.keys().next_back().copied())
+            .unwrap_or(0);
+        if held < seq {
+            let what = if held == 0 {
+                "holds no seal at all: the whole chain was removed".to_owned()
+            } else {
+                format!("ends at seal {held}: its newest batches were removed")
+            };
+            report.add(
                 Finding::new(
                     Kind::Truncated,
                     format!(
-                        "chain {} ends at seal {newest} but the checkpoint of {} anchors seal {}: \
-                         its newest batches were removed",
-                        anchored.chain, cp.created_at, anchored.seq
+                        "chain {chain} {what}, but {} (of {}) anchors seal {seq}",
+                        cp.file, cp.created_at
                     ),
                 )
                 .at_seal(&at),
-            ),
-            // A seal inside the chain is gone: reported as a missing batch.
-            None => {}
+            );
         }
+    }
+    for (chain, (cp, anchored, count)) in mismatched {
+        let at = SealRef {
+            chain: chain.to_owned(),
+            seq: anchored.seq,
+            batch_id: anchored.batch_id,
+        };
+        let more = if count > 1 {
+            format!(" ({} later anchored seals differ too)", count - 1)
+        } else {
+            String::new()
+        };
+        report.add(
+            Finding::new(
+                Kind::CheckpointMismatch,
+                format!(
+                    "chain {chain} seal {} differs from {} (of {}){more}: the chain was rewritten",
+                    anchored.seq, cp.file, cp.created_at
+                ),
+            )
+            .at_seal(&at),
+        );
     }
 }
 
@@ -708,13 +954,25 @@ pub fn render(report: &Report) -> String {
         Some(cp) => {
             let _ = writeln!(
                 out,
-                "checkpoint {} ({}, {} chains)",
-                cp.file, cp.created_at, cp.chains
+                "{} checkpoints walked; the newest, {} ({}), anchors {} chains",
+                report.checkpoints, cp.file, cp.created_at, cp.chains
             );
         }
         None => out.push_str(
             "no anchored checkpoint used: truncation of the newest batches cannot be detected\n",
         ),
+    }
+    if report.writer_keys == 0 {
+        out.push_str(
+            "seal signatures not checked (no integrity.writer_verify_keys): someone who can \
+             write to the database could have forged whole chains\n",
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "every seal checked against {} writer key(s)",
+            report.writer_keys
+        );
     }
     if report.unsealed_batches > 0 {
         let _ = writeln!(
@@ -760,6 +1018,7 @@ pub fn render(report: &Report) -> String {
     params(
         ("from" = Option<String>, Query, description = "RFC 3339: verify rows that occurred at or after this (default: all)"),
         ("to" = Option<String>, Query, description = "RFC 3339: verify rows that occurred before this (default: all)"),
+        ("checkpoint" = Option<String>, Query, description = "Walk the checkpoint history from this file on (default: the whole history)"),
     ),
     responses(
         (status = 200, description = "The report; `ok` is false when something was found", body = Report),
@@ -774,15 +1033,16 @@ pub async fn handler(
     req: actix_web::HttpRequest,
     state: actix_web::web::Data<crate::app::State>,
 ) -> Result<actix_web::HttpResponse, crate::error::ApiError> {
-    let params = crate::params::Params::parse(req.query_string(), &["from", "to"])?;
-    let (from, to) = crate::params::open_time_range(&params)?;
+    let params = crate::params::Params::parse(req.query_string(), &["from", "to", "checkpoint"])?;
+    let range = crate::params::open_time_range(&params)?;
+    let start = params.one("checkpoint")?;
     let report = verify(
         &state.pool,
         &state.storage,
         &state.integrity.checkpoint_destination,
         &state.keys,
-        from,
-        to,
+        range,
+        start,
     )
     .await?;
     Ok(actix_web::HttpResponse::Ok().json(report))

@@ -9,6 +9,7 @@
 //! - [`metrics`] — the Prometheus registry and `/metrics` handler.
 //! - [`rollup`] — per-minute/hour/day aggregates behind summaries and metrics.
 //! - [`seal`] — row digests and chained batch seals (tamper evidence).
+//! - [`signing`] — Ed25519 keys that sign seals and checkpoints.
 //! - [`text_index`] — the free-text search's per-block Bloom filters.
 //! - [`error`] — the JSON error body every HTTP service answers with.
 
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod rollup;
 pub mod seal;
 pub mod settings;
+pub mod signing;
 pub mod telemetry;
 pub mod text_index;
 

@@ -18,6 +18,14 @@
 //! written as the integer, since `jsonb` prints `1e15` as `1000000000000000`).
 //! The writer computes it from the event it stores, `auditline verify` from
 //! the row it reads back; they agree exactly when the row is unchanged.
+//!
+//! A hash chain alone proves nothing to someone who can rewrite the table:
+//! they can recompute every hash. So the writer also **signs** each seal
+//! hash with its Ed25519 key ([`signed_message`]; the key lives in the
+//! writer's file or environment, never in PostgreSQL), and verify accepts
+//! only seals signed by a configured writer public key: a new chain, a
+//! rewritten seal or a recomputed chain fails at once. One signature per
+//! batch, so the cost is per batch, not per event.
 
 use crate::AuditEvent;
 use chrono::{DateTime, Utc};
@@ -122,6 +130,13 @@ pub fn seal_hash(input: &SealInput<'_>) -> [u8; 32] {
     h.update(input.entry_count.to_be_bytes());
     field(&mut h, input.entries_hash);
     h.finalize().into()
+}
+
+/// What a writer signs for a seal: its hash, under a domain tag.
+pub fn signed_message(seal_hash: &[u8]) -> Vec<u8> {
+    let mut message = b"auditline.seal-signature.v1\0".to_vec();
+    message.extend_from_slice(seal_hash);
+    message
 }
 
 /// The digest of one stored row (see the module doc).

@@ -121,10 +121,27 @@ pub struct IntegritySettings {
     /// Without it they are written unsigned.
     #[serde(default)]
     pub signing_key: Option<Secret>,
+    /// A file holding `signing_key` instead (only one of the two).
+    #[serde(default)]
+    pub signing_key_file: Option<String>,
     /// The matching public key (hex). `verify` refuses a checkpoint it does
     /// not verify; derived from `signing_key` when absent.
     #[serde(default)]
     pub verify_key: Option<String>,
+    /// Ed25519 private key (hex seed) the writers sign each batch seal with.
+    /// Without it seals are unsigned, and someone who can write to
+    /// PostgreSQL can forge a whole chain.
+    #[serde(default)]
+    pub writer_key: Option<Secret>,
+    /// A file holding `writer_key` instead (only one of the two).
+    #[serde(default)]
+    pub writer_key_file: Option<String>,
+    /// Public keys (hex) whose seal signatures `verify` and the checkpointer
+    /// accept (several while a key is being rotated). Derived from
+    /// `writer_key` when empty. When neither is set, seal signatures are not
+    /// checked and verify says so.
+    #[serde(default)]
+    pub writer_verify_keys: Vec<String>,
     /// How often the admin service publishes a checkpoint (0: never).
     #[serde(default = "default_checkpoint_interval_secs")]
     pub checkpoint_interval_secs: u64,
@@ -137,7 +154,11 @@ impl Default for IntegritySettings {
     fn default() -> Self {
         Self {
             signing_key: None,
+            signing_key_file: None,
             verify_key: None,
+            writer_key: None,
+            writer_key_file: None,
+            writer_verify_keys: Vec::new(),
             checkpoint_interval_secs: default_checkpoint_interval_secs(),
             checkpoint_destination: default_checkpoint_destination(),
         }

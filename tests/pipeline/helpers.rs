@@ -2,7 +2,12 @@
 //! broker namespace, so tests run in parallel against the real servers.
 
 use auditline_ingest::Publisher;
-use auditline_shared::{AuditEvent, Settings, amqp, db, settings::SecretUrl, telemetry};
+use auditline_shared::{
+    AuditEvent, Settings, amqp, db,
+    settings::{Secret, SecretUrl},
+    signing::SigningKey,
+    telemetry,
+};
 use chrono::{DateTime, Utc};
 use lapin::{
     BasicProperties,
@@ -68,6 +73,11 @@ impl TestEnv {
         settings.exports.claim_timeout_secs = 3;
         // Checkpoints of the seal chains follow the writes closely.
         settings.integrity.checkpoint_interval_secs = 2;
+        // Installed as an operator should: signed checkpoints and seals.
+        let (checkpoint_key, _) = SigningKey::generate().expect("checkpoint key");
+        let (writer_key, _) = SigningKey::generate().expect("writer key");
+        settings.integrity.signing_key = Some(Secret::new(checkpoint_key));
+        settings.integrity.writer_key = Some(Secret::new(writer_key));
         let pool = db::pool(&settings.database_url, 4).expect("pool");
         db::migrate(&pool).await.expect("migrations run");
         db::ensure_runway(&pool, settings.partitions.ahead_days)
@@ -361,6 +371,20 @@ impl Process {
             .env(
                 "AUDITLINE_EXPORTS__CLAIM_TIMEOUT_SECS",
                 env.settings.exports.claim_timeout_secs.to_string(),
+            )
+            .envs(
+                [
+                    (
+                        "AUDITLINE_INTEGRITY__SIGNING_KEY",
+                        &env.settings.integrity.signing_key,
+                    ),
+                    (
+                        "AUDITLINE_INTEGRITY__WRITER_KEY",
+                        &env.settings.integrity.writer_key,
+                    ),
+                ]
+                .into_iter()
+                .filter_map(|(name, key)| key.as_ref().map(|k| (name, k.expose()))),
             )
             .envs(vars.iter().copied())
             .stdin(Stdio::null());

@@ -24,6 +24,7 @@ use auditline_shared::{
     db,
     error::ErrorBody,
     metrics::metrics_handler,
+    signing::SigningKey,
 };
 use lapin::{
     options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions},
@@ -66,6 +67,8 @@ struct Shared {
     metrics: WriterMetrics,
     keeper: Addr<PartitionKeeper>,
     writer_id: String,
+    /// Signs every seal (see `auditline_shared::seal`); `None`: unsigned.
+    seal_key: Option<Arc<SigningKey>>,
 }
 
 impl Application {
@@ -82,6 +85,21 @@ impl Application {
         settings: Settings,
         registry: Registry,
     ) -> anyhow::Result<Self> {
+        let seal_key = SigningKey::load(
+            settings.integrity.writer_key.as_ref(),
+            settings.integrity.writer_key_file.as_deref(),
+            "integrity.writer_key",
+        )?
+        .map(Arc::new);
+        match &seal_key {
+            Some(key) => tracing::info!(
+                public_key = %auditline_shared::auth::hex(&key.public()),
+                "seals are signed"
+            ),
+            None => tracing::warn!(
+                "no integrity.writer_key: seals are unsigned, so a database superuser can forge them"
+            ),
+        }
         let metrics = WriterMetrics::new(&registry);
         let pool = db::pool(&settings.database_url, 3)?;
         PartitionKeeper::ensure_runway(&pool, &settings.partitions, &metrics)
@@ -128,6 +146,7 @@ impl Application {
             metrics,
             keeper: keeper.clone(),
             writer_id,
+            seal_key,
         };
         let mut slots: Vec<_> = (0..shared.settings.writer.consumers)
             .map(|slot| actix::spawn(run_slot(slot, shared.clone(), stop_rx.clone())))
@@ -292,6 +311,7 @@ impl Pipeline {
             database_url: s.database_url.clone(),
             writer_id: shared.writer_id.clone(),
             chain: format!("{}/{slot}", shared.writer_id),
+            seal_key: shared.seal_key.clone(),
             dead_exchange: shared.topology.dead_exchange.clone(),
             ack_channel: channel.clone(),
             dead_channel,

@@ -36,7 +36,7 @@ use crate::{
 };
 use actix::prelude::*;
 use auditline_shared::AuditEvent;
-use auditline_shared::{amqp::REASON_HEADER, db, seal, settings::SecretUrl};
+use auditline_shared::{amqp::REASON_HEADER, db, seal, settings::SecretUrl, signing::SigningKey};
 use chrono::{DateTime, NaiveDate, Utc};
 use futures_util::future::join_all;
 use lapin::{
@@ -114,6 +114,8 @@ pub struct DbWriterConfig {
     pub writer_id: String,
     /// The seal chain this pipeline extends (`<writer id>/<slot>`).
     pub chain: String,
+    /// Signs each seal; `None`: seals are unsigned.
+    pub seal_key: Option<Arc<SigningKey>>,
     pub dead_exchange: String,
     /// The consume channel: acks must go to the channel that delivered.
     pub ack_channel: Channel,
@@ -548,11 +550,17 @@ impl Core {
             entry_count: self.entries.len() as i64,
             entries_hash: &seal::sha256(&entries),
         });
+        let signature = self
+            .config
+            .seal_key
+            .as_ref()
+            .map(|key| (key.public(), key.sign(&seal::signed_message(&seal_hash))));
         sqlx::query(
             "WITH batch AS (INSERT INTO auditline.batches \
              (batch_id, writer_id, message_count, event_count, inserted_count, first_event_id, last_event_id, \
-              chain, seq, prev_hash, seal_hash, entries, occurred_min, occurred_max) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+              chain, seq, prev_hash, seal_hash, entries, occurred_min, occurred_max, \
+              seal_key, seal_signature) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
              RETURNING batch_id, inserted_count) \
              INSERT INTO auditline.rollup_pending (batch_id) \
              SELECT batch_id FROM batch WHERE inserted_count > 0",
@@ -571,6 +579,8 @@ impl Core {
         .bind(&entries)
         .bind(occurred_min)
         .bind(occurred_max)
+        .bind(signature.as_ref().map(|(key, _)| &key[..]))
+        .bind(signature.as_ref().map(|(_, sig)| &sig[..]))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
