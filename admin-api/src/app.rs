@@ -107,16 +107,16 @@ impl FromRequest for Administrator {
 }
 
 /// The query string as audit metadata: `{"query": {"name": "value" | ["v1", "v2"]}}`,
-/// each value clipped to 256 characters.
+/// whole: nothing is clipped.
 fn query_metadata(query: &str) -> Map<String, Value> {
     let mut params = Map::new();
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-        let value: String = value.chars().take(256).collect();
+        let value = value.into_owned();
         match params.get_mut(name.as_ref()) {
             Some(Value::Array(values)) => values.push(Value::String(value)),
             Some(first) => *first = json!([first.take(), value]),
             None => {
-                params.insert(name.chars().take(64).collect(), Value::String(value));
+                params.insert(name.into_owned(), Value::String(value));
             }
         }
     }
@@ -125,6 +125,36 @@ fn query_metadata(query: &str) -> Map<String, Value> {
         metadata.insert("query".into(), Value::Object(params));
     }
     metadata
+}
+
+/// The longest path an admin event records whole (its `endpoint` field).
+const MAX_RECORDED_PATH: usize = 255;
+
+/// The audit metadata of an admin request, or the refusal of a request
+/// whose record would not fit: an admin read is recorded whole (its path and
+/// every parameter) or not served, so padding cannot push what a call took
+/// out of its own record.
+fn recorded_metadata(path: &str, query: &str) -> Result<Map<String, Value>, ApiError> {
+    let too_long = |message: String| ApiError::Refused {
+        status: actix_web::http::StatusCode::URI_TOO_LONG,
+        code: "request_too_long_to_record",
+        message,
+    };
+    if path.chars().count() > MAX_RECORDED_PATH {
+        return Err(too_long(format!(
+            "the path is longer than the {MAX_RECORDED_PATH} characters an audit record holds"
+        )));
+    }
+    let metadata = query_metadata(query);
+    let size = serde_json::to_vec(&metadata).map_or(usize::MAX, |v| v.len());
+    if size > auditline_shared::event::MAX_METADATA_BYTES {
+        return Err(too_long(format!(
+            "the parameters take {size} bytes, more than the {} an audit record holds; \
+             send fewer or shorter ones",
+            auditline_shared::event::MAX_METADATA_BYTES
+        )));
+    }
+    Ok(metadata)
 }
 
 /// A built, not yet running admin service.
@@ -267,11 +297,21 @@ impl Application {
                 .service(
                     web::scope("/admin/audit")
                         .wrap_fn(|req, srv| {
-                            let metadata = query_metadata(req.query_string());
-                            if !metadata.is_empty() {
-                                req.extensions_mut().insert(AuditMetadata(metadata));
+                            let served = match recorded_metadata(req.path(), req.query_string()) {
+                                Ok(metadata) => {
+                                    if !metadata.is_empty() {
+                                        req.extensions_mut().insert(AuditMetadata(metadata));
+                                    }
+                                    Ok(srv.call(req))
+                                }
+                                Err(refused) => Err(refused),
+                            };
+                            async move {
+                                match served {
+                                    Ok(call) => call.await,
+                                    Err(refused) => Err(refused.into()),
+                                }
                             }
-                            srv.call(req)
                         })
                         .wrap(audit.clone())
                         .service(get("/logs", web::get().to(search::search)))

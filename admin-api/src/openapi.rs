@@ -118,7 +118,7 @@ fn post_events() {}
         post_events,
     ),
     components(schemas(ErrorEnvelope, ErrorObject, Accepted, crate::params::Text)),
-    modifiers(&Security, &EventSchema),
+    modifiers(&Security, &EventSchema, &TooLongToRecord),
     security(("bearer" = [])),
     tags(
         (name = "search", description = "Find audit events"),
@@ -146,6 +146,48 @@ impl Modify for Security {
                     .build(),
             ),
         );
+    }
+}
+
+/// Every `/admin/audit` route refuses, with 414, a request whose audit
+/// record would not hold its whole path and parameters.
+struct TooLongToRecord;
+
+impl Modify for TooLongToRecord {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, ResponseBuilder};
+        let response = ResponseBuilder::new()
+            .description(
+                "The path or parameters are longer than an audit record holds (path over 255 \
+                 characters, parameters over 16 KiB): refused, not recorded shorter",
+            )
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorEnvelope")))
+                    .build(),
+            )
+            .build();
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/admin/audit") {
+                continue;
+            }
+            for operation in [
+                item.get.as_mut(),
+                item.post.as_mut(),
+                item.put.as_mut(),
+                item.delete.as_mut(),
+                item.patch.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                operation
+                    .responses
+                    .responses
+                    .insert("414".into(), RefOr::T(response.clone()));
+            }
+        }
     }
 }
 

@@ -168,18 +168,15 @@ impl Storage {
     pub async fn put(&self, destination: &str, file: &str, data: Vec<u8>) -> anyhow::Result<()> {
         match self.bucket(destination)? {
             None => {
-                tokio::fs::create_dir_all(&self.dir)
+                // std's blocking calls, so every error (a full disk first of
+                // all) comes back from the call that met it: tokio's file
+                // writes in the background and loses such an error when the
+                // next call is `sync_all`.
+                let dir = self.dir.clone();
+                let file = file.to_owned();
+                tokio::task::spawn_blocking(move || write_whole(&dir, &file, &data))
                     .await
-                    .with_context(|| format!("cannot create {}", self.dir.display()))?;
-                let partial = self.dir.join(format!(".{file}.partial"));
-                let mut out = tokio::fs::File::create(&partial)
-                    .await
-                    .with_context(|| format!("cannot create {}", partial.display()))?;
-                out.write_all(&data).await?;
-                out.sync_all().await?;
-                drop(out);
-                tokio::fs::rename(&partial, self.dir.join(file)).await?;
-                sync_dir(&self.dir).await
+                    .context("the file writer panicked")?
             }
             Some(bucket) => {
                 let path = bucket.path(file);
@@ -346,6 +343,27 @@ impl Storage {
     }
 }
 
+/// Writes `file` in `dir` under a temporary name, fsyncs it, renames it
+/// into place and fsyncs the directory; on any error the old file (if any)
+/// is left as it was and the temporary one removed.
+fn write_whole(dir: &std::path::Path, file: &str, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let partial = dir.join(format!(".{file}.partial"));
+    let written = (|| {
+        let mut out = std::fs::File::create(&partial)?;
+        out.write_all(data)?;
+        out.sync_all()?;
+        std::fs::rename(&partial, dir.join(file))?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e).with_context(|| format!("cannot write {}", dir.join(file).display()));
+    }
+    Ok(())
+}
+
 async fn sync_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     tokio::fs::File::open(dir).await?.sync_all().await?;
     Ok(())
@@ -402,8 +420,19 @@ impl Upload {
                 path,
                 dir,
             } => {
-                out.sync_all().await?;
+                let mut out = out;
+                // A write tokio did in the background and failed (a full
+                // disk) is reported by `flush`; `sync_all` alone would not.
+                let written = async {
+                    out.flush().await?;
+                    out.sync_all().await
+                }
+                .await;
                 drop(out);
+                if let Err(e) = written {
+                    let _ = tokio::fs::remove_file(&partial).await;
+                    return Err(e).with_context(|| format!("cannot write {}", path.display()));
+                }
                 tokio::fs::rename(&partial, &path)
                     .await
                     .with_context(|| format!("cannot rename {}", partial.display()))?;

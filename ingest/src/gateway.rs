@@ -10,7 +10,7 @@
 
 use crate::{
     publisher::{PublishError, Publisher},
-    spool::{Spool, SpoolError},
+    spool::{GroupCommit, Spool, SpoolError},
 };
 use actix_web::{
     App, HttpRequest, HttpResponse, HttpServer, ResponseError,
@@ -24,6 +24,7 @@ use auditline_shared::{
     auth::{AuthError, Caller, Scope, TokenStore},
     db,
     error::{ErrorBody, single_method},
+    event::to_ndjson,
     metrics::{metrics_handler, register},
     settings::IngestSettings,
 };
@@ -42,6 +43,7 @@ struct IngestMetrics {
     spooled: IntCounter,
     replayed: IntCounter,
     spool_bytes: IntGauge,
+    spool_commits: IntCounter,
 }
 
 impl IngestMetrics {
@@ -92,13 +94,20 @@ impl IngestMetrics {
                     "Bytes waiting in the spool.",
                 )?,
             ),
+            spool_commits: register(
+                registry,
+                IntCounter::new(
+                    "auditline_ingest_spool_commits_total",
+                    "Spool fsyncs; each makes every request that arrived meanwhile durable.",
+                )?,
+            ),
         })
     }
 }
 
 struct State {
     publisher: Publisher,
-    spool: Option<Arc<Spool>>,
+    spool: Option<(Arc<Spool>, GroupCommit)>,
     settings: IngestSettings,
     metrics: IngestMetrics,
 }
@@ -225,6 +234,15 @@ impl Application {
                 }),
             )
         });
+        let spool = match spool {
+            Some(spool) => {
+                let commits = metrics.spool_commits.clone();
+                let committer = GroupCommit::start(spool.clone(), move |_| commits.inc())
+                    .context("cannot start the spool's commit thread")?;
+                Some((spool, committer))
+            }
+            None => None,
+        };
         let state = web::Data::new(State {
             publisher,
             spool,
@@ -361,36 +379,49 @@ async fn accept(
         }
     })?;
     let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.event_id).collect();
-    // While the spool holds events, new ones queue behind them, so events
-    // reach the broker in the order they were accepted.
-    let spooled = match &state.spool {
-        Some(spool) if !spool.is_empty() => spool_events(state, spool, &events)?,
-        _ => match state.publisher.publish_batch(&events).await {
+    // New events go straight to the broker whenever it is there, also while
+    // the spool replays (the writer orders by occurred_at and stores each
+    // event once, so arrival order does not matter). While the spool holds
+    // events and no connection is up, they go to the spool at once instead
+    // of each request waiting out a connection attempt.
+    let outage = match &state.spool {
+        Some((spool, _)) => !spool.is_empty() && !state.publisher.is_link_up().await,
+        None => false,
+    };
+    let spooled = if outage {
+        spool_events(state, &events).await?
+    } else {
+        match state.publisher.publish_batch(&events).await {
             Ok(_) => false,
             Err(PublishError::Unroutable(e)) => return Err(IngestError::Unavailable(e)),
-            Err(e) => match &state.spool {
-                Some(spool) => {
-                    tracing::warn!(error = %e, events = events.len(), "broker unavailable; spooling");
-                    spool_events(state, spool, &events)?
-                }
-                None => return Err(IngestError::Unavailable(e.to_string())),
-            },
-        },
+            Err(e) if state.spool.is_some() => {
+                tracing::warn!(error = %e, events = events.len(), "broker unavailable; spooling");
+                spool_events(state, &events).await?
+            }
+            Err(e) => return Err(IngestError::Unavailable(e.to_string())),
+        }
     };
     state.metrics.accepted.inc_by(ids.len() as u64);
     Ok(HttpResponse::Accepted()
         .json(json!({"accepted": ids.len(), "event_ids": ids, "spooled": spooled})))
 }
 
-fn spool_events(state: &State, spool: &Spool, events: &[AuditEvent]) -> Result<bool, IngestError> {
-    spool.append(events).map_err(|e| match e {
-        SpoolError::Full { .. } => {
-            IngestError::Unavailable(format!("the broker is unreachable and {e}"))
-        }
-        SpoolError::Io(e) => IngestError::Unavailable(format!(
-            "the broker is unreachable and the spool failed: {e}"
-        )),
-    })?;
+/// Spools `events` through the group commit: resolves once they are fsync'd.
+async fn spool_events(state: &State, events: &[AuditEvent]) -> Result<bool, IngestError> {
+    let Some((spool, committer)) = &state.spool else {
+        return Err(IngestError::Unavailable("no spool".into()));
+    };
+    committer
+        .append(to_ndjson(events))
+        .await
+        .map_err(|e| match e {
+            SpoolError::Full { .. } => {
+                IngestError::Unavailable(format!("the broker is unreachable and {e}"))
+            }
+            SpoolError::Io(e) => IngestError::Unavailable(format!(
+                "the broker is unreachable and the spool failed: {e}"
+            )),
+        })?;
     state.metrics.spooled.inc_by(events.len() as u64);
     state
         .metrics

@@ -231,6 +231,16 @@ impl Publisher {
         self.current_link().await.is_ok()
     }
 
+    /// Whether a connection is open now, without trying to open one.
+    pub async fn is_link_up(&self) -> bool {
+        self.inner
+            .link
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|link| link.connection.status().connected())
+    }
+
     /// Publishes one event as one message; resolves once the broker confirmed it.
     pub async fn publish(&self, event: &AuditEvent) -> Result<Uuid, PublishError> {
         self.send(&[single_message(event)]).await?;

@@ -21,7 +21,7 @@ use std::{
     fs::{self, File, OpenOptions},
     io::Write,
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Arc, Mutex, mpsc},
 };
 
 /// A segment is sealed once it grows past this, so replay reads it whole
@@ -181,6 +181,11 @@ impl Spool {
         }
     }
 
+    /// The most bytes the spool holds.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
     /// Publishes every spooled event, oldest first, deleting each segment once
     /// all its events are confirmed. Returns the events replayed. Stops at the
     /// first publish error (what is left stays for the next try).
@@ -243,6 +248,115 @@ impl Spool {
             }
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         }
+    }
+}
+
+/// Appends from many callers with one fsync for all that arrive together,
+/// on a thread of its own: callers (actix workers) await the result instead
+/// of each blocking their thread on its own fsync.
+pub struct GroupCommit {
+    queue: mpsc::Sender<Waiting>,
+}
+
+impl std::fmt::Debug for GroupCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit").finish_non_exhaustive()
+    }
+}
+
+struct Waiting {
+    ndjson: Vec<u8>,
+    done: tokio::sync::oneshot::Sender<Result<(), SpoolError>>,
+}
+
+/// The most bytes one commit writes (callers beyond it wait for the next).
+const GROUP_BYTES: usize = 8 * 1024 * 1024;
+
+impl GroupCommit {
+    /// Starts the committing thread; `committed(requests)` is called after
+    /// each fsync with the number of appends it made durable. The thread
+    /// ends when the `GroupCommit` is dropped.
+    pub fn start(
+        spool: Arc<Spool>,
+        committed: impl Fn(usize) + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let (queue, waiting) = mpsc::channel::<Waiting>();
+        std::thread::Builder::new()
+            .name("spool-commit".into())
+            .spawn(move || {
+                while let Ok(first) = waiting.recv() {
+                    let mut group = vec![first];
+                    let mut bytes = group[0].ndjson.len();
+                    while bytes < GROUP_BYTES {
+                        match waiting.try_recv() {
+                            Ok(next) => {
+                                bytes += next.ndjson.len();
+                                group.push(next);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    commit(&spool, group, &committed);
+                }
+            })?;
+        Ok(Self { queue })
+    }
+
+    /// Appends `ndjson` (whole lines, each a valid event); resolves once it
+    /// is fsync'd with whatever else arrived meanwhile.
+    pub async fn append(&self, ndjson: Vec<u8>) -> Result<(), SpoolError> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let gone = || SpoolError::Io(std::io::Error::other("the spool's commit thread is gone"));
+        self.queue
+            .send(Waiting { ndjson, done })
+            .map_err(|_| gone())?;
+        result.await.map_err(|_| gone())?
+    }
+}
+
+/// Writes the appends of `group` that fit, in arrival order, with one fsync;
+/// those that do not fit are told the spool is full.
+fn commit(spool: &Spool, group: Vec<Waiting>, committed: &impl Fn(usize)) {
+    let used = spool.used_bytes();
+    let mut fits = 0;
+    let mut total = 0u64;
+    for waiting in &group {
+        let len = waiting.ndjson.len() as u64;
+        if used + total + len > spool.max_bytes() {
+            break;
+        }
+        total += len;
+        fits += 1;
+    }
+    let result = if fits == 0 {
+        Ok(())
+    } else {
+        let parts: Vec<&[u8]> = group[..fits].iter().map(|w| &w.ndjson[..]).collect();
+        spool.append_ndjson(&parts)
+    };
+    if fits > 0 && result.is_ok() {
+        committed(fits);
+    }
+    for (i, waiting) in group.into_iter().enumerate() {
+        let answer = if i >= fits {
+            Err(SpoolError::Full {
+                used: spool.used_bytes(),
+                max: spool.max_bytes(),
+            })
+        } else {
+            match &result {
+                Ok(()) => Ok(()),
+                Err(SpoolError::Full { used, max }) => Err(SpoolError::Full {
+                    used: *used,
+                    max: *max,
+                }),
+                Err(SpoolError::Io(e)) => {
+                    Err(SpoolError::Io(std::io::Error::new(e.kind(), e.to_string())))
+                }
+            }
+        };
+        // A caller that went away (its request cut) needs no answer.
+        let _ = waiting.done.send(answer);
     }
 }
 

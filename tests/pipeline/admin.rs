@@ -1172,3 +1172,53 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     );
     env.cleanup().await;
 }
+
+/// An admin read is recorded whole or not served: parameters padded past
+/// what an audit record holds are refused with 414, so a call cannot push
+/// the user it read out of its own record.
+#[actix_web::test]
+async fn a_request_too_long_to_record_is_refused_not_recorded_shorter() {
+    let env = TestEnv::new().await;
+    let writer = InProcessWriter::start(&env).await;
+    let admin = InProcessAdmin::start(&env).await;
+    let token = env.named_token("ops-mallory", &[Scope::Read]).await;
+    let padded = |n: usize| {
+        let mut path = "/admin/audit/logs?".to_owned();
+        for i in 0..n {
+            path.push_str(&format!("action_type=pad_{i:04}_{}&", "a".repeat(40)));
+        }
+        path + "user_id=bob"
+    };
+    // ~21 KB of parameters: more than the 16 KiB a record's metadata holds.
+    let (status, body) = admin.get_json(Some(&token), &padded(350)).await;
+    assert_eq!(status, 414, "{body}");
+    assert_eq!(
+        body["error"]["code"], "request_too_long_to_record",
+        "{body}"
+    );
+    assert!(body.get("events").is_none(), "{body}");
+    // ~12 KB fits, and is recorded whole: every value, and the user last.
+    let (status, body) = admin.get_json(Some(&token), &padded(200)).await;
+    assert_eq!(status, 200, "{body}");
+    let recorded = wait_until(Duration::from_secs(20), || async {
+        env.count().await.0 >= 2
+    })
+    .await;
+    assert!(recorded, "the admin requests were not stored");
+    let rows: Vec<(Option<i16>, Option<Value>)> = sqlx::query_as(
+        "SELECT status_code, metadata FROM auditline.events \
+         WHERE user_id = 'ops-mallory' ORDER BY occurred_at",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .expect("events");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0].0, Some(414));
+    assert_eq!(rows[1].0, Some(200));
+    let query = &rows[1].1.as_ref().expect("metadata")["query"];
+    assert_eq!(query["user_id"], "bob");
+    assert_eq!(query["action_type"].as_array().map(Vec::len), Some(200));
+    admin.stop().await;
+    writer.stop().await;
+    env.cleanup().await;
+}

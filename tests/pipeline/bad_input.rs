@@ -645,8 +645,20 @@ fn cases() -> Vec<Case> {
         format!("/admin/audit/users/{}", "u".repeat(10_000)),
         Tok::Read,
         vec![],
-        400,
-        bad,
+        414,
+        "request_too_long_to_record",
+    );
+    admin(
+        "parameters padded past the 16 KiB an audit record holds",
+        "GET",
+        logs(&format!(
+            "{}user_id=bob",
+            "action_type=padding_padding_padding_padding_padding&".repeat(350)
+        )),
+        Tok::Read,
+        vec![],
+        414,
+        "request_too_long_to_record",
     );
     admin(
         "no token",
@@ -950,8 +962,35 @@ fn table() -> String {
         let query: String = query.chars().take(40).collect();
         out.push_str(&format!("| {id} | websocket `GET /admin/audit/stream?{query}` | {what} | {status} | `{code}` |\n"));
     }
+    out.push_str(TAMPERING);
     out
 }
+
+/// Attacks by someone with power over the system, each checked by the test
+/// it names.
+const TAMPERING: &str = "
+## Attacks by someone with power over the system
+
+Each is a test against the real PostgreSQL, RabbitMQ and file system, named
+in the last column (`tests/pipeline/`). The outcome is what an operator sees:
+a `verify` finding (its `kind`), a refused checkpoint
+(`auditline_integrity_violations_total`, the `AuditlineIntegrityViolation`
+alert), a failed job. Tamper cases wait for at least two checkpoints after
+the tampering before verifying.
+
+| id | who | attack | outcome | test |
+|---|---|---|---|---|
+| T01 | database superuser | delete a whole seal chain (its events and batch rows, triggers bypassed), then wait | checkpoints refused; `truncated` naming the chain (CLI and API), however many checkpoints follow | `integrity::a_removed_chain_stays_detected_after_later_checkpoints` |
+| T02 | storage writer | replace `checkpoint-latest.json` with an older checkpoint | `checkpoint_regression`: not the newest | same |
+| T03 | storage writer | delete a checkpoint from the middle of the history | `checkpoint_regression`: its successor does not name its predecessor | same |
+| T04 | database superuser | change a row of an old batch and recompute every seal after it (no writer key to give it away) | checkpoints refused; `checkpoint_mismatch` and nothing else | `integrity::a_recomputed_chain_stays_a_checkpoint_mismatch` |
+| T05 | database superuser | a new chain (seq 1, zero previous hash, correct digests), unsigned | `unsigned_seal` at once; never anchored, checkpoints refused | `integrity::a_forged_chain_fails_at_once_and_is_never_anchored` |
+| T06 | database superuser | a new chain with a back-dated event, signed with the attacker's own key | `forged_seal` at once; never anchored | same |
+| T07 | database superuser | change one byte of a row, delete a row, insert a copy, delete the newest batch with its seal | `changed_row`, `removed_row`, `inserted_row`, `truncated` | `integrity::verify_names_a_changed_removed_and_inserted_row_and_a_truncated_chain` |
+| T08 | holder of another key | `auditline checkpoint` with another signing key; a forged checkpoint file in storage | the checkpoint is refused (exit 1); `bad_checkpoint` | same |
+| T09 | full disk | checkpoints and an export job on a full file system | `auditline_checkpoint_failures_total` rises, the latest checkpoint stays whole, the job ends `failed` saying `No space left`, no empty file or manifest left; checkpoints resume with space | `full_disk::a_full_disk_fails_checkpoints_and_exports_loudly_and_leaves_no_empty_file` |
+| T10 | database superuser | drop a day's partition and forge its drop record | `bad_drop_record`; the day's rows still expected (`removed_row`) | `retention::retention_archives_verifies_and_drops_and_verify_accepts_the_gap` |
+";
 
 #[actix_web::test]
 async fn every_bad_input_gets_its_4xx_and_changes_nothing() {

@@ -211,7 +211,13 @@ async fn formula_cells_are_neutralized_and_refusals_name_their_cause() {
 }
 
 /// POST with a bearer token and a JSON body; returns status and JSON answer.
-async fn send_json(port: u16, method: &str, token: &str, path: &str, body: &[u8]) -> (u16, Value) {
+pub(crate) async fn send_json(
+    port: u16,
+    method: &str,
+    token: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, Value) {
     let auth = format!("Bearer {token}");
     let (status, _, body) = http_raw(
         port,

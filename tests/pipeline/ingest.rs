@@ -324,6 +324,98 @@ async fn while_the_broker_is_unreachable_posts_are_spooled_then_stored_exactly_o
     env.cleanup().await;
 }
 
+/// During an outage, concurrent posts share fsyncs on the spool's own
+/// thread instead of each taking a worker through the disk alone.
+#[actix_web::test]
+async fn posts_during_an_outage_share_fsyncs_and_are_stored_once() {
+    let env = TestEnv::new().await;
+    let writer = InProcessWriter::start(&env).await;
+    let (proxy, settings) = crate::helpers::behind_proxy(&env).await;
+    let gateway = InProcessIngest::start_with(settings).await;
+    let token = env.token(&[Scope::Publish], Some("billing")).await;
+    proxy.set_up(false);
+    proxy.cut();
+    // The first post finds the broker gone and spools; the rest follow at once.
+    let first = ndjson(&(0..10).map(event).collect::<Vec<_>>());
+    let (status, _, body) = gateway
+        .post(Some(&token), "application/x-ndjson", &first)
+        .await;
+    assert_eq!((status, &body["spooled"]), (202, &json!(true)), "{body}");
+    let posts = (1..100).map(|round| {
+        let body = ndjson(&(round * 10..round * 10 + 10).map(event).collect::<Vec<_>>());
+        let (gateway, token) = (&gateway, &token);
+        async move {
+            gateway
+                .post(Some(token), "application/x-ndjson", &body)
+                .await
+        }
+    });
+    for (status, _, body) in futures_util::future::join_all(posts).await {
+        assert_eq!((status, &body["spooled"]), (202, &json!(true)), "{body}");
+    }
+    let (_, metrics) = crate::helpers::http_get(gateway.port, "/metrics").await;
+    let commits = crate::helpers::metric(&metrics, "auditline_ingest_spool_commits_total");
+    assert_eq!(
+        crate::helpers::metric(&metrics, "auditline_ingest_events_spooled_total"),
+        1000.0
+    );
+    assert!(
+        commits <= 50.0,
+        "100 concurrent posts took {commits} fsyncs: they do not share them"
+    );
+    proxy.set_up(true);
+    env.wait_for_rows(1_000, Duration::from_secs(60)).await;
+    gateway.stop().await;
+    writer.stop().await;
+    env.cleanup().await;
+}
+
+/// While the spool replays a large backlog, new posts are published straight
+/// to the broker instead of queueing behind it on disk.
+#[actix_web::test]
+async fn new_posts_go_straight_to_the_broker_while_the_spool_replays() {
+    let env = TestEnv::new().await;
+    // A backlog a crashed gateway left: three segments of 40,000 events.
+    let dir = std::path::Path::new(&env.settings.ingest.spool_dir);
+    std::fs::create_dir_all(dir).expect("spool dir");
+    let now = Utc::now();
+    for segment in 1..=3 {
+        let events: Vec<_> = (0..40_000)
+            .map(|i| crate::helpers::event_at("billing", now, segment * 100_000 + i))
+            .collect();
+        std::fs::write(
+            dir.join(format!("segment-{segment:012}.ndjson")),
+            auditline_shared::event::to_ndjson(&events),
+        )
+        .expect("segment");
+    }
+    let token = env.token(&[Scope::Publish], Some("billing")).await;
+    let gateway = InProcessIngest::start_with(env.settings.clone()).await;
+    let (status, _, body) = gateway
+        .post(
+            Some(&token),
+            "application/json",
+            event(1).to_string().as_bytes(),
+        )
+        .await;
+    let left = std::fs::read_dir(dir)
+        .expect("spool dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("segment-"))
+        .count();
+    assert!(
+        left > 0,
+        "the backlog replayed before the post: make it larger"
+    );
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        body["spooled"], false,
+        "a post during the replay waited behind it on disk: {body}"
+    );
+    gateway.stop().await;
+    env.cleanup().await;
+}
+
 #[actix_web::test]
 async fn a_full_spool_is_a_503_and_stores_nothing() {
     let env = TestEnv::new().await;

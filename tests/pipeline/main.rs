@@ -8,6 +8,7 @@ mod drills;
 mod export;
 mod faults;
 mod free_text;
+mod full_disk;
 mod helpers;
 mod ingest;
 mod integrity;

@@ -158,7 +158,7 @@ fn the_shipped_prometheus_config_and_alert_rules_pass_promtool() {
             &format!("{root}/deploy/prometheus/alerts.yml"),
         ],
     );
-    assert!(text.contains("8 rules found"), "{text}");
+    assert!(text.contains("10 rules found"), "{text}");
     // Every metric the rules and the dashboard name is one the services export.
     let exported = [
         include_str!("../../writer/src/metrics.rs"),
@@ -167,6 +167,7 @@ fn the_shipped_prometheus_config_and_alert_rules_pass_promtool() {
         include_str!("../../ingest/src/publisher.rs"),
         include_str!("../../admin-api/src/live.rs"),
         include_str!("../../admin-api/src/jobs.rs"),
+        include_str!("../../admin-api/src/checkpoint.rs"),
     ]
     .concat();
     let assets = [
