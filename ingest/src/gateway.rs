@@ -385,7 +385,7 @@ async fn accept(
     // events and no connection is up, they go to the spool at once instead
     // of each request waiting out a connection attempt.
     let outage = match &state.spool {
-        Some((spool, _)) => !spool.is_empty() && !state.publisher.is_link_up().await,
+        Some((spool, _)) => !spool.is_empty() && !state.publisher.is_link_up(),
         None => false,
     };
     let spooled = if outage {

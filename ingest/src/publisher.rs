@@ -231,14 +231,13 @@ impl Publisher {
         self.current_link().await.is_ok()
     }
 
-    /// Whether a connection is open now, without trying to open one.
-    pub async fn is_link_up(&self) -> bool {
-        self.inner
-            .link
-            .lock()
-            .await
-            .as_ref()
-            .is_some_and(|link| link.connection.status().connected())
+    /// Whether a connection is open now, without trying to open one or
+    /// waiting for a connection attempt in progress (that counts as down).
+    pub fn is_link_up(&self) -> bool {
+        self.inner.link.try_lock().is_ok_and(|link| {
+            link.as_ref()
+                .is_some_and(|link| link.connection.status().connected())
+        })
     }
 
     /// Publishes one event as one message; resolves once the broker confirmed it.

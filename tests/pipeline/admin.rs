@@ -1182,42 +1182,54 @@ async fn a_request_too_long_to_record_is_refused_not_recorded_shorter() {
     let writer = InProcessWriter::start(&env).await;
     let admin = InProcessAdmin::start(&env).await;
     let token = env.named_token("ops-mallory", &[Scope::Read]).await;
+    // Padding user ids (any of them matches), the user read last.
     let padded = |n: usize| {
         let mut path = "/admin/audit/logs?".to_owned();
         for i in 0..n {
-            path.push_str(&format!("action_type=pad_{i:04}_{}&", "a".repeat(40)));
+            path.push_str(&format!("user_id=pad-{i:04}-{}&", "a".repeat(240)));
         }
         path + "user_id=bob"
     };
-    // ~21 KB of parameters: more than the 16 KiB a record's metadata holds.
-    let (status, body) = admin.get_json(Some(&token), &padded(350)).await;
+    // ~17.5 KB of parameters: more than the 16 KiB a record's metadata holds.
+    let (status, body) = admin.get_json(Some(&token), &padded(70)).await;
     assert_eq!(status, 414, "{body}");
     assert_eq!(
         body["error"]["code"], "request_too_long_to_record",
         "{body}"
     );
     assert!(body.get("events").is_none(), "{body}");
-    // ~12 KB fits, and is recorded whole: every value, and the user last.
-    let (status, body) = admin.get_json(Some(&token), &padded(200)).await;
+    // ~10 KB fits, and is recorded whole: every value, the user read last.
+    let (status, body) = admin.get_json(Some(&token), &padded(40)).await;
     assert_eq!(status, 200, "{body}");
     let recorded = wait_until(Duration::from_secs(20), || async {
         env.count().await.0 >= 2
     })
     .await;
     assert!(recorded, "the admin requests were not stored");
-    let rows: Vec<(Option<i16>, Option<Value>)> = sqlx::query_as(
-        "SELECT status_code, metadata FROM auditline.events \
-         WHERE user_id = 'ops-mallory' ORDER BY occurred_at",
+    // The refused call is recorded too (before authentication, so without
+    // its user); the served one with its user and every parameter.
+    let rows: Vec<(Option<String>, Option<i16>, Option<Value>)> = sqlx::query_as(
+        "SELECT user_id, status_code, metadata FROM auditline.events \
+         WHERE action_type = 'admin' AND endpoint LIKE '/admin/audit/logs%' ORDER BY occurred_at",
     )
     .fetch_all(&env.pool)
     .await
     .expect("events");
-    assert_eq!(rows.len(), 2, "{rows:?}");
-    assert_eq!(rows[0].0, Some(414));
-    assert_eq!(rows[1].0, Some(200));
+    let summary: Vec<_> = rows.iter().map(|r| (r.0.clone(), r.1)).collect();
+    assert_eq!(
+        summary,
+        [
+            (None, Some(414)),
+            (Some("ops-mallory".to_owned()), Some(200))
+        ]
+    );
+    let rows: Vec<(Option<i16>, Option<Value>)> =
+        rows.into_iter().map(|(_, status, m)| (status, m)).collect();
     let query = &rows[1].1.as_ref().expect("metadata")["query"];
-    assert_eq!(query["user_id"], "bob");
-    assert_eq!(query["action_type"].as_array().map(Vec::len), Some(200));
+    let users = query["user_id"].as_array().expect("user ids");
+    assert_eq!(users.len(), 41);
+    assert_eq!(users[40], "bob");
+    assert_eq!(users[0].as_str().map(str::len), Some(249));
     admin.stop().await;
     writer.stop().await;
     env.cleanup().await;

@@ -653,7 +653,7 @@ fn cases() -> Vec<Case> {
         "GET",
         logs(&format!(
             "{}user_id=bob",
-            "action_type=padding_padding_padding_padding_padding&".repeat(350)
+            format!("user_id={}&", "u".repeat(250)).repeat(70)
         )),
         Tok::Read,
         vec![],
