@@ -7,7 +7,7 @@
 #     without and with writer keys to check the signatures against,
 #     alternating.
 # Prints every run, then the signed/unsigned ratios (medians of the rounds).
-#   EVENTS=300000 ROUNDS=3 VERIFY_EVENTS=1000000 deploy/scripts/bench-seals.sh
+#   EVENTS=300000 ROUNDS=4 VERIFY_EVENTS=1000000 [PARTS="writer verify"] deploy/scripts/bench-seals.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 deploy/scripts/ensure-services.sh
@@ -30,6 +30,10 @@ writer=
 stop_writer() { if [ -n "$writer" ]; then kill "$writer" 2>/dev/null; wait "$writer" 2>/dev/null || true; writer=; fi; }
 cleanup() {
   stop_writer
+  for ns in "bench-seals-$run_id" "bench-seals-verify-$run_id"; do
+    rabbitmqctl -q delete_queue "$ns.writer" >/dev/null 2>&1 || true
+    rabbitmqctl -q delete_queue "$ns.dead" >/dev/null 2>&1 || true
+  done
   psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $db" postgres >/dev/null 2>&1 || true
   rm -rf "$AUDITLINE_EXPORT_DIR"
 }
@@ -47,10 +51,14 @@ start_writer() {
 rate() { sed -n 's/.*: \([0-9]*\) events\/s committed.*/\1/p' | head -1; }
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
+PARTS=${PARTS:-writer verify}
 ratios=()
 for round in $(seq "$ROUNDS"); do
+  [[ " $PARTS " == *" writer "* ]] || break
   declare -A r=()
-  for mode in unsigned signed; do
+  # The table grows with every run: alternate which goes first.
+  order="unsigned signed"; [ $((round % 2)) -eq 0 ] && order="signed unsigned"
+  for mode in $order; do
     start_writer $mode
     out=$($bin loadgen --events "$EVENTS" --per-message 100 --concurrency "$CONCURRENCY")
     r[$mode]=$(echo "$out" | rate)
@@ -59,18 +67,24 @@ for round in $(seq "$ROUNDS"); do
   ratios+=("$(awk -v s="${r[signed]}" -v u="${r[unsigned]}" 'BEGIN { printf "%.3f", s / u }')")
 done
 stop_writer
-echo "writer signed/unsigned throughput, per round: ${ratios[*]}; median $(printf '%s\n' "${ratios[@]}" | median)"
+[ ${#ratios[@]} -eq 0 ] || echo "writer signed/unsigned throughput, per round: ${ratios[*]}; median $(printf '%s\n' "${ratios[@]}" | median)"
 
-# Verify: a fresh load of VERIFY_EVENTS over 3 days, every seal signed.
+[[ " $PARTS " == *" verify "* ]] || exit 0
+# Verify: a fresh database and namespace loaded with VERIFY_EVENTS over 3
+# days, every seal signed.
+psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $db" postgres >/dev/null
+export AUDITLINE_NAMESPACE=bench-seals-verify-$run_id
 $bin migrate >/dev/null
 start_writer signed
-$bin loadgen --events "$VERIFY_EVENTS" --spread-days 3 --users 1000 --per-message 500 --concurrency "$CONCURRENCY" | head -1
+$bin loadgen --events "$VERIFY_EVENTS" --spread-days 3 --users 1000 --per-message 500 --concurrency "$CONCURRENCY" >/tmp/auditline-bench-load.txt
+head -1 /tmp/auditline-bench-load.txt
 stop_writer
 AUDITLINE_INTEGRITY__WRITER_KEY=$key $bin checkpoint
 vratios=()
 for round in $(seq "$ROUNDS"); do
   declare -A t=()
-  for mode in unchecked checked; do
+  order="unchecked checked"; [ $((round % 2)) -eq 0 ] && order="checked unchecked"
+  for mode in $order; do
     start=$(date +%s.%N)
     if [ $mode = checked ]; then
       AUDITLINE_INTEGRITY__WRITER_KEY=$key $bin verify --json > /tmp/auditline-bench-verify.json || { cat /tmp/auditline-bench-verify.json; exit 1; }
