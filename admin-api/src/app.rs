@@ -1,6 +1,6 @@
 //! The admin HTTP service: routes, shared state, start and stop.
 
-use std::{future::Future, net::TcpListener, sync::Arc, time::Duration};
+use std::{borrow::Cow, future::Future, net::TcpListener, sync::Arc, time::Duration};
 
 use actix_web::{
     App, FromRequest, HttpMessage, HttpRequest, HttpResponse, HttpServer,
@@ -19,6 +19,7 @@ use auditline_shared::{
     db,
     error::{ErrorBody, methods, single_method},
     metrics::metrics_handler,
+    redact::{self, Redactor},
 };
 use prometheus::Registry;
 use serde_json::{Map, Value, json};
@@ -107,11 +108,17 @@ impl FromRequest for Administrator {
 }
 
 /// The query string as audit metadata: `{"query": {"name": "value" | ["v1", "v2"]}}`,
-/// each value clipped to 256 characters.
-fn query_metadata(query: &str) -> Map<String, Value> {
+/// each value clipped to 256 characters, credentials (by name or by shape)
+/// as `[REDACTED]`.
+fn query_metadata(query: &str, redact: &Redactor) -> Map<String, Value> {
     let mut params = Map::new();
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-        let value: String = value.chars().take(256).collect();
+        let value: String = redact.value(&name, &value).chars().take(256).collect();
+        let name = if redact::holds_secret(&name) {
+            Cow::Borrowed(redact::REDACTED)
+        } else {
+            name
+        };
         match params.get_mut(name.as_ref()) {
             Some(Value::Array(values)) => values.push(Value::String(value)),
             Some(first) => *first = json!([first.take(), value]),
@@ -171,7 +178,10 @@ impl Application {
             format!("{}-admin", settings.ingest.spool_dir.trim_end_matches('/')),
             settings.ingest.spool_max_bytes,
         )?);
-        let audit = AuditMiddleware::start(AuditConfig::new("auditline-admin"), publisher, spool)?;
+        let redactor = Redactor::new(&settings.audit.redact_params);
+        let mut audit_config = AuditConfig::new("auditline-admin");
+        audit_config.redact = redactor.clone();
+        let audit = AuditMiddleware::start(audit_config, publisher, spool)?;
         let audit_handle = audit.clone();
         let jobs_waiting = Arc::new(tokio::sync::Notify::new());
         let storage = crate::storage::Storage::new(
@@ -252,6 +262,7 @@ impl Application {
             .with_context(|| format!("cannot listen on {}", settings.admin_listen))?;
         let port = listener.local_addr()?.port();
         let server = HttpServer::new(move || {
+            let redactor = redactor.clone();
             App::new()
                 .app_data(state.clone())
                 .app_data(tokens.clone())
@@ -266,8 +277,8 @@ impl Application {
                 ))
                 .service(
                     web::scope("/admin/audit")
-                        .wrap_fn(|req, srv| {
-                            let metadata = query_metadata(req.query_string());
+                        .wrap_fn(move |req, srv| {
+                            let metadata = query_metadata(req.query_string(), &redactor);
                             if !metadata.is_empty() {
                                 req.extensions_mut().insert(AuditMetadata(metadata));
                             }

@@ -11,6 +11,7 @@
 //! - [`seal`] — row digests and chained batch seals (tamper evidence).
 //! - [`text_index`] — the free-text search's per-block Bloom filters.
 //! - [`error`] — the JSON error body every HTTP service answers with.
+//! - [`redact`] — credentials kept out of audit events, logs and error messages.
 
 pub mod amqp;
 pub mod auth;
@@ -18,6 +19,7 @@ pub mod db;
 pub mod error;
 pub mod event;
 pub mod metrics;
+pub mod redact;
 pub mod rollup;
 pub mod seal;
 pub mod settings;

@@ -110,6 +110,22 @@ pub struct Settings {
     /// Seals, checkpoints and verify.
     #[serde(default)]
     pub integrity: IntegritySettings,
+    /// What the services' own audit events (the `AuditMiddleware`) record.
+    #[serde(default)]
+    pub audit: AuditSettings,
+}
+
+/// What audit events built from requests may record.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettings {
+    /// Query parameters and headers whose values are recorded as
+    /// `[REDACTED]`, besides the built-in credential names (`token`,
+    /// `access_token`, `api_key`, `password`, `ticket`, … see
+    /// `auditline_shared::redact`). Compared case-insensitively, any
+    /// character but a letter or digit read as `_`.
+    #[serde(default)]
+    pub redact_params: Vec<String>,
 }
 
 /// Checkpoints of the seal chains, anchored outside the database.
@@ -546,6 +562,7 @@ impl Default for Settings {
             exports: ExportSettings::default(),
             stream: StreamSettings::default(),
             integrity: IntegritySettings::default(),
+            audit: AuditSettings::default(),
         }
     }
 }

@@ -15,5 +15,6 @@ mod live;
 mod metrics;
 mod middleware;
 mod privilege;
+mod redaction;
 mod retention;
 mod storage;
