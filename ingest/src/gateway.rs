@@ -20,12 +20,14 @@ use actix_web::{
 };
 use anyhow::Context;
 use auditline_shared::{
-    AuditEvent, Settings,
+    AuditEvent, FieldError, Settings,
     auth::{AuthError, Caller, Scope, TokenStore},
     db,
     error::{ErrorBody, single_method},
+    event::{check_strict, strict_error},
     metrics::{metrics_handler, register},
     settings::IngestSettings,
+    strict_json::{Segment, StrictError},
 };
 use chrono::Utc;
 use futures_util::StreamExt;
@@ -423,23 +425,39 @@ async fn read_body(
     Ok(body)
 }
 
-/// One item of the body: its JSON, or why it is not JSON; with its NDJSON line.
+/// One item of the body: its JSON, or which field is wrong and why (not
+/// JSON, or not strict JSON); with its NDJSON line.
 struct Item {
     line: Option<usize>,
-    value: Result<Value, String>,
+    value: Result<Value, (String, String)>,
 }
 
 fn split_items(body: &[u8], ndjson: bool) -> Result<Vec<Item>, IngestError> {
-    let items = if ndjson {
+    let mut strict = None;
+    let mut items = if ndjson {
         body.split(|b| *b == b'\n')
             .enumerate()
             .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
             .map(|(i, line)| Item {
                 line: Some(i + 1),
-                value: serde_json::from_slice(line).map_err(|e| format!("malformed JSON: {e}")),
+                value: check_strict(line)
+                    .map_err(|e| {
+                        let e = e.0.into_iter().next().unwrap_or_else(|| FieldError {
+                            field: "$".into(),
+                            message: "not strict JSON".into(),
+                        });
+                        (e.field, e.message)
+                    })
+                    .and_then(|()| {
+                        serde_json::from_slice(line)
+                            .map_err(|e| ("$".into(), format!("malformed JSON: {e}")))
+                    }),
             })
             .collect()
     } else {
+        // Strict JSON first (a `Value` no longer shows duplicate keys or
+        // rounded numbers); the event it is in is refused like any invalid one.
+        strict = auditline_shared::strict_json::check(body, true).err();
         match serde_json::from_slice::<Value>(body) {
             Ok(Value::Array(values)) => values
                 .into_iter()
@@ -463,10 +481,29 @@ fn split_items(body: &[u8], ndjson: bool) -> Result<Vec<Item>, IngestError> {
     if items.is_empty() {
         return Err(IngestError::Malformed("the body holds no event".into()));
     }
+    if let Some(e) = strict {
+        let (index, path) = match e.path.split_first() {
+            Some((Segment::Index(i), rest)) if body.trim_ascii_start().starts_with(b"[") => {
+                (*i, rest.to_vec())
+            }
+            _ => (0, e.path),
+        };
+        let error = strict_error(&StrictError {
+            path,
+            message: e.message,
+        });
+        if let (Some(item), Some(first)) = (items.get_mut(index), error.0.into_iter().next()) {
+            item.value = Err((first.field, first.message));
+        }
+    }
     Ok(items)
 }
 
-fn validate(items: Vec<Item>, service: &str, ndjson: bool) -> Result<Vec<AuditEvent>, IngestError> {
+fn validate(
+    items: Vec<Item>,
+    service: &str,
+    ndjson: bool,
+) -> Result<Vec<AuditEvent>, IngestError> {
     let now = Utc::now();
     let total = items.len();
     let mut events = Vec::with_capacity(total);
@@ -475,7 +512,7 @@ fn validate(items: Vec<Item>, service: &str, ndjson: bool) -> Result<Vec<AuditEv
     for (index, item) in items.into_iter().enumerate() {
         let mut problems: Vec<(String, String)> = Vec::new();
         match item.value {
-            Err(message) => problems.push(("$".into(), message)),
+            Err(problem) => problems.push(problem),
             Ok(Value::Object(mut map)) => {
                 match map.get("service") {
                     Some(Value::String(claimed)) if claimed != service => problems.push((

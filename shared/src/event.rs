@@ -190,6 +190,7 @@ impl AuditEvent {
     /// [`AuditEvent::parse`] with an explicit clock, for callers that validate
     /// many events at one instant.
     pub fn parse_at(json: &[u8], now: DateTime<Utc>) -> Result<Self, ValidationError> {
+        check_strict(json)?;
         let mut de = serde_json::Deserializer::from_slice(json);
         let wire: WireEvent = serde_path_to_error::deserialize(&mut de).map_err(serde_error)?;
         de.end().map_err(|e| {
@@ -199,7 +200,9 @@ impl AuditEvent {
     }
 
     /// Parses and validates an event already read as JSON (the gateway stamps
-    /// `service` into it first).
+    /// `service` into it first). The JSON must have passed [`check_strict`]
+    /// before it was read: a `Value` no longer shows duplicate keys or
+    /// rounded numbers.
     pub fn from_value(value: Value, now: DateTime<Utc>) -> Result<Self, ValidationError> {
         let wire: WireEvent = serde_path_to_error::deserialize(value).map_err(serde_error)?;
         Self::try_from_wire(wire, now)
@@ -571,6 +574,26 @@ fn json_text(out: &mut Vec<u8>, s: &str) {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
+    }
+}
+
+/// Refuses, naming the field, what `serde_json` would read loosely: a
+/// duplicate key anywhere, or a number (in `metadata`, `resource_usage` or
+/// a top-level field) that would not be kept exactly (see
+/// [`crate::strict_json`]).
+pub fn check_strict(json: &[u8]) -> Result<(), ValidationError> {
+    crate::strict_json::check(json, true).map_err(|e| strict_error(&e))
+}
+
+/// A strict-JSON error as a field-named one: the event's field, and the
+/// path inside it when it is deeper.
+pub fn strict_error(e: &crate::strict_json::StrictError) -> ValidationError {
+    let path = e.path_text();
+    let field = e.top_key();
+    if path == field {
+        ValidationError::one(field, e.message.clone())
+    } else {
+        ValidationError::one(field, format!("{} (at {path})", e.message))
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`seal`] — row digests and chained batch seals (tamper evidence).
 //! - [`text_index`] — the free-text search's per-block Bloom filters.
 //! - [`error`] — the JSON error body every HTTP service answers with.
+//! - [`strict_json`] — duplicate keys and inexact numbers refused at the boundaries.
 //! - [`redact`] — credentials kept out of audit events, logs and error messages.
 
 pub mod amqp;
@@ -23,6 +24,7 @@ pub mod redact;
 pub mod rollup;
 pub mod seal;
 pub mod settings;
+pub mod strict_json;
 pub mod telemetry;
 pub mod text_index;
 

@@ -18,3 +18,4 @@ mod privilege;
 mod redaction;
 mod retention;
 mod storage;
+mod strict;
