@@ -24,7 +24,7 @@ use auditline_shared::{
     auth::{AuthError, Caller, Scope, TokenStore},
     db,
     error::{ErrorBody, single_method},
-    event::{check_strict, strict_error},
+    event::{check_age, check_strict, strict_error},
     metrics::{metrics_handler, register},
     settings::IngestSettings,
     strict_json::{Segment, StrictError},
@@ -103,6 +103,8 @@ struct State {
     spool: Option<Arc<Spool>>,
     settings: IngestSettings,
     metrics: IngestMetrics,
+    /// `partitions.max_event_age_days`: older events are refused.
+    max_event_age: chrono::Duration,
 }
 
 /// Why a request was refused.
@@ -232,6 +234,7 @@ impl Application {
             spool,
             settings: settings.ingest.clone(),
             metrics,
+            max_event_age: settings.partitions.max_event_age(),
         });
         let tokens = web::Data::new(TokenStore(pool));
         let registry = web::Data::new(registry);
@@ -357,7 +360,7 @@ async fn accept(
             limit: state.settings.max_events,
         });
     }
-    let events = validate(items, &service, ndjson).inspect_err(|e| {
+    let events = validate(items, &service, ndjson, state.max_event_age).inspect_err(|e| {
         if let IngestError::Invalid { total, .. } = e {
             state.metrics.rejected.inc_by(*total as u64);
         }
@@ -503,6 +506,7 @@ fn validate(
     items: Vec<Item>,
     service: &str,
     ndjson: bool,
+    max_age: chrono::Duration,
 ) -> Result<Vec<AuditEvent>, IngestError> {
     let now = Utc::now();
     let total = items.len();
@@ -530,7 +534,10 @@ fn validate(
                 }
                 if problems.is_empty() {
                     match AuditEvent::from_value(Value::Object(map), now) {
-                        Ok(event) => events.push(event),
+                        Ok(event) => match check_age(event.occurred_at, now, max_age) {
+                            Ok(()) => events.push(event),
+                            Err(e) => problems.push((e.field, e.message)),
+                        },
                         Err(err) => {
                             problems.extend(err.0.into_iter().map(|e| (e.field, e.message)))
                         }

@@ -577,6 +577,36 @@ fn json_text(out: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// The oldest-event rule of the boundaries that store events (the gateway,
+/// the writer): `occurred_at` not before the UTC day `max_age` before `now`
+/// (`partitions.max_event_age_days`), so a publisher cannot make the writer
+/// create a partition for every day since 1970. (The future bound,
+/// [`MAX_FUTURE_SKEW`], is part of validation itself.)
+pub fn check_age(
+    occurred_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    max_age: Duration,
+) -> Result<(), FieldError> {
+    // Whole UTC days (the partitions' unit): the window opens at midnight
+    // of the day `max_age` before today.
+    let oldest = (now - max_age)
+        .date_naive()
+        .and_time(chrono::NaiveTime::MIN)
+        .and_utc();
+    if occurred_at < oldest {
+        return Err(FieldError::new(
+            "occurred_at",
+            format!(
+                "is {} which is before {}, outside the accepted window of {} days (partitions.max_event_age_days)",
+                rfc3339_text(occurred_at),
+                rfc3339_text(oldest),
+                max_age.num_days()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses, naming the field, what `serde_json` would read loosely: a
 /// duplicate key anywhere, or a number (in `metadata`, `resource_usage` or
 /// a top-level field) that would not be kept exactly (see
@@ -842,6 +872,19 @@ mod tests {
             write_ip(&mut out, ip);
             assert_eq!(String::from_utf8(out).expect("utf-8"), ip.to_string());
         }
+    }
+
+    #[test]
+    fn the_age_window_opens_at_midnight_of_its_oldest_day() {
+        let now: DateTime<Utc> = "2026-12-03T13:00:00Z".parse().expect("time");
+        let days = Duration::days(400);
+        let edge: DateTime<Utc> = "2025-10-29T00:00:00Z".parse().expect("time");
+        assert!(check_age(edge, now, days).is_ok());
+        assert!(check_age(now - days, now, days).is_ok());
+        let err = check_age(edge - Duration::microseconds(1), now, days).expect_err("too old");
+        assert_eq!(err.field, "occurred_at");
+        assert!(err.message.contains("400 days"), "{}", err.message);
+        assert!(check_age(DateTime::UNIX_EPOCH, now, days).is_err());
     }
 
     #[test]

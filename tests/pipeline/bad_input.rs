@@ -513,6 +513,14 @@ fn cases() -> Vec<Case> {
         invalid,
     );
     ingest(
+        "occurred_at in 1980 (older than max_event_age_days)",
+        j,
+        Tok::Publish,
+        with("occurred_at", json!("1980-01-01T00:00:00Z")),
+        400,
+        invalid,
+    );
+    ingest(
         "number a double cannot hold in metadata",
         j,
         Tok::Publish,
