@@ -71,6 +71,57 @@ const TOKEN_TAIL: usize = 8;
 /// A run of this many hex digits is taken for a ticket (64 digits) or part of one.
 const HEX_RUN: usize = 48;
 
+/// [`SENSITIVE_NAMES`] as a `match` (a length dispatch, then one compare).
+fn builtin_name(name: &str) -> bool {
+    matches!(
+        name,
+        "token"
+            | "access_token"
+            | "api_key"
+            | "apikey"
+            | "key"
+            | "secret"
+            | "password"
+            | "passwd"
+            | "ticket"
+            | "signature"
+            | "sig"
+            | "code"
+            | "auth"
+            | "authorization"
+            | "session_token"
+            | "client_secret"
+            | "refresh_token"
+            | "id_token"
+    )
+}
+
+/// Whether a name is already normalized (the common case).
+fn plain(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    bytes.first() != Some(&b'_')
+        && bytes.last() != Some(&b'_')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_')
+}
+
+/// [`normalize`] into `buffer`, for names that fit; `None` otherwise.
+fn normalize_into<'b>(name: &str, buffer: &'b mut [u8; 64]) -> Option<&'b str> {
+    if name.len() > buffer.len() || !name.is_ascii() {
+        return None;
+    }
+    for (to, b) in buffer.iter_mut().zip(name.bytes()) {
+        *to = if b.is_ascii_alphanumeric() {
+            b.to_ascii_lowercase()
+        } else {
+            b'_'
+        };
+    }
+    let text = std::str::from_utf8(&buffer[..name.len()]).ok()?;
+    Some(text.trim_matches('_'))
+}
+
 /// Which names are sensitive: the built-in ones and an installation's own.
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
@@ -88,14 +139,25 @@ impl Redactor {
 
     /// Whether a parameter or header called `name` carries a credential.
     pub fn sensitive_name(&self, name: &str) -> bool {
-        let name = normalize(name);
+        // Normalized in a buffer on the stack: this runs for every query
+        // parameter the middleware sees.
+        let mut buffer = [0u8; 64];
+        let name = if plain(name) {
+            Cow::Borrowed(name)
+        } else {
+            match normalize_into(name, &mut buffer) {
+                Some(name) => Cow::Borrowed(name),
+                None => normalize(name),
+            }
+        };
         let name = name.as_ref();
-        SENSITIVE_NAMES.contains(&name)
-            || SENSITIVE_SUFFIXES.iter().any(|suffix| {
-                name.strip_suffix(suffix)
-                    .is_some_and(|head| head.ends_with('_'))
-            })
-            || self.extra.iter().any(|extra| extra == name)
+        builtin_name(name)
+            || (memchr::memchr(b'_', name.as_bytes()).is_some()
+                && SENSITIVE_SUFFIXES.iter().any(|suffix| {
+                    name.strip_suffix(suffix)
+                        .is_some_and(|head| head.ends_with('_'))
+                }))
+            || (!self.extra.is_empty() && self.extra.iter().any(|extra| extra == name))
     }
 
     /// The value to record for parameter `name` (decoded).
@@ -135,16 +197,23 @@ impl Redactor {
     /// replaced by [`REDACTED`]; names shaped like a secret are replaced too.
     pub fn query<'a>(&self, query: &'a str) -> Cow<'a, str> {
         let mut out: Option<String> = None;
-        let mut start = 0;
-        for (i, pair) in query.split('&').enumerate() {
-            let (raw_name, raw_value) = match pair.split_once('=') {
-                Some((n, v)) => (n, Some(v)),
+        let bytes = query.as_bytes();
+        let (mut start, mut i) = (0, 0);
+        loop {
+            let end = memchr::memchr(b'&', &bytes[start..]).map_or(bytes.len(), |at| start + at);
+            // Cut at ASCII bytes: always on character boundaries.
+            let pair = &query[start..end];
+            let (raw_name, raw_value) = match memchr::memchr(b'=', pair.as_bytes()) {
+                Some(at) => (&pair[..at], Some(&pair[at + 1..])),
                 None => (pair, None),
             };
             let name = decode(raw_name);
-            let name_secret = holds_secret(&name);
+            // Nothing of 8 characters or fewer has a secret's shape.
+            let name_secret = name.len() > TOKEN_TAIL && holds_secret(&name);
             let value_secret = raw_value.is_some_and(|v| {
-                !v.is_empty() && (self.sensitive_name(&name) || holds_secret(&decode(v)))
+                !v.is_empty()
+                    && (self.sensitive_name(&name)
+                        || (v.len() > TOKEN_TAIL && holds_secret(&decode(v))))
             });
             if name_secret || value_secret {
                 let mut redacted = String::new();
@@ -157,7 +226,11 @@ impl Redactor {
             } else if out.is_some() {
                 push_pair(&mut out, query, start, i, pair);
             }
-            start += pair.len() + 1;
+            if end == bytes.len() {
+                break;
+            }
+            start = end + 1;
+            i += 1;
         }
         out.map_or(Cow::Borrowed(query), Cow::Owned)
     }
@@ -185,11 +258,17 @@ fn push_pair(out: &mut Option<String>, query: &str, start: usize, i: usize, pair
 /// `text` with every secret-shaped run replaced by [`REDACTED`] (for error
 /// messages, log lines and decoded values).
 pub fn text(text: &str) -> Cow<'_, str> {
+    if !maybe_secret(text.as_bytes()) {
+        return Cow::Borrowed(text);
+    }
     replace_runs(text, secret_run)
 }
 
 /// Whether `text` holds anything shaped like an Auditline token or ticket.
 pub fn holds_secret(text: &str) -> bool {
+    if !maybe_secret(text.as_bytes()) {
+        return false;
+    }
     runs(text).any(|(start, end)| secret_run(&text[start..end]))
 }
 
@@ -202,9 +281,33 @@ pub fn holds_token(text: &str) -> bool {
 
 /// [`text`] for raw, percent-encoded text (a path): a run is judged decoded.
 fn raw_text(raw: &str) -> Cow<'_, str> {
+    if !maybe_secret(raw.as_bytes()) {
+        return Cow::Borrowed(raw);
+    }
     replace_runs(raw, |run| {
         secret_run(run) || (run.contains('%') && holds_secret(&decode(run)))
     })
+}
+
+/// One tight pass that clears ordinary text: no `alt_` (any case), no run
+/// of [`HEX_RUN`] hex digits, no percent-encoding. Only text it does not
+/// clear is looked at run by run.
+fn maybe_secret(bytes: &[u8]) -> bool {
+    let mut hex = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b.is_ascii_hexdigit() {
+            hex += 1;
+            if hex >= HEX_RUN {
+                return true;
+            }
+        } else {
+            hex = 0;
+            if b == b'%' || (b == b'_' && i >= 3 && bytes[i - 3..i].eq_ignore_ascii_case(b"alt")) {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 fn replace_runs<'a>(text: &'a str, secret: impl Fn(&str) -> bool) -> Cow<'a, str> {
@@ -286,7 +389,7 @@ fn secret_run(run: &str) -> bool {
 
 /// Percent-decoding (and `+` as space), as query strings are read.
 fn decode(raw: &str) -> Cow<'_, str> {
-    if !raw.contains(['%', '+']) {
+    if !raw.bytes().any(|b| b == b'%' || b == b'+') {
         return Cow::Borrowed(raw);
     }
     let decoded: String = form_urlencoded::parse(raw.as_bytes())
@@ -299,10 +402,7 @@ fn decode(raw: &str) -> Cow<'_, str> {
 /// Lower case, every character that is not a letter or digit as `_`, no `_`
 /// at either end (`X-Api-Key` → `x_api_key`, `user[password]` → `user_password`).
 fn normalize(name: &str) -> Cow<'_, str> {
-    let plain = name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if plain && !name.starts_with('_') && !name.ends_with('_') {
+    if plain(name) {
         return Cow::Borrowed(name);
     }
     let mapped: String = name
@@ -396,6 +496,17 @@ mod tests {
         assert_eq!(r.value("q", TOKEN), REDACTED);
         assert_eq!(r.value("ticket", "short"), REDACTED);
         assert!(holds_secret(&format!("/x/{TOKEN}")));
+    }
+
+    #[test]
+    fn the_name_list_and_its_match_agree() {
+        for name in SENSITIVE_NAMES {
+            assert!(builtin_name(name), "{name}");
+            assert!(Redactor::default().sensitive_name(&name.to_ascii_uppercase()));
+        }
+        let long = format!("{}_token", "x".repeat(100));
+        assert!(Redactor::default().sensitive_name(&long));
+        assert!(Redactor::default().sensitive_name("Pässword-Token"));
     }
 
     #[test]

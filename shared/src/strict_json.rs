@@ -103,7 +103,8 @@ enum Frame {
 /// Buffers kept per thread, so a check allocates nothing in the common case.
 #[derive(Debug, Default)]
 struct Scratch {
-    keys: Vec<Key>,
+    /// The keys of the open objects, with their [`fingerprint`]s.
+    keys: Vec<(Key, u32)>,
     decoded: Vec<String>,
     stack: Vec<Frame>,
 }
@@ -279,17 +280,22 @@ impl Checker<'_, '_> {
     }
 
     /// Records a key of the innermost object; a second one is an error.
+    /// Small objects (an event's fields) are checked by a linear scan that
+    /// compares a fingerprint (length, first and last byte) before the
+    /// bytes, and allocate nothing.
     fn key(&mut self, key: Key) -> Result<(), StrictError> {
-        let Some(Frame::Object { first, set, .. }) = self.s.stack.last() else {
-            return Ok(());
+        let (first, hashed) = match self.s.stack.last() {
+            Some(Frame::Object { first, set, .. }) => (*first, set.is_some()),
+            _ => return Ok(()),
         };
-        let first = *first;
-        let seen = match set {
-            Some(set) => set.contains(self.bytes(key)),
-            None => {
-                let name = self.bytes(key);
-                self.s.keys[first..].iter().any(|k| self.bytes(*k) == name)
-            }
+        let name = self.bytes(key);
+        let print = fingerprint(name);
+        let seen = if hashed {
+            matches!(self.s.stack.last(), Some(Frame::Object { set: Some(set), .. }) if set.contains(name))
+        } else {
+            self.s.keys[first..]
+                .iter()
+                .any(|(k, p)| *p == print && self.bytes(*k) == name)
         };
         if let Some(Frame::Object { current, .. }) = self.s.stack.last_mut() {
             *current = Some(key);
@@ -300,32 +306,23 @@ impl Checker<'_, '_> {
                 "duplicate key {name:?}: each key may appear once in an object"
             )));
         }
-        let name = self.bytes(key).to_vec();
-        let count = self.s.keys.len() - first;
-        let keys: Vec<Vec<u8>> = if count == LINEAR_KEYS {
-            self.s.keys[first..]
-                .iter()
-                .map(|k| self.bytes(*k).to_vec())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        if let Some(Frame::Object { set, .. }) = self.s.stack.last_mut() {
-            match set {
-                Some(set) => {
-                    set.insert(name);
-                    return Ok(());
-                }
-                None if count == LINEAR_KEYS => {
-                    let mut all: HashSet<Vec<u8>> = keys.into_iter().collect();
-                    all.insert(name);
-                    *set = Some(all);
-                    return Ok(());
-                }
-                None => {}
-            }
+        if !hashed && self.s.keys.len() - first < LINEAR_KEYS {
+            self.s.keys.push((key, print));
+            return Ok(());
         }
-        self.s.keys.push(key);
+        // A large object: its keys move to a set.
+        let mut owned: Vec<Vec<u8>> = vec![self.bytes(key).to_vec()];
+        if !hashed {
+            owned.extend(
+                self.s.keys[first..]
+                    .iter()
+                    .map(|(k, _)| self.bytes(*k).to_vec()),
+            );
+            self.s.keys.truncate(first);
+        }
+        if let Some(Frame::Object { set, .. }) = self.s.stack.last_mut() {
+            set.get_or_insert_with(HashSet::new).extend(owned);
+        }
         Ok(())
     }
 
@@ -358,6 +355,15 @@ impl Checker<'_, '_> {
     }
 }
 
+/// Length, first and last byte: tells most distinct keys apart without
+/// comparing them.
+fn fingerprint(name: &[u8]) -> u32 {
+    let (first, last) = (name.first().copied(), name.last().copied());
+    ((name.len() as u32) << 16)
+        | (u32::from(first.unwrap_or(0)) << 8)
+        | u32::from(last.unwrap_or(0))
+}
+
 fn clipped(text: &[u8]) -> String {
     let text = String::from_utf8_lossy(text);
     if text.len() > 48 {
@@ -380,14 +386,14 @@ fn string_end(b: &[u8], start: usize) -> Option<(usize, bool)> {
     let mut i = start + 1;
     let mut escaped = false;
     while i < b.len() {
-        match b[i] {
-            b'"' => return Some((i, escaped)),
-            b'\\' => {
-                escaped = true;
-                i += 2;
-            }
-            _ => i += 1,
+        // Most of an event is string bytes: skip to the next quote or
+        // backslash at memchr's speed.
+        i += memchr::memchr2(b'"', b'\\', &b[i..])?;
+        if b[i] == b'"' {
+            return Some((i, escaped));
         }
+        escaped = true;
+        i += 2;
     }
     None
 }
@@ -439,13 +445,14 @@ fn exact(text: &[u8]) -> Exact {
             Exact::Yes
         };
     }
+    // Up to 15 significant digits in the normal range always come back
+    // (the common case: checked without allocating).
+    if short_float(text) {
+        return Exact::Yes;
+    }
     let Some(given) = Decimal::parse(text) else {
         return Exact::Yes;
     };
-    // Up to 15 significant digits in the normal range always come back.
-    if given.digits.len() <= 15 && (-290..=290).contains(&given.exponent) {
-        return Exact::Yes;
-    }
     let Some(value) = std::str::from_utf8(text)
         .ok()
         .and_then(|t| t.parse::<f64>().ok())
@@ -461,6 +468,38 @@ fn exact(text: &[u8]) -> Exact {
         Some(kept) if kept == given => Exact::Yes,
         _ => Exact::Rounded(shortest),
     }
+}
+
+/// Whether a number with a fraction or exponent has at most 15 significant
+/// digits and a small exponent: such a decimal always reads back from its
+/// double as itself.
+fn short_float(text: &[u8]) -> bool {
+    let text = text.strip_prefix(b"-").unwrap_or(text);
+    let (mantissa, exponent) = match text.iter().position(|c| matches!(c, b'e' | b'E')) {
+        Some(at) => (&text[..at], &text[at + 1..]),
+        None => (text, &b""[..]),
+    };
+    let exponent = exponent.strip_prefix(b"+").unwrap_or(exponent);
+    let exponent = exponent.strip_prefix(b"-").unwrap_or(exponent);
+    if exponent.len() > 3 || !exponent.iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    let digits = mantissa.iter().filter(|c| **c != b'.');
+    let leading = digits.clone().take_while(|c| **c == b'0').count();
+    let total = digits.clone().count();
+    let trailing = mantissa
+        .iter()
+        .rev()
+        .filter(|c| **c != b'.')
+        .take_while(|c| **c == b'0')
+        .count();
+    let significant = total.saturating_sub(leading + trailing);
+    // Exponent at most 3 digits and mantissa at most 200 characters keep
+    // the value within ±10^(999+200); the extra bound keeps it normal.
+    let magnitude: usize = exponent
+        .iter()
+        .fold(0usize, |n, d| n * 10 + usize::from(d - b'0'));
+    significant <= 15 && magnitude + mantissa.len() <= 250
 }
 
 /// A decimal number as `0.d₁d₂… × 10^exponent`, without leading or trailing
