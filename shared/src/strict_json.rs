@@ -624,6 +624,28 @@ mod tests {
     }
 
     #[test]
+    fn whatever_serde_json_writes_is_accepted() {
+        // The publisher and the middleware write events with serde_json's
+        // number formatting: the writer must never refuse that.
+        use rand::Rng;
+        let mut rng = rand::rng();
+        let mut values: Vec<f64> = vec![0.1 + 0.2, 5e-324, f64::MAX, f64::MIN_POSITIVE, -0.0, 1e-7];
+        for _ in 0..50_000 {
+            let v = f64::from_bits(rng.random());
+            if v.is_finite() {
+                values.push(v);
+            }
+            values.push(rng.random::<f64>() * 10f64.powi(rng.random_range(-30..30)));
+        }
+        for v in values {
+            let json =
+                serde_json::json!({ "v": v, "i": rng.random::<i64>(), "u": rng.random::<u64>() });
+            let text = json.to_string();
+            check(text.as_bytes(), true).unwrap_or_else(|e| panic!("{text}: {e}"));
+        }
+    }
+
+    #[test]
     fn malformed_input_is_left_to_the_parser() {
         for json in [
             "",
