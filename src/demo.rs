@@ -150,6 +150,7 @@ pub async fn run(
             settings.ingest.spool_max_bytes,
         )?);
         let mut config = AuditConfig::new(&args.service);
+        config.redact = auditline_shared::redact::Redactor::new(&settings.audit.redact_params);
         config.linger = std::time::Duration::from_millis(args.linger_ms);
         config.events_per_message = args.events_per_message.max(1);
         let audit = AuditMiddleware::start(config, publisher, spool)?;

@@ -1,6 +1,6 @@
 //! The admin HTTP service: routes, shared state, start and stop.
 
-use std::{future::Future, net::TcpListener, sync::Arc, time::Duration};
+use std::{borrow::Cow, future::Future, net::TcpListener, sync::Arc, time::Duration};
 
 use actix_web::{
     App, FromRequest, HttpMessage, HttpRequest, HttpResponse, HttpServer,
@@ -19,6 +19,7 @@ use auditline_shared::{
     db,
     error::{ErrorBody, methods, single_method},
     metrics::metrics_handler,
+    redact::{self, Redactor},
 };
 use prometheus::Registry;
 use serde_json::{Map, Value, json};
@@ -107,11 +108,17 @@ impl FromRequest for Administrator {
 }
 
 /// The query string as audit metadata: `{"query": {"name": "value" | ["v1", "v2"]}}`,
-/// whole: nothing is clipped.
-fn query_metadata(query: &str) -> Map<String, Value> {
+/// whole (nothing is clipped), credentials (by name or by shape) as
+/// `[REDACTED]`.
+fn query_metadata(query: &str, redact: &Redactor) -> Map<String, Value> {
     let mut params = Map::new();
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-        let value = value.into_owned();
+        let value: String = redact.value(&name, &value).into_owned();
+        let name = if redact::holds_secret(&name) {
+            Cow::Borrowed(redact::REDACTED)
+        } else {
+            name
+        };
         match params.get_mut(name.as_ref()) {
             Some(Value::Array(values)) => values.push(Value::String(value)),
             Some(first) => *first = json!([first.take(), value]),
@@ -134,7 +141,11 @@ const MAX_RECORDED_PATH: usize = 255;
 /// whose record would not fit: an admin read is recorded whole (its path and
 /// every parameter) or not served, so padding cannot push what a call took
 /// out of its own record.
-fn recorded_metadata(path: &str, query: &str) -> Result<Map<String, Value>, ApiError> {
+fn recorded_metadata(
+    path: &str,
+    query: &str,
+    redact: &Redactor,
+) -> Result<Map<String, Value>, ApiError> {
     let too_long = |message: String| ApiError::Refused {
         status: actix_web::http::StatusCode::URI_TOO_LONG,
         code: "request_too_long_to_record",
@@ -145,7 +156,7 @@ fn recorded_metadata(path: &str, query: &str) -> Result<Map<String, Value>, ApiE
             "the path is longer than the {MAX_RECORDED_PATH} characters an audit record holds"
         )));
     }
-    let metadata = query_metadata(query);
+    let metadata = query_metadata(query, redact);
     let size = serde_json::to_vec(&metadata).map_or(usize::MAX, |v| v.len());
     if size > auditline_shared::event::MAX_METADATA_BYTES {
         return Err(too_long(format!(
@@ -201,7 +212,10 @@ impl Application {
             format!("{}-admin", settings.ingest.spool_dir.trim_end_matches('/')),
             settings.ingest.spool_max_bytes,
         )?);
-        let audit = AuditMiddleware::start(AuditConfig::new("auditline-admin"), publisher, spool)?;
+        let redactor = Redactor::new(&settings.audit.redact_params);
+        let mut audit_config = AuditConfig::new("auditline-admin");
+        audit_config.redact = redactor.clone();
+        let audit = AuditMiddleware::start(audit_config, publisher, spool)?;
         let audit_handle = audit.clone();
         let jobs_waiting = Arc::new(tokio::sync::Notify::new());
         let storage = crate::storage::Storage::new(
@@ -282,6 +296,7 @@ impl Application {
             .with_context(|| format!("cannot listen on {}", settings.admin_listen))?;
         let port = listener.local_addr()?.port();
         let server = HttpServer::new(move || {
+            let redactor = redactor.clone();
             App::new()
                 .app_data(state.clone())
                 .app_data(tokens.clone())
@@ -296,8 +311,12 @@ impl Application {
                 ))
                 .service(
                     web::scope("/admin/audit")
-                        .wrap_fn(|req, srv| {
-                            let served = match recorded_metadata(req.path(), req.query_string()) {
+                        .wrap_fn(move |req, srv| {
+                            let served = match recorded_metadata(
+                                req.path(),
+                                req.query_string(),
+                                &redactor,
+                            ) {
                                 Ok(metadata) => {
                                     if !metadata.is_empty() {
                                         req.extensions_mut().insert(AuditMetadata(metadata));

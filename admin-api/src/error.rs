@@ -116,7 +116,8 @@ impl ResponseError for ApiError {
                     .response(StatusCode::SERVICE_UNAVAILABLE)
             }
             Self::Unexpected(e) => {
-                tracing::error!(error = %format!("{e:#}"), "admin request failed");
+                let error = format!("{e:#}");
+                tracing::error!(error = %auditline_shared::redact::text(&error), "admin request failed");
                 ErrorBody::new("internal", "internal error; the server log has the details")
                     .response(StatusCode::INTERNAL_SERVER_ERROR)
             }

@@ -211,11 +211,19 @@ pub(crate) fn filters_query(field: &str, filters: &Map<String, Value>) -> Result
     Ok(query.finish())
 }
 
+/// Refuses a request body or frame with a duplicate key (which `serde_json`
+/// would read as its last value), naming the key's path.
+pub(crate) fn strict(body: &[u8]) -> Result<(), ApiError> {
+    auditline_shared::strict_json::check(body, false)
+        .map_err(|e| ApiError::body(&e.path_text(), e.message))
+}
+
 /// A JSON object body, taken apart field by field with errors that name the field.
 pub(crate) struct Body(Map<String, Value>);
 
 impl Body {
     pub(crate) fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        strict(body)?;
         match serde_json::from_slice(body) {
             Ok(Value::Object(map)) => Ok(Self(map)),
             Ok(_) => Err(ApiError::body("$", "must be a JSON object")),

@@ -637,6 +637,9 @@ impl Client {
     }
 
     async fn on_text(&mut self, id: u64, text: &str) -> Result<(), Gone> {
+        if let Err(e) = crate::jobs::strict(text.as_bytes()) {
+            return self.error(e).await;
+        }
         let message: Value = match serde_json::from_str(text) {
             Ok(Value::Object(map)) => Value::Object(map),
             Ok(_) => {

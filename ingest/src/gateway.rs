@@ -20,13 +20,14 @@ use actix_web::{
 };
 use anyhow::Context;
 use auditline_shared::{
-    AuditEvent, Settings,
+    AuditEvent, FieldError, Settings,
     auth::{AuthError, Caller, Scope, TokenStore},
     db,
     error::{ErrorBody, single_method},
-    event::to_ndjson,
+    event::{check_age, check_strict, strict_error, to_ndjson},
     metrics::{metrics_handler, register},
     settings::IngestSettings,
+    strict_json::{Segment, StrictError},
 };
 use chrono::Utc;
 use futures_util::StreamExt;
@@ -110,6 +111,8 @@ struct State {
     spool: Option<(Arc<Spool>, GroupCommit)>,
     settings: IngestSettings,
     metrics: IngestMetrics,
+    /// `partitions.max_event_age_days`: older events are refused.
+    max_event_age: chrono::Duration,
 }
 
 /// Why a request was refused.
@@ -248,6 +251,7 @@ impl Application {
             spool,
             settings: settings.ingest.clone(),
             metrics,
+            max_event_age: settings.partitions.max_event_age(),
         });
         let tokens = web::Data::new(TokenStore(pool));
         let registry = web::Data::new(registry);
@@ -373,7 +377,7 @@ async fn accept(
             limit: state.settings.max_events,
         });
     }
-    let events = validate(items, &service, ndjson).inspect_err(|e| {
+    let events = validate(items, &service, ndjson, state.max_event_age).inspect_err(|e| {
         if let IngestError::Invalid { total, .. } = e {
             state.metrics.rejected.inc_by(*total as u64);
         }
@@ -454,23 +458,39 @@ async fn read_body(
     Ok(body)
 }
 
-/// One item of the body: its JSON, or why it is not JSON; with its NDJSON line.
+/// One item of the body: its JSON, or which field is wrong and why (not
+/// JSON, or not strict JSON); with its NDJSON line.
 struct Item {
     line: Option<usize>,
-    value: Result<Value, String>,
+    value: Result<Value, (String, String)>,
 }
 
 fn split_items(body: &[u8], ndjson: bool) -> Result<Vec<Item>, IngestError> {
-    let items = if ndjson {
+    let mut strict = None;
+    let mut items = if ndjson {
         body.split(|b| *b == b'\n')
             .enumerate()
             .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
             .map(|(i, line)| Item {
                 line: Some(i + 1),
-                value: serde_json::from_slice(line).map_err(|e| format!("malformed JSON: {e}")),
+                value: check_strict(line)
+                    .map_err(|e| {
+                        let e = e.0.into_iter().next().unwrap_or_else(|| FieldError {
+                            field: "$".into(),
+                            message: "not strict JSON".into(),
+                        });
+                        (e.field, e.message)
+                    })
+                    .and_then(|()| {
+                        serde_json::from_slice(line)
+                            .map_err(|e| ("$".into(), format!("malformed JSON: {e}")))
+                    }),
             })
             .collect()
     } else {
+        // Strict JSON first (a `Value` no longer shows duplicate keys or
+        // rounded numbers); the event it is in is refused like any invalid one.
+        strict = auditline_shared::strict_json::check(body, true).err();
         match serde_json::from_slice::<Value>(body) {
             Ok(Value::Array(values)) => values
                 .into_iter()
@@ -494,10 +514,30 @@ fn split_items(body: &[u8], ndjson: bool) -> Result<Vec<Item>, IngestError> {
     if items.is_empty() {
         return Err(IngestError::Malformed("the body holds no event".into()));
     }
+    if let Some(e) = strict {
+        let (index, path) = match e.path.split_first() {
+            Some((Segment::Index(i), rest)) if body.trim_ascii_start().starts_with(b"[") => {
+                (*i, rest.to_vec())
+            }
+            _ => (0, e.path),
+        };
+        let error = strict_error(&StrictError {
+            path,
+            message: e.message,
+        });
+        if let (Some(item), Some(first)) = (items.get_mut(index), error.0.into_iter().next()) {
+            item.value = Err((first.field, first.message));
+        }
+    }
     Ok(items)
 }
 
-fn validate(items: Vec<Item>, service: &str, ndjson: bool) -> Result<Vec<AuditEvent>, IngestError> {
+fn validate(
+    items: Vec<Item>,
+    service: &str,
+    ndjson: bool,
+    max_age: chrono::Duration,
+) -> Result<Vec<AuditEvent>, IngestError> {
     let now = Utc::now();
     let total = items.len();
     let mut events = Vec::with_capacity(total);
@@ -506,7 +546,7 @@ fn validate(items: Vec<Item>, service: &str, ndjson: bool) -> Result<Vec<AuditEv
     for (index, item) in items.into_iter().enumerate() {
         let mut problems: Vec<(String, String)> = Vec::new();
         match item.value {
-            Err(message) => problems.push(("$".into(), message)),
+            Err(problem) => problems.push(problem),
             Ok(Value::Object(mut map)) => {
                 match map.get("service") {
                     Some(Value::String(claimed)) if claimed != service => problems.push((
@@ -524,7 +564,10 @@ fn validate(items: Vec<Item>, service: &str, ndjson: bool) -> Result<Vec<AuditEv
                 }
                 if problems.is_empty() {
                     match AuditEvent::from_value(Value::Object(map), now) {
-                        Ok(event) => events.push(event),
+                        Ok(event) => match check_age(event.occurred_at, now, max_age) {
+                            Ok(()) => events.push(event),
+                            Err(e) => problems.push((e.field, e.message)),
+                        },
                         Err(err) => {
                             problems.extend(err.0.into_iter().map(|e| (e.field, e.message)))
                         }

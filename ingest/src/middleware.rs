@@ -44,6 +44,7 @@ use auditline_shared::event::{
     EventView, MAX_METADATA_BYTES, MAX_RESOURCE_USAGE_BYTES, check_action_type, check_http_method,
     check_service, check_session_id, no_control, object_within,
 };
+use auditline_shared::redact::{self, Redactor};
 use chrono::{DateTime, Utc};
 use futures_util::future::{Ready, ready};
 use serde_json::{Map, Value};
@@ -164,6 +165,10 @@ pub struct AuditConfig {
     /// twice the CPU an event), and the writer bounds the events it holds
     /// however large the messages are.
     pub events_per_message: usize,
+    /// Which query parameters carry credentials: their values, and anything
+    /// shaped like an Auditline token or ticket, are recorded as
+    /// `[REDACTED]` in `endpoint` (see `auditline_shared::redact`).
+    pub redact: Redactor,
 }
 
 impl AuditConfig {
@@ -198,6 +203,7 @@ impl AuditConfig {
             queue_capacity: 10_000,
             linger: std::time::Duration::from_millis(50),
             events_per_message: MAX_BATCH,
+            redact: Redactor::default(),
         }
     }
 
@@ -273,7 +279,10 @@ impl Observed<'_> {
         } else {
             "OTHER"
         };
-        let endpoint = clip(self.endpoint, 255);
+        // Credentials in the target are redacted before it is clipped (a
+        // clipped secret could lose its shape, not its value).
+        let target = config.redact.path_and_query(self.endpoint);
+        let endpoint = clip(&target, 255);
         let user_id = self.user_id.map(|u| clip(u, 255));
         let route = self.route.map(|r| clip(r, 255));
         fn within<'m>(
@@ -1041,8 +1050,10 @@ impl<S> std::fmt::Debug for AuditService<S> {
     }
 }
 
+/// A session id that breaks the event's rules, or is shaped like an
+/// Auditline token, is replaced by a generated one.
 fn usable_session(id: &str) -> bool {
-    check_session_id(id).is_ok()
+    check_session_id(id).is_ok() && !redact::holds_token(id)
 }
 
 /// Where a request's session id came from.

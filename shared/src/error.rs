@@ -4,6 +4,20 @@
 use actix_web::{HttpResponse, http::StatusCode};
 use serde::Serialize;
 use serde_json::Value;
+use std::borrow::Cow;
+
+fn redact_strings(value: &mut Value) {
+    match value {
+        Value::String(s) => {
+            if let Cow::Owned(clean) = crate::redact::text(s) {
+                *s = clean;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact_strings),
+        Value::Object(map) => map.values_mut().for_each(redact_strings),
+        _ => {}
+    }
+}
 
 /// The body's `error` object.
 #[derive(Debug, Clone, Serialize)]
@@ -20,15 +34,23 @@ struct Envelope<'a> {
 }
 
 impl ErrorBody {
+    /// An error body. Anything in `message` shaped like a token or ticket
+    /// (a value echoed back) is redacted: error bodies end up in logs.
     pub fn new(code: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
         Self {
             code: code.into(),
-            message: message.into(),
+            message: match crate::redact::text(&message) {
+                Cow::Borrowed(_) => message,
+                Cow::Owned(clean) => clean,
+            },
             details: Vec::new(),
         }
     }
 
-    pub fn with_details(mut self, details: Vec<Value>) -> Self {
+    /// Details, their strings redacted as the message is.
+    pub fn with_details(mut self, mut details: Vec<Value>) -> Self {
+        details.iter_mut().for_each(redact_strings);
         self.details = details;
         self
     }

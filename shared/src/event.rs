@@ -190,6 +190,7 @@ impl AuditEvent {
     /// [`AuditEvent::parse`] with an explicit clock, for callers that validate
     /// many events at one instant.
     pub fn parse_at(json: &[u8], now: DateTime<Utc>) -> Result<Self, ValidationError> {
+        check_strict(json)?;
         let mut de = serde_json::Deserializer::from_slice(json);
         let wire: WireEvent = serde_path_to_error::deserialize(&mut de).map_err(serde_error)?;
         de.end().map_err(|e| {
@@ -199,7 +200,9 @@ impl AuditEvent {
     }
 
     /// Parses and validates an event already read as JSON (the gateway stamps
-    /// `service` into it first).
+    /// `service` into it first). The JSON must have passed [`check_strict`]
+    /// before it was read: a `Value` no longer shows duplicate keys or
+    /// rounded numbers.
     pub fn from_value(value: Value, now: DateTime<Utc>) -> Result<Self, ValidationError> {
         let wire: WireEvent = serde_path_to_error::deserialize(value).map_err(serde_error)?;
         Self::try_from_wire(wire, now)
@@ -574,6 +577,56 @@ fn json_text(out: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// The oldest-event rule of the boundaries that store events (the gateway,
+/// the writer): `occurred_at` not before the UTC day `max_age` before `now`
+/// (`partitions.max_event_age_days`), so a publisher cannot make the writer
+/// create a partition for every day since 1970. (The future bound,
+/// [`MAX_FUTURE_SKEW`], is part of validation itself.)
+pub fn check_age(
+    occurred_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    max_age: Duration,
+) -> Result<(), FieldError> {
+    // Whole UTC days (the partitions' unit): the window opens at midnight
+    // of the day `max_age` before today.
+    let oldest = (now - max_age)
+        .date_naive()
+        .and_time(chrono::NaiveTime::MIN)
+        .and_utc();
+    if occurred_at < oldest {
+        return Err(FieldError::new(
+            "occurred_at",
+            format!(
+                "is {} which is before {}, outside the accepted window of {} days (partitions.max_event_age_days)",
+                rfc3339_text(occurred_at),
+                rfc3339_text(oldest),
+                max_age.num_days()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses, naming the field, what `serde_json` would read loosely: a
+/// duplicate key anywhere, or a number (in `metadata`, `resource_usage` or
+/// a top-level field) that would not be kept exactly (see
+/// [`crate::strict_json`]).
+pub fn check_strict(json: &[u8]) -> Result<(), ValidationError> {
+    crate::strict_json::check(json, true).map_err(|e| strict_error(&e))
+}
+
+/// A strict-JSON error as a field-named one: the event's field, and the
+/// path inside it when it is deeper.
+pub fn strict_error(e: &crate::strict_json::StrictError) -> ValidationError {
+    let path = e.path_text();
+    let field = e.top_key();
+    if path == field {
+        ValidationError::one(field, e.message.clone())
+    } else {
+        ValidationError::one(field, format!("{} (at {path})", e.message))
+    }
+}
+
 /// Turns serde's first error into a field-named one.
 fn serde_error(err: serde_path_to_error::Error<serde_json::Error>) -> ValidationError {
     let path = err.path().to_string();
@@ -819,6 +872,19 @@ mod tests {
             write_ip(&mut out, ip);
             assert_eq!(String::from_utf8(out).expect("utf-8"), ip.to_string());
         }
+    }
+
+    #[test]
+    fn the_age_window_opens_at_midnight_of_its_oldest_day() {
+        let now: DateTime<Utc> = "2026-12-03T13:00:00Z".parse().expect("time");
+        let days = Duration::days(400);
+        let edge: DateTime<Utc> = "2025-10-29T00:00:00Z".parse().expect("time");
+        assert!(check_age(edge, now, days).is_ok());
+        assert!(check_age(now - days, now, days).is_ok());
+        let err = check_age(edge - Duration::microseconds(1), now, days).expect_err("too old");
+        assert_eq!(err.field, "occurred_at");
+        assert!(err.message.contains("400 days"), "{}", err.message);
+        assert!(check_age(DateTime::UNIX_EPOCH, now, days).is_err());
     }
 
     #[test]

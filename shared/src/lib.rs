@@ -12,6 +12,8 @@
 //! - [`signing`] — Ed25519 keys that sign seals and checkpoints.
 //! - [`text_index`] — the free-text search's per-block Bloom filters.
 //! - [`error`] — the JSON error body every HTTP service answers with.
+//! - [`strict_json`] — duplicate keys and inexact numbers refused at the boundaries.
+//! - [`redact`] — credentials kept out of audit events, logs and error messages.
 
 pub mod amqp;
 pub mod auth;
@@ -19,10 +21,12 @@ pub mod db;
 pub mod error;
 pub mod event;
 pub mod metrics;
+pub mod redact;
 pub mod rollup;
 pub mod seal;
 pub mod settings;
 pub mod signing;
+pub mod strict_json;
 pub mod telemetry;
 pub mod text_index;
 

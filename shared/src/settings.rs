@@ -110,6 +110,22 @@ pub struct Settings {
     /// Seals, checkpoints and verify.
     #[serde(default)]
     pub integrity: IntegritySettings,
+    /// What the services' own audit events (the `AuditMiddleware`) record.
+    #[serde(default)]
+    pub audit: AuditSettings,
+}
+
+/// What audit events built from requests may record.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettings {
+    /// Query parameters and headers whose values are recorded as
+    /// `[REDACTED]`, besides the built-in credential names (`token`,
+    /// `access_token`, `api_key`, `password`, `ticket`, … see
+    /// `auditline_shared::redact`). Compared case-insensitively, any
+    /// character but a letter or digit read as `_`.
+    #[serde(default)]
+    pub redact_params: Vec<String>,
 }
 
 /// Checkpoints of the seal chains, anchored outside the database.
@@ -435,6 +451,27 @@ pub struct PartitionSettings {
     /// Where retention archives go (`local` is the export directory).
     #[serde(default = "default_checkpoint_destination")]
     pub archive_destination: String,
+    /// The oldest `occurred_at` accepted, in days before now: older events
+    /// are refused by the gateway (400 naming the field) and dead-lettered
+    /// by the writer, so no publisher can make the writer create partitions
+    /// for decades past. None (the default): `retention_days` when set, else
+    /// [`DEFAULT_MAX_EVENT_AGE_DAYS`].
+    #[serde(default)]
+    pub max_event_age_days: Option<u32>,
+}
+
+/// The oldest accepted event without `retention_days` or `max_event_age_days`.
+pub const DEFAULT_MAX_EVENT_AGE_DAYS: u32 = 400;
+
+impl PartitionSettings {
+    /// How old an event's `occurred_at` may be.
+    pub fn max_event_age(&self) -> chrono::Duration {
+        let days = self
+            .max_event_age_days
+            .or(self.retention_days)
+            .unwrap_or(DEFAULT_MAX_EVENT_AGE_DAYS);
+        chrono::Duration::days(i64::from(days))
+    }
 }
 
 /// The confirmed publisher.
@@ -535,6 +572,7 @@ impl Default for PartitionSettings {
             check_interval_secs: default_check_interval_secs(),
             retention_days: None,
             archive_destination: default_checkpoint_destination(),
+            max_event_age_days: None,
         }
     }
 }
@@ -567,6 +605,7 @@ impl Default for Settings {
             exports: ExportSettings::default(),
             stream: StreamSettings::default(),
             integrity: IntegritySettings::default(),
+            audit: AuditSettings::default(),
         }
     }
 }

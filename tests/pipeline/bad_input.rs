@@ -61,6 +61,14 @@ fn with(field: &str, value: Value) -> Vec<u8> {
     e.to_string().into_bytes()
 }
 
+/// The event with `pair` (`"key":value`) added as it is, after its own
+/// fields: a way to repeat a key.
+fn appended(pair: &str) -> Vec<u8> {
+    let mut e = event().to_string();
+    e.pop();
+    format!("{e},{pair}}}").into_bytes()
+}
+
 fn without(field: &str) -> Vec<u8> {
     let mut e = event();
     e.as_object_mut().expect("object").remove(field);
@@ -445,6 +453,80 @@ fn cases() -> Vec<Case> {
         event().to_string().into_bytes(),
         403,
         "forbidden",
+    );
+    ingest(
+        "duplicate key: success true, then false",
+        j,
+        Tok::Publish,
+        appended(r#""success":false"#),
+        400,
+        invalid,
+    );
+    ingest(
+        "duplicate key inside metadata",
+        j,
+        Tok::Publish,
+        appended(r#""metadata":{"role":"user","role":"admin"}"#),
+        400,
+        invalid,
+    );
+    ingest(
+        "duplicate key written with an escape",
+        j,
+        Tok::Publish,
+        appended(r#""succes\u0073":false"#),
+        400,
+        invalid,
+    );
+    ingest(
+        "NDJSON line with a duplicate key",
+        nd,
+        Tok::Publish,
+        format!(
+            "{}\n{}\n",
+            event(),
+            String::from_utf8(appended(r#""user_id":"mallory""#)).expect("utf8")
+        )
+        .into_bytes(),
+        400,
+        invalid,
+    );
+    ingest(
+        "array whose second event has a duplicate key",
+        j,
+        Tok::Publish,
+        format!(
+            "[{}, {}]",
+            event(),
+            String::from_utf8(appended(r#""endpoint":"/x""#)).expect("utf8")
+        )
+        .into_bytes(),
+        400,
+        invalid,
+    );
+    ingest(
+        "integer beyond 64 bits in metadata",
+        j,
+        Tok::Publish,
+        appended(r#""metadata":{"n":18446744073709551616}"#),
+        400,
+        invalid,
+    );
+    ingest(
+        "occurred_at in 1980 (older than max_event_age_days)",
+        j,
+        Tok::Publish,
+        with("occurred_at", json!("1980-01-01T00:00:00Z")),
+        400,
+        invalid,
+    );
+    ingest(
+        "number a double cannot hold in metadata",
+        j,
+        Tok::Publish,
+        appended(r#""metadata":{"n":9007199254740993.0}"#),
+        400,
+        invalid,
     );
 
     let mut n = 0;
@@ -860,6 +942,33 @@ fn cases() -> Vec<Case> {
         vec![],
         403,
         "forbidden",
+    );
+    admin(
+        "export job: duplicate key",
+        "POST",
+        "/admin/audit/exports".into(),
+        Tok::Export,
+        br#"{"format": "csv", "filters": {"user_id": "alice", "user_id": "bob"}}"#.to_vec(),
+        400,
+        body,
+    );
+    admin(
+        "schedule: duplicate key",
+        "POST",
+        "/admin/audit/export-schedules".into(),
+        Tok::Export,
+        br#"{"cron": "0 * * * *", "window": "previous_hour", "window": "previous_day"}"#.to_vec(),
+        400,
+        body,
+    );
+    admin(
+        "token in the query string, no header",
+        "GET",
+        logs("access_token=alt_000000000000_00000000000000000000"),
+        Tok::None,
+        vec![],
+        401,
+        "unauthorized",
     );
     cases
 }

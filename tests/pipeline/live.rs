@@ -408,6 +408,22 @@ async fn tickets_origins_filters_and_the_connection_cap_are_enforced() {
         assert_eq!(answer["type"], "error", "{answer}");
         assert_eq!(answer["error"]["details"][0]["field"], field, "{answer}");
     }
+    // A repeated key is refused, not read as its last value.
+    first
+        .send(Message::text(
+            r#"{"type": "subscribe", "filter": {"success": false, "success": true}}"#,
+        ))
+        .await
+        .expect("send");
+    let Some(Message::Text(text)) = next(&mut first, Duration::from_secs(5)).await else {
+        panic!("no answer to a duplicate key");
+    };
+    let answer: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(answer["type"], "error", "{answer}");
+    assert_eq!(
+        answer["error"]["details"][0]["field"], "filter.success",
+        "{answer}"
+    );
     subscribe(
         &mut first,
         json!({"type": "subscribe", "filter": {"success": false}}),

@@ -16,5 +16,7 @@ mod live;
 mod metrics;
 mod middleware;
 mod privilege;
+mod redaction;
 mod retention;
 mod storage;
+mod strict;

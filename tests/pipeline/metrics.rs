@@ -88,9 +88,13 @@ async fn every_service_exposes_its_named_series_with_the_right_values() {
         15.0
     );
     assert_eq!(
-        value(&metrics, "auditline_audit_user_actions_hour{user=\"u0\"}"),
+        value(
+            &metrics,
+            "auditline_audit_top_user_actions_hour{rank=\"1\"}"
+        ),
         45.0 + 15.0
     );
+    assert_eq!(value(&metrics, "auditline_audit_active_users_hour"), 3.0);
     assert_eq!(
         value(
             &metrics,
@@ -113,6 +117,78 @@ async fn every_service_exposes_its_named_series_with_the_right_values() {
     assert_eq!(value(&metrics, "auditline_stream_clients"), 0.0);
     assert!(value(&metrics, "auditline_stream_events_received_total") >= 90.0);
     assert!(metrics.contains("auditline_export_jobs{state=\"queued\"}"));
+    admin.stop().await;
+    ingest.stop().await;
+    writer.stop().await;
+    env.cleanup().await;
+}
+
+#[actix_web::test]
+async fn no_service_exposes_a_user_id_on_metrics() {
+    let env = TestEnv::new().await;
+    let writer = InProcessWriter::start(&env).await;
+    let ingest = InProcessIngest::start_with(env.settings.clone()).await;
+    let admin = InProcessAdmin::start(&env).await;
+    let user = "alice@example.com";
+    let token = env.token(&[Scope::Publish], Some("shop")).await;
+    let lines: Vec<String> = (0..20)
+        .map(|i| {
+            json!({
+                "occurred_at": chrono::Utc::now().to_rfc3339(),
+                "session_id": "s1", "user_id": user, "action_type": "file",
+                "endpoint": format!("/files/{i}"), "route": "/files/{id}",
+                "http_method": "GET", "status_code": 200, "success": true,
+                "response_time_ms": 3.0,
+            })
+            .to_string()
+        })
+        .collect();
+    let (status, _, body) = ingest
+        .post(
+            Some(&token),
+            "application/x-ndjson",
+            lines.join("\n").as_bytes(),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    // An admin whose token is named after her: her requests are admin events.
+    let read = env.named_token(user, &[Scope::Read]).await;
+    let (status, _) = admin
+        .get_json(Some(&read), "/admin/audit/logs?user_id=alice%40example.com")
+        .await;
+    assert_eq!(status, 200);
+    env.wait_for_rows(21, Duration::from_secs(30)).await;
+    env.wait_rollups().await;
+
+    for (service, port) in [
+        ("writer", writer.port),
+        ("ingest", ingest.port),
+        ("admin", admin.port),
+    ] {
+        let (status, metrics) = http_get(port, "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(
+            !metrics.contains(user) && !metrics.contains("alice"),
+            "the {service}'s /metrics names the user:\n{metrics}"
+        );
+    }
+    let (_, metrics) = http_get(writer.port, "/metrics").await;
+    assert_eq!(value(&metrics, "auditline_writer_rows_written_total"), 21.0);
+    // Her 20 events and her one admin request.
+    assert_eq!(
+        value(
+            &metrics,
+            "auditline_audit_top_user_actions_hour{rank=\"1\"}"
+        ),
+        21.0
+    );
+    // Who the top users are stays in the admin API, behind a token.
+    let (status, body) = admin.get_json(Some(&read), "/admin/audit/users").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.to_string().contains(user), "{body}");
+    let (status, body) = admin.get_json(Some(&read), "/admin/audit/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.to_string().contains(user), "{body}");
     admin.stop().await;
     ingest.stop().await;
     writer.stop().await;

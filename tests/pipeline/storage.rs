@@ -400,3 +400,53 @@ async fn an_unroutable_publish_is_an_error_not_a_success() {
     );
     env.cleanup().await;
 }
+
+#[actix_web::test]
+async fn events_older_than_the_accepted_window_are_dead_lettered_and_create_no_partition() {
+    let env = TestEnv::new().await;
+    let writer = InProcessWriter::start(&env).await;
+    let good = events(2);
+    let mut old = events(3);
+    let days = [
+        "1980-01-01T00:00:00Z",
+        "1999-06-15T12:00:00Z",
+        "2001-09-09T01:46:40Z",
+    ];
+    for (event, day) in old.iter_mut().zip(days) {
+        event.occurred_at = day.parse().expect("time");
+    }
+    let mut ndjson = auditline_shared::event::to_ndjson(&old[1..]);
+    ndjson.extend(good[1].to_json());
+    env.publish_raw(&[
+        ("application/json", good[0].to_json()),
+        ("application/json", old[0].to_json()),
+        ("application/x-ndjson", ndjson),
+    ])
+    .await;
+    env.wait_for_rows(2, Duration::from_secs(30)).await;
+    let dead = env.wait_dead_letters(3).await;
+    let reasons: Vec<String> = dead
+        .iter()
+        .map(|(_, r)| r.clone().expect("reason header"))
+        .collect();
+    assert_eq!(dead.len(), 3, "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .all(|r| r.contains("occurred_at") && r.contains("accepted window")),
+        "{reasons:?}"
+    );
+    let mut ids: Vec<_> = good.iter().map(|e| e.event_id).collect();
+    ids.sort();
+    env.assert_exactly(&ids).await;
+    let ancient: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'auditline' \
+         AND tablename ~ '^events_(19|200)'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .expect("partitions");
+    assert_eq!(ancient, 0, "no partition was created for the old days");
+    writer.stop().await;
+    env.cleanup().await;
+}

@@ -338,6 +338,7 @@ impl Pipeline {
             held,
             shared.metrics.clone(),
             down_tx,
+            s.partitions.max_event_age(),
         )
         .start();
         Ok(Self {

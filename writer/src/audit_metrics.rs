@@ -1,18 +1,23 @@
 //! Metrics about what the audited users did, from every event a commit stored
 //! (each event counted once: the writer sees each exactly once).
 //!
-//! No label takes unbounded values: users are named only while they are
-//! among the [`TOP_USERS`] most active of the current UTC hour (the rest are
-//! `other`); action types, routes and services are named up to a fixed number
-//! of distinct values, then `other`; methods are the standard ones or `OTHER`.
+//! No label takes unbounded values, and none names a user: `/metrics` is
+//! unauthenticated, so the most active users of the current UTC hour are
+//! labelled by rank (`1` to [`TOP_USERS`], the rest `other`), never by id
+//! (who they are is in the admin API: `/admin/audit/users`,
+//! `/admin/audit/metrics`). Action types, routes and services are named up
+//! to a fixed number of distinct values, then `other`; methods are the
+//! standard ones or `OTHER`.
 
 use std::collections::{HashMap, HashSet};
 
 use auditline_shared::AuditEvent;
 use chrono::{DateTime, Timelike, Utc};
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
-/// Users with a label of their own in `auditline_audit_user_actions_hour`.
+/// Ranks with a series of their own in `auditline_audit_top_user_actions_hour`.
 pub const TOP_USERS: usize = 20;
 /// Distinct action types with a label of their own.
 const MAX_ACTION_TYPES: usize = 40;
@@ -54,7 +59,8 @@ impl Bounded {
 
 #[derive(Debug)]
 pub struct AuditMetrics {
-    user_actions_hour: IntGaugeVec,
+    top_user_actions_hour: IntGaugeVec,
+    active_users_hour: IntGauge,
     actions: IntCounterVec,
     failures: IntCounterVec,
     admin_actions: IntCounterVec,
@@ -69,12 +75,16 @@ pub struct AuditMetrics {
 
 impl AuditMetrics {
     pub fn new(registry: &Registry) -> anyhow::Result<Self> {
-        let user_actions_hour = IntGaugeVec::new(
+        let top_user_actions_hour = IntGaugeVec::new(
             Opts::new(
-                "auditline_audit_user_actions_hour",
-                "Actions in the current UTC hour of the most active users (the rest: user=\"other\")",
+                "auditline_audit_top_user_actions_hour",
+                "Actions in the current UTC hour of the most active users, by rank (1 the busiest; the rest: rank=\"other\"); who they are is in the admin API",
             ),
-            &["user"],
+            &["rank"],
+        )?;
+        let active_users_hour = IntGauge::new(
+            "auditline_audit_active_users_hour",
+            "Distinct users with an action in the current UTC hour (counted up to 100,000)",
         )?;
         let actions = IntCounterVec::new(
             Opts::new(
@@ -107,13 +117,15 @@ impl AuditMetrics {
             ]),
             &["route", "method"],
         )?;
-        registry.register(Box::new(user_actions_hour.clone()))?;
+        registry.register(Box::new(top_user_actions_hour.clone()))?;
+        registry.register(Box::new(active_users_hour.clone()))?;
         registry.register(Box::new(actions.clone()))?;
         registry.register(Box::new(failures.clone()))?;
         registry.register(Box::new(admin_actions.clone()))?;
         registry.register(Box::new(response_time.clone()))?;
         Ok(Self {
-            user_actions_hour,
+            top_user_actions_hour,
+            active_users_hour,
             actions,
             failures,
             admin_actions,
@@ -197,13 +209,15 @@ impl AuditMetrics {
         let rest: u64 = top.iter().skip(TOP_USERS).map(|(_, n)| **n).sum();
         top.truncate(TOP_USERS);
         top.sort_unstable_by(order);
-        self.user_actions_hour.reset();
-        for (user, n) in top.into_iter().take(TOP_USERS) {
-            self.user_actions_hour
-                .with_label_values(&[user.as_str()])
+        self.top_user_actions_hour.reset();
+        for (rank, (_, n)) in top.into_iter().take(TOP_USERS).enumerate() {
+            self.top_user_actions_hour
+                .with_label_values(&[(rank + 1).to_string()])
                 .set(i64::try_from(*n).unwrap_or(i64::MAX));
         }
-        self.user_actions_hour
+        self.active_users_hour
+            .set(i64::try_from(self.users.len()).unwrap_or(i64::MAX));
+        self.top_user_actions_hour
             .with_label_values(&["other"])
             .set(i64::try_from(rest + self.others).unwrap_or(i64::MAX));
     }
@@ -256,9 +270,16 @@ mod tests {
                 family.get_metric().len()
             );
         }
-        let users = metrics.user_actions_hour.clone();
-        assert_eq!(users.with_label_values(&["heavy"]).get(), 50);
-        // 20 named users (heavy and 19 with one action each), the rest other.
+        let users = metrics.top_user_actions_hour.clone();
+        assert_eq!(users.with_label_values(&["1"]).get(), 50);
+        assert_eq!(users.with_label_values(&["20"]).get(), 1);
+        // 20 ranks (heavy and 19 with one action each), the rest other.
         assert_eq!(users.with_label_values(&["other"]).get(), 10_000 - 19);
+        assert_eq!(metrics.active_users_hour.get(), 10_001);
+        // No series names a user.
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .expect("encode");
+        assert!(!text.contains("heavy") && !text.contains("user-"), "{text}");
     }
 }

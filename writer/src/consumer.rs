@@ -4,7 +4,11 @@
 
 use crate::{batcher::Batcher, metrics::WriterMetrics};
 use actix::prelude::*;
-use auditline_shared::{AuditEvent, amqp::decode_body, event::parse_ndjson};
+use auditline_shared::{
+    AuditEvent, ValidationError,
+    amqp::decode_body,
+    event::{check_age, parse_ndjson},
+};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -108,7 +112,9 @@ pub struct Incoming {
 impl Incoming {
     /// Parses a delivery. Nothing is dropped: every line or body that fails
     /// becomes a dead letter with the reason.
-    pub fn parse(delivery: Delivery, now: DateTime<Utc>) -> Self {
+    /// Events older than `max_age` (`partitions.max_event_age_days`) are
+    /// dead letters too.
+    pub fn parse(delivery: Delivery, now: DateTime<Utc>, max_age: chrono::Duration) -> Self {
         let props = &delivery.properties;
         let content_type = props
             .content_type()
@@ -156,7 +162,12 @@ impl Incoming {
                 }
                 let line_bodies: Vec<&[u8]> = body.split(|b| *b == b'\n').collect();
                 for line in lines {
-                    match line.result {
+                    let result = line.result.and_then(|event| {
+                        check_age(event.occurred_at, now, max_age)
+                            .map(|()| event)
+                            .map_err(|e| ValidationError(vec![e]))
+                    });
+                    match result {
                         Ok(event) => events.push(event),
                         Err(err) => {
                             let raw = line_bodies.get(line.index).map(|l| l.to_vec()).unwrap_or_default();
@@ -169,7 +180,11 @@ impl Incoming {
                     }
                 }
             }
-            "application/json" | "" => match AuditEvent::parse_at(&body, now) {
+            "application/json" | "" => match AuditEvent::parse_at(&body, now).and_then(|event| {
+                check_age(event.occurred_at, now, max_age)
+                    .map(|()| event)
+                    .map_err(|e| ValidationError(vec![e]))
+            }) {
                 Ok(event) => events.push(event),
                 Err(err) => dead.push(dead_letter(body.clone(), &content_type, err.to_string())),
             },
@@ -203,6 +218,8 @@ pub struct Consumer {
     metrics: WriterMetrics,
     down: Option<oneshot::Sender<String>>,
     reason: String,
+    /// `partitions.max_event_age_days`.
+    max_event_age: chrono::Duration,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -220,8 +237,10 @@ impl Consumer {
         held: Arc<Held>,
         metrics: WriterMetrics,
         down: oneshot::Sender<String>,
+        max_event_age: chrono::Duration,
     ) -> Self {
         Self {
+            max_event_age,
             stream: Some(stream),
             channel,
             batcher,
@@ -277,7 +296,7 @@ impl StreamHandler<lapin::Result<Delivery>> for Consumer {
     fn handle(&mut self, item: lapin::Result<Delivery>, ctx: &mut Self::Context) {
         match item {
             Ok(delivery) => {
-                let incoming = Incoming::parse(delivery, Utc::now());
+                let incoming = Incoming::parse(delivery, Utc::now(), self.max_event_age);
                 self.metrics.messages_received.inc();
                 self.metrics
                     .events_received
