@@ -77,6 +77,14 @@ where
         .await
 }
 
+/// Whether the partition of `day` exists.
+pub async fn partition_exists(pool: &PgPool, day: NaiveDate) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(format!("auditline.events_{}", day.format("%Y%m%d")))
+        .fetch_one(pool)
+        .await
+}
+
 /// Makes sure partitions exist from yesterday (UTC) to `ahead_days` days ahead.
 /// Returns how many were created.
 pub async fn ensure_runway(pool: &PgPool, ahead_days: u32) -> sqlx::Result<u32> {

@@ -458,6 +458,17 @@ pub struct PartitionSettings {
     /// [`DEFAULT_MAX_EVENT_AGE_DAYS`].
     #[serde(default)]
     pub max_event_age_days: Option<u32>,
+    /// Partitions a writer process creates on demand (for days outside the
+    /// runway) per rolling hour; events of further new days are
+    /// dead-lettered with the reason. Every partition costs locks in any
+    /// query that spans it, so one publish token must not be able to make
+    /// hundreds.
+    #[serde(default = "default_max_created_per_hour")]
+    pub max_created_per_hour: u32,
+}
+
+fn default_max_created_per_hour() -> u32 {
+    50
 }
 
 /// The oldest accepted event without `retention_days` or `max_event_age_days`.
@@ -573,6 +584,7 @@ impl Default for PartitionSettings {
             retention_days: None,
             archive_destination: default_checkpoint_destination(),
             max_event_age_days: None,
+            max_created_per_hour: default_max_created_per_hour(),
         }
     }
 }

@@ -1186,7 +1186,7 @@ async fn a_request_too_long_to_record_is_refused_not_recorded_shorter() {
     let padded = |n: usize| {
         let mut path = "/admin/audit/logs?".to_owned();
         for i in 0..n {
-            path.push_str(&format!("user_id=pad-{i:04}-{}&", "a".repeat(240)));
+            path.push_str(&format!("user_id=pad-{i:04}-{}&", "x".repeat(240)));
         }
         path + "user_id=bob"
     };

@@ -450,3 +450,52 @@ async fn events_older_than_the_accepted_window_are_dead_lettered_and_create_no_p
     writer.stop().await;
     env.cleanup().await;
 }
+
+/// One publisher cannot make the writer create partitions without limit:
+/// past `partitions.max_created_per_hour` new days, those days' events are
+/// dead-lettered with the reason, and everything else is stored.
+#[actix_web::test]
+async fn on_demand_partitions_are_capped_per_hour() {
+    let mut env = TestEnv::new().await;
+    env.settings.partitions.max_created_per_hour = 3;
+    let writer = InProcessWriter::start(&env).await;
+    let now = Utc::now();
+    let mut all = events(2);
+    // Six distinct days well before the runway, two events each.
+    for back in 10..16 {
+        for i in 0..2 {
+            let mut event = crate::helpers::event_at("tests", now - chrono::Duration::days(back), i);
+            event.occurred_at = now - chrono::Duration::days(back);
+            all.push(event);
+        }
+    }
+    env.publish_raw(&[(
+        "application/x-ndjson",
+        auditline_shared::event::to_ndjson(&all),
+    )])
+    .await;
+    // Today's two events and three days' worth are stored.
+    env.wait_for_rows(2 + 3 * 2, Duration::from_secs(30)).await;
+    let dead = env.wait_dead_letters(1).await;
+    let reasons: Vec<String> = dead.iter().filter_map(|(_, r)| r.clone()).collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("capped") && r.contains("max_created_per_hour")),
+        "{reasons:?}"
+    );
+    let dead_events: usize = dead
+        .iter()
+        .map(|(body, _)| body.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count())
+        .sum();
+    assert_eq!(dead_events, 3 * 2, "the capped days' events are all in the dead letter");
+    let created: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT occurred_at::date) FROM auditline.events WHERE occurred_at < now() - interval '9 days'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .expect("days");
+    assert_eq!(created, 3);
+    writer.stop().await;
+    env.cleanup().await;
+}

@@ -20,6 +20,8 @@ pub struct PartitionKeeper {
     settings: PartitionSettings,
     metrics: WriterMetrics,
     known: HashSet<NaiveDate>,
+    /// When each on-demand partition of the last hour was created.
+    created: std::collections::VecDeque<std::time::Instant>,
 }
 
 impl PartitionKeeper {
@@ -29,6 +31,7 @@ impl PartitionKeeper {
             settings,
             metrics,
             known: HashSet::new(),
+            created: std::collections::VecDeque::new(),
         }
     }
 
@@ -80,41 +83,69 @@ impl Actor for PartitionKeeper {
     }
 }
 
-/// Make sure these days have partitions. Answers once they all exist.
+/// Make sure these days have partitions. Answers, once the others exist,
+/// the days refused because `partitions.max_created_per_hour` on-demand
+/// partitions were created in the last hour.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<Vec<NaiveDate>, String>")]
 pub struct EnsureDays(pub Vec<NaiveDate>);
 
+const HOUR: Duration = Duration::from_secs(3600);
+
 impl Handler<EnsureDays> for PartitionKeeper {
-    type Result = ResponseActFuture<Self, Result<(), String>>;
+    type Result = ResponseActFuture<Self, Result<Vec<NaiveDate>, String>>;
 
     fn handle(&mut self, msg: EnsureDays, _: &mut Self::Context) -> Self::Result {
-        let missing: Vec<NaiveDate> = msg
+        let mut missing: Vec<NaiveDate> = msg
             .0
             .into_iter()
             .filter(|d| !self.known.contains(d))
             .collect();
+        missing.sort_unstable();
+        while self.created.front().is_some_and(|t| t.elapsed() >= HOUR) {
+            self.created.pop_front();
+        }
+        let allowed = (self.settings.max_created_per_hour as usize).saturating_sub(self.created.len());
         let (pool, metrics) = (self.pool.clone(), self.metrics.clone());
         Box::pin(
             async move {
-                let mut made = Vec::new();
+                let (mut made, mut new, mut refused) = (Vec::new(), 0, Vec::new());
                 for day in missing {
+                    // Past the cap, a day whose partition exists is fine;
+                    // one that would need creating is refused.
+                    if new >= allowed && !db::partition_exists(&pool, day)
+                        .await
+                        .map_err(|e| format!("cannot look up the partition for {day}: {e}"))?
+                    {
+                        refused.push(day);
+                        continue;
+                    }
                     let created = db::ensure_partition(&pool, day)
                         .await
                         .map_err(|e| format!("cannot create the partition for {day}: {e}"))?;
                     if created {
+                        new += 1;
                         metrics.partitions_created.inc();
                         tracing::info!(%day, "partition created on demand");
                     }
                     made.push(day);
                 }
-                Ok(made)
+                Ok((made, new, refused))
             }
             .into_actor(self)
-            .map(|result: Result<Vec<NaiveDate>, String>, keeper, _| {
-                let made = result?;
+            .map(|result: Result<(Vec<NaiveDate>, usize, Vec<NaiveDate>), String>, keeper, _| {
+                let (made, new, refused) = result?;
                 keeper.known.extend(made);
-                Ok(())
+                let now = std::time::Instant::now();
+                keeper.created.extend(std::iter::repeat_n(now, new));
+                if !refused.is_empty() {
+                    tracing::warn!(
+                        days = refused.len(),
+                        cap = keeper.settings.max_created_per_hour,
+                        "on-demand partition creation capped; those days' events are dead-lettered"
+                    );
+                }
+                Ok(refused)
             }),
         )
     }
