@@ -464,7 +464,8 @@ async fn on_demand_partitions_are_capped_per_hour() {
     // Six distinct days well before the runway, two events each.
     for back in 10..16 {
         for i in 0..2 {
-            let mut event = crate::helpers::event_at("tests", now - chrono::Duration::days(back), i);
+            let mut event =
+                crate::helpers::event_at("tests", now - chrono::Duration::days(back), i);
             event.occurred_at = now - chrono::Duration::days(back);
             all.push(event);
         }
@@ -486,9 +487,17 @@ async fn on_demand_partitions_are_capped_per_hour() {
     );
     let dead_events: usize = dead
         .iter()
-        .map(|(body, _)| body.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count())
+        .map(|(body, _)| {
+            body.split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .count()
+        })
         .sum();
-    assert_eq!(dead_events, 3 * 2, "the capped days' events are all in the dead letter");
+    assert_eq!(
+        dead_events,
+        3 * 2,
+        "the capped days' events are all in the dead letter"
+    );
     let created: i64 = sqlx::query_scalar(
         "SELECT count(DISTINCT occurred_at::date) FROM auditline.events WHERE occurred_at < now() - interval '9 days'",
     )

@@ -105,7 +105,8 @@ impl Handler<EnsureDays> for PartitionKeeper {
         while self.created.front().is_some_and(|t| t.elapsed() >= HOUR) {
             self.created.pop_front();
         }
-        let allowed = (self.settings.max_created_per_hour as usize).saturating_sub(self.created.len());
+        let allowed =
+            (self.settings.max_created_per_hour as usize).saturating_sub(self.created.len());
         let (pool, metrics) = (self.pool.clone(), self.metrics.clone());
         Box::pin(
             async move {
