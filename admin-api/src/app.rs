@@ -15,7 +15,7 @@ use auditline_ingest::{
 use auditline_shared::{
     Settings,
     auth::TokenStore,
-    auth::{Caller, Scope},
+    auth::{Caller, Scope, TokenInfo},
     db,
     error::{ErrorBody, methods, single_method},
     metrics::metrics_handler,
@@ -47,62 +47,65 @@ pub struct State {
 
 /// Authenticates the caller, names it as the user of the request's own audit
 /// event (before the scope is checked, so that refusals are attributed too),
-/// then requires `scope`; answers the token's name.
+/// then requires one of `scopes` (403 naming the first when it has none);
+/// answers the token.
 fn authorize(
     req: &HttpRequest,
     payload: &mut Payload,
-    scope: Scope,
-) -> LocalBoxFuture<'static, Result<String, ApiError>> {
+    scopes: &'static [Scope],
+) -> LocalBoxFuture<'static, Result<TokenInfo, ApiError>> {
     let caller = Caller::from_request(req, payload);
     let req = req.clone();
     Box::pin(async move {
         let caller = caller.await?;
         req.extensions_mut()
             .insert(AuditUser(caller.0.name.clone()));
-        caller.require(scope)?;
-        Ok(caller.0.name)
+        if !scopes.iter().any(|scope| caller.0.scopes.contains(scope)) {
+            caller.require(scopes[0])?;
+        }
+        Ok(caller.0)
     })
 }
 
 /// An authenticated caller with the `read` scope (extractor).
 #[derive(Debug)]
-pub struct Reader(pub String);
+pub struct Reader(pub TokenInfo);
 
 impl FromRequest for Reader {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let authorized = authorize(req, payload, Scope::Read);
+        let authorized = authorize(req, payload, &[Scope::Read]);
         Box::pin(async move { authorized.await.map(Reader) })
     }
 }
 
-/// An authenticated caller with the `export` scope (extractor); the token's
-/// name is returned, as exports record who asked for them.
+/// An authenticated caller with the `export` scope (extractor); its token is
+/// recorded with the exports it asks for.
 #[derive(Debug)]
-pub struct Exporter(pub String);
+pub struct Exporter(pub TokenInfo);
 
 impl FromRequest for Exporter {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let authorized = authorize(req, payload, Scope::Export);
+        let authorized = authorize(req, payload, &[Scope::Export]);
         Box::pin(async move { authorized.await.map(Exporter) })
     }
 }
 
 /// An authenticated caller with the `admin` scope (extractor).
 #[derive(Debug)]
-pub struct Administrator(pub String);
+pub struct Administrator(pub TokenInfo);
 
 impl FromRequest for Administrator {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let authorized = authorize(req, payload, Scope::Admin);
+        let authorized = authorize(req, payload, &[Scope::Admin]);
         Box::pin(async move { authorized.await.map(Administrator) })
     }
 }
@@ -174,6 +177,8 @@ pub struct Application {
     server: Server,
     runner: tokio::task::JoinHandle<()>,
     live: tokio::task::JoinHandle<()>,
+    /// Closes stream connections whose token was revoked or expired.
+    token_watch: tokio::task::JoinHandle<()>,
     /// Admin calls are audit events: at shutdown they are published or spooled.
     audit: AuditMiddleware,
     checkpoints: Option<tokio::task::JoinHandle<()>>,
@@ -246,6 +251,7 @@ impl Application {
             auditline_shared::amqp::Topology::new(&settings.namespace).live_exchange,
             hub.clone(),
         ));
+        let token_watch = tokio::spawn(crate::live::watch_tokens(pool.clone(), hub.clone()));
         let keys = Arc::new(crate::checkpoint::Keys::from_settings(&settings.integrity)?);
         storage
             .check(&settings.integrity.checkpoint_destination)
@@ -388,6 +394,7 @@ impl Application {
             server,
             runner,
             live,
+            token_watch,
             audit: audit_handle,
             checkpoints,
             retention,
@@ -415,6 +422,7 @@ impl Application {
         // one, restarted) once its heartbeat is old enough.
         self.runner.abort();
         self.live.abort();
+        self.token_watch.abort();
         for task in [&self.checkpoints, &self.retention].into_iter().flatten() {
             task.abort();
         }

@@ -351,7 +351,7 @@ pub async fn create(
     .bind(export.compression.as_str())
     .bind(export.from)
     .bind(export.to)
-    .bind(exporter.0)
+    .bind(&exporter.0.name)
     .bind(destination)
     .fetch_one(&state.pool)
     .await?;

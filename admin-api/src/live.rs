@@ -16,6 +16,14 @@
 //! before the stored events are read, so an event committed meanwhile comes
 //! by one way or both; the ids sent from the table are remembered and the live
 //! copy skipped: no gap, no duplicate.
+//!
+//! A connection lives no longer than its token: a ticket names the token it
+//! was issued to and is refused once that token is revoked or expired; any
+//! use of a ticket spends it, refused or not. One task per instance
+//! ([`watch_tokens`]) checks the tokens of every open connection every
+//! `stream.token_check_secs` in one query, and closes those whose token was
+//! revoked or has expired with close code 1008 (policy violation) and the
+//! reason; a `since` replay checks the token before it reads the table.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -31,7 +39,7 @@ use actix_web::{
     http::{StatusCode, header},
     web,
 };
-use actix_ws::{Message, MessageStream, Session};
+use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
 use auditline_ingest::AuditUser;
 use auditline_shared::{
     amqp,
@@ -49,7 +57,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Postgres, QueryBuilder};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -164,6 +172,11 @@ type Entry = Vec<Arc<StoredEvent>>;
 
 struct Slot {
     filter: Option<Arc<Filters>>,
+    /// The token the connection's ticket was issued to, and its expiry.
+    token_id: String,
+    token_expires_at: Option<DateTime<Utc>>,
+    /// Tells the connection to close, and why (its token was revoked or expired).
+    close: oneshot::Sender<&'static str>,
     queue: mpsc::UnboundedSender<Entry>,
     /// Events in the queue (the bound is counted here).
     queued: Arc<AtomicUsize>,
@@ -188,6 +201,7 @@ impl std::fmt::Debug for Slot {
 /// A client's place in the hub: its queue and what it lost.
 struct Joined {
     id: u64,
+    closed: oneshot::Receiver<&'static str>,
     queue: mpsc::UnboundedReceiver<Entry>,
     queued: Arc<AtomicUsize>,
     dropped: Arc<AtomicU64>,
@@ -207,20 +221,24 @@ impl Hub {
         self.clients.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A new client, or `None` when the instance has as many as it takes.
-    fn join(&self) -> Option<Joined> {
+    /// A new client of `token`, or `None` when the instance has as many as it takes.
+    fn join(&self, token: &Redeemed) -> Option<Joined> {
         let mut clients = self.lock();
         if clients.len() >= self.settings.max_clients {
             return None;
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
+        let (close, closed) = oneshot::channel();
         let dropped = Arc::new(AtomicU64::new(0));
         let queued = Arc::new(AtomicUsize::new(0));
         clients.insert(
             id,
             Slot {
                 filter: None,
+                token_id: token.token_id.clone(),
+                token_expires_at: token.expires_at,
+                close,
                 queue: tx,
                 queued: queued.clone(),
                 dropped: dropped.clone(),
@@ -229,6 +247,7 @@ impl Hub {
         self.metrics.clients.set(clients.len() as i64);
         Some(Joined {
             id,
+            closed,
             queue: rx,
             queued,
             dropped,
@@ -239,6 +258,36 @@ impl Hub {
         let mut clients = self.lock();
         clients.remove(&id);
         self.metrics.clients.set(clients.len() as i64);
+    }
+
+    /// The tokens of the open connections.
+    fn token_ids(&self) -> Vec<String> {
+        let ids: std::collections::BTreeSet<String> =
+            self.lock().values().map(|s| s.token_id.clone()).collect();
+        ids.into_iter().collect()
+    }
+
+    /// Takes every connection for which `ended` (given its token id and
+    /// expiry) names a reason out of the fan-out and tells it to close;
+    /// returns how many.
+    fn end_sessions(
+        &self,
+        ended: impl Fn(&str, Option<DateTime<Utc>>) -> Option<&'static str>,
+    ) -> usize {
+        let mut clients = self.lock();
+        let gone: Vec<(u64, &'static str)> = clients
+            .iter()
+            .filter_map(|(id, slot)| {
+                ended(&slot.token_id, slot.token_expires_at).map(|reason| (*id, reason))
+            })
+            .collect();
+        for (id, reason) in &gone {
+            if let Some(slot) = clients.remove(id) {
+                let _ = slot.close.send(reason);
+            }
+        }
+        self.metrics.clients.set(clients.len() as i64);
+        gone.len()
     }
 
     fn set_filter(&self, id: u64, filter: Option<Arc<Filters>>) {
@@ -377,6 +426,63 @@ async fn consume_once(url: &SecretUrl, exchange: &str, hub: &Hub) -> anyhow::Res
     Ok(())
 }
 
+/// Why a token no longer admits a connection: revoked (or gone), or expired.
+/// One query for any number of tokens; an empty answer means all are valid.
+async fn ended_tokens(
+    pool: &PgPool,
+    token_ids: &[String],
+) -> Result<HashMap<String, &'static str>, sqlx::Error> {
+    let rows: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT ids.token_id, t.token_id IS NULL OR t.revoked_at IS NOT NULL \
+         FROM unnest($1::text[]) AS ids(token_id) \
+         LEFT JOIN auditline.tokens t ON t.token_id = ids.token_id \
+         WHERE t.token_id IS NULL OR t.revoked_at IS NOT NULL OR t.expires_at <= now()",
+    )
+    .bind(token_ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, revoked)| (id, if revoked { REVOKED } else { EXPIRED }))
+        .collect())
+}
+
+const REVOKED: &str = "token revoked";
+const EXPIRED: &str = "token expired";
+
+/// Closes the connections whose token was revoked or has expired, every
+/// `stream.token_check_secs`, for as long as the process runs: one query
+/// per check for all of this instance's connections. An expiry known from
+/// the handshake is enforced even while the database is unreachable.
+pub async fn watch_tokens(pool: PgPool, hub: Arc<Hub>) {
+    let every = Duration::from_secs(hub.settings.token_check_secs.max(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = Utc::now();
+        hub.end_sessions(|_, expires| expires.is_some_and(|at| at <= now).then_some(EXPIRED));
+        let ids = hub.token_ids();
+        if ids.is_empty() {
+            continue;
+        }
+        match ended_tokens(&pool, &ids).await {
+            Ok(ended) if ended.is_empty() => {}
+            Ok(ended) => {
+                let n = hub.end_sessions(|id, _| ended.get(id).copied());
+                tracing::info!(
+                    connections = n,
+                    tokens = ended.len(),
+                    "stream connections closed: token revoked or expired"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check the tokens of stream connections; next check soon")
+            }
+        }
+    }
+}
+
 /// A ticket for one websocket connection.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Ticket {
@@ -410,11 +516,12 @@ pub async fn ticket(
     let ttl = i32::try_from(state.hub.settings.ticket_ttl_secs).unwrap_or(i32::MAX);
     let expires_at: DateTime<Utc> = sqlx::query_scalar(
         "WITH gone AS (DELETE FROM auditline.stream_tickets WHERE expires_at < now() - interval '1 hour') \
-         INSERT INTO auditline.stream_tickets (ticket_hash, token_name, expires_at) \
-         VALUES ($1, $2, now() + make_interval(secs => $3)) RETURNING expires_at",
+         INSERT INTO auditline.stream_tickets (ticket_hash, token_name, token_id, expires_at) \
+         VALUES ($1, $2, $3, now() + make_interval(secs => $4)) RETURNING expires_at",
     )
     .bind(ticket_hash(&ticket))
-    .bind(&reader.0)
+    .bind(&reader.0.name)
+    .bind(&reader.0.token_id)
     .bind(f64::from(ttl))
     .fetch_one(&state.pool)
     .await?;
@@ -461,6 +568,19 @@ pub async fn stream(
     body: web::Payload,
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
+    // Every ticket presented is spent first, whatever is refused next (a
+    // parameter, the origin): a refused attempt leaves no ticket to retry
+    // with. (A handful at most: more is a bad parameter anyway.)
+    let presented: Vec<String> = form_urlencoded::parse(req.query_string().as_bytes())
+        .filter(|(name, _)| name == "ticket")
+        .take(4)
+        .map(|(_, ticket)| ticket_hash(&ticket))
+        .collect();
+    let redeemed = if presented.is_empty() {
+        None
+    } else {
+        redeem(&state.pool, &presented).await?
+    };
     let params = Params::parse(req.query_string(), &["ticket"])?;
     if let Some(origin) = req.headers().get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
@@ -468,33 +588,29 @@ pub async fn stream(
             return Err(refused(
                 StatusCode::FORBIDDEN,
                 "origin_not_allowed",
-                format!("origin {origin:?} may not open the stream (stream.allowed_origins)"),
+                format!(
+                    "origin {origin:?} may not open the stream (stream.allowed_origins); the ticket is spent"
+                ),
             ));
         }
     }
-    let Some(ticket) = params.one("ticket")? else {
+    if params.one("ticket")?.is_none() {
         return Err(refused(
             StatusCode::UNAUTHORIZED,
             "ticket_required",
             "a ticket is required: POST /admin/audit/stream/ticket, then ?ticket=…",
         ));
-    };
-    let name: Option<String> = sqlx::query_scalar(
-        "UPDATE auditline.stream_tickets SET used_at = now() \
-         WHERE ticket_hash = $1 AND used_at IS NULL AND expires_at > now() RETURNING token_name",
-    )
-    .bind(ticket_hash(ticket))
-    .fetch_optional(&state.pool)
-    .await?;
-    let Some(name) = name else {
+    }
+    let Some(token) = redeemed else {
         return Err(refused(
             StatusCode::UNAUTHORIZED,
             "invalid_ticket",
-            "unknown, already used or expired ticket",
+            "unknown, already used or expired ticket, or its token was revoked or expired",
         ));
     };
+    let name = token.name.clone();
     req.extensions_mut().insert(AuditUser(name));
-    let Some(joined) = state.hub.join() else {
+    let Some(joined) = state.hub.join(&token) else {
         return Err(refused(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_clients",
@@ -521,9 +637,43 @@ pub async fn stream(
         cursor_key: state.cursor_key.clone(),
         session,
         replayed: HashSet::new(),
+        token_id: token.token_id,
+        closing: None,
     };
     actix_web::rt::spawn(client.run(joined, messages));
     Ok(response)
+}
+
+/// The token a redeemed ticket admits.
+#[derive(Debug)]
+struct Redeemed {
+    token_id: String,
+    name: String,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+/// Spends the tickets (by hash) and answers the token the one presented
+/// admits: none if it was unknown, used or expired, or if its token has
+/// since been revoked or has expired.
+async fn redeem(pool: &PgPool, hashes: &[String]) -> Result<Option<Redeemed>, ApiError> {
+    let row: Option<(String, String, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "WITH spent AS (UPDATE auditline.stream_tickets SET used_at = now() \
+                        WHERE ticket_hash = ANY($1) AND used_at IS NULL \
+                        RETURNING token_id, expires_at) \
+         SELECT t.token_id, t.name, t.expires_at FROM spent \
+         JOIN auditline.tokens t ON t.token_id = spent.token_id \
+         WHERE spent.expires_at > now() AND t.revoked_at IS NULL \
+           AND (t.expires_at IS NULL OR t.expires_at > now()) \
+         LIMIT 1",
+    )
+    .bind(hashes)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(token_id, name, expires_at)| Redeemed {
+        token_id,
+        name,
+        expires_at,
+    }))
 }
 
 struct Client {
@@ -533,6 +683,10 @@ struct Client {
     session: Session,
     /// Ids sent from the table since the last `since`: their live copies are skipped.
     replayed: HashSet<Uuid>,
+    /// The token the connection was opened with.
+    token_id: String,
+    /// Why the server ends the connection (close code 1008), if it does.
+    closing: Option<&'static str>,
 }
 
 /// The connection is gone (or must go).
@@ -562,6 +716,7 @@ impl Client {
     async fn run(mut self, joined: Joined, mut messages: MessageStream) {
         let Joined {
             id,
+            mut closed,
             mut queue,
             queued,
             dropped,
@@ -573,6 +728,12 @@ impl Client {
         let idle = Duration::from_secs(settings.idle_secs.max(1));
         loop {
             let outcome = tokio::select! {
+                // First: once told to close, nothing more is sent.
+                biased;
+                reason = &mut closed => {
+                    self.closing = Some(reason.unwrap_or(REVOKED));
+                    Err(Gone)
+                }
                 Some(entry) = queue.recv() => {
                     queued.fetch_sub(entry.len(), Ordering::AcqRel);
                     self.deliver(entry, &dropped).await
@@ -612,7 +773,11 @@ impl Client {
             }
         }
         self.hub.leave(id);
-        let _ = self.session.close(None).await;
+        let reason = self.closing.map(|reason| CloseReason {
+            code: CloseCode::Policy,
+            description: Some(reason.into()),
+        });
+        let _ = self.session.close(reason).await;
     }
 
     async fn deliver(
@@ -693,6 +858,26 @@ impl Client {
                     .await;
             }
         };
+        // The stored history is read only for a token still valid now.
+        if since.is_some() {
+            match ended_tokens(&self.pool, std::slice::from_ref(&self.token_id)).await {
+                Ok(ended) => {
+                    if let Some(reason) = ended.values().next() {
+                        self.closing = Some(reason);
+                        return Err(Gone);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot check the token before a replay");
+                    return self
+                        .error(ApiError::body(
+                            "since",
+                            "the token could not be checked; retry",
+                        ))
+                        .await;
+                }
+            }
+        }
         // Live first, then the table: see the module doc.
         self.hub.set_filter(id, Some(filter.clone()));
         self.replayed.clear();

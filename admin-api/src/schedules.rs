@@ -214,7 +214,7 @@ pub async fn create(
     .bind(format.as_str())
     .bind(compression.as_str())
     .bind(destination)
-    .bind(exporter.0)
+    .bind(&exporter.0.name)
     .bind(next_run_at)
     .fetch_one(&state.pool)
     .await?;

@@ -212,6 +212,11 @@ pub struct StreamSettings {
     /// …and closes a connection it has heard nothing from for this long.
     #[serde(default = "default_stream_idle_secs")]
     pub idle_secs: u64,
+    /// How often one task per instance checks the tokens of every open
+    /// stream; a connection whose token was revoked or has expired is closed
+    /// (code 1008) at the next check.
+    #[serde(default = "default_stream_token_check_secs")]
+    pub token_check_secs: u64,
 }
 
 impl Default for StreamSettings {
@@ -223,6 +228,7 @@ impl Default for StreamSettings {
             ticket_ttl_secs: default_stream_ticket_ttl_secs(),
             ping_secs: default_stream_ping_secs(),
             idle_secs: default_stream_idle_secs(),
+            token_check_secs: default_stream_token_check_secs(),
         }
     }
 }
@@ -241,6 +247,9 @@ fn default_stream_ping_secs() -> u64 {
 }
 fn default_stream_idle_secs() -> u64 {
     60
+}
+fn default_stream_token_check_secs() -> u64 {
+    2
 }
 
 /// Export jobs (`POST /admin/audit/exports`).

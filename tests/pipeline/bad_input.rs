@@ -1034,6 +1034,30 @@ fn stream_cases() -> Vec<StreamCase> {
             400,
             "invalid_parameter",
         ),
+        (
+            "W07",
+            "a ticket refused for its origin (W05), again",
+            "ticket=FRESH".into(),
+            None,
+            401,
+            "invalid_ticket",
+        ),
+        (
+            "W08",
+            "a ticket refused for a bad parameter, again",
+            "ticket=REFUSED".into(),
+            None,
+            401,
+            "invalid_ticket",
+        ),
+        (
+            "W09",
+            "a ticket whose token was revoked since",
+            "ticket=ORPHAN".into(),
+            None,
+            401,
+            "invalid_ticket",
+        ),
     ]
 }
 
@@ -1153,7 +1177,6 @@ async fn every_bad_input_gets_its_4xx_and_changes_nothing() {
         Some(Utc::now() - chrono::Duration::hours(1)),
     )
     .await;
-
     // A few genuine events first, so "nothing changed" has something to keep.
     let seed: Vec<_> = (0..5).map(|i| event_at("billing", Utc::now(), i)).collect();
     let body: Vec<u8> = auditline_shared::event::to_ndjson(&seed);
@@ -1239,8 +1262,44 @@ async fn every_bad_input_gets_its_4xx_and_changes_nothing() {
     .await;
     assert_eq!(status, 400, "not a websocket handshake");
     let fresh = ticket(admin.port).await;
+    // W08: spent by a handshake refused for an unknown parameter.
+    let refused = ticket(admin.port).await;
+    let (status, _, _) = http(
+        admin.port,
+        "GET",
+        &format!("/admin/audit/stream?ticket={refused}&since=0"),
+        &[],
+        &[],
+    )
+    .await;
+    assert_eq!(status, 400, "an unknown parameter");
+    // W09: issued to a token revoked afterwards.
+    let (doomed_id, doomed) = make(vec![Scope::Read], None, None).await;
+    let orphan = {
+        let auth = format!("Bearer {doomed}");
+        let (status, _, text) = http(
+            admin.port,
+            "POST",
+            "/admin/audit/stream/ticket",
+            &[("Authorization", auth.as_str())],
+            &[],
+        )
+        .await;
+        assert_eq!(status, 201, "{text}");
+        serde_json::from_str::<Value>(&text).expect("ticket")["ticket"]
+            .as_str()
+            .expect("ticket")
+            .to_owned()
+    };
+    auditline_shared::auth::revoke(&env.pool, &doomed_id.token_id)
+        .await
+        .expect("revoke");
     for (id, what, query, origin, want, code) in stream_cases() {
-        let query = query.replace("USED", &used).replace("FRESH", &fresh);
+        let query = query
+            .replace("USED", &used)
+            .replace("FRESH", &fresh)
+            .replace("REFUSED", &refused)
+            .replace("ORPHAN", &orphan);
         let mut headers = vec![
             ("Connection", "Upgrade"),
             ("Upgrade", "websocket"),
@@ -1296,7 +1355,7 @@ async fn every_bad_input_gets_its_4xx_and_changes_nothing() {
     .fetch_one(&env.pool)
     .await
     .expect("state");
-    assert_eq!((jobs, schedules, revoked_tokens, tokens), (0, 0, 1, 6));
+    assert_eq!((jobs, schedules, revoked_tokens, tokens), (0, 0, 2, 7));
     gateway.stop().await;
     admin.stop().await;
     env.assert_verifies().await;

@@ -359,12 +359,13 @@ async fn tickets_origins_filters_and_the_connection_cap_are_enforced() {
         .expect_err("unknown ticket");
     assert_eq!(status, 401);
 
-    let used = ticket(&admin, &token).await;
-    let (status, body) = connect(&admin, Some(&used), Some("https://evil.example.net"))
+    let refused = ticket(&admin, &token).await;
+    let (status, body) = connect(&admin, Some(&refused), Some("https://evil.example.net"))
         .await
         .expect_err("foreign origin");
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("origin_not_allowed"), "{body}");
+    let used = ticket(&admin, &token).await;
     let mut first = connect(&admin, Some(&used), Some("https://audit.example.com"))
         .await
         .expect("an allowed origin connects");
@@ -504,6 +505,272 @@ async fn a_silent_client_is_closed_and_an_oversized_frame_ends_the_connection() 
         ends(&mut lively).await,
         "the oversized frame ended the connection"
     );
+    admin.stop().await;
+    env.cleanup().await;
+}
+
+/// Reads until the server closes: the close frame (None if the connection
+/// just ended, or did not end within `wait`), the events that came before it,
+/// and how long the close took.
+async fn until_closed(
+    socket: &mut Socket,
+    wait: Duration,
+) -> (
+    Option<tungstenite::protocol::CloseFrame>,
+    Vec<Uuid>,
+    Duration,
+) {
+    let start = std::time::Instant::now();
+    let mut events = Vec::new();
+    while start.elapsed() < wait {
+        match tokio::time::timeout(Duration::from_millis(200), socket.next()).await {
+            Err(_) => continue,
+            Ok(Some(Ok(Message::Close(frame)))) => return (frame, events, start.elapsed()),
+            Ok(None | Some(Err(_))) => return (None, events, start.elapsed()),
+            Ok(Some(Ok(Message::Text(text)))) => {
+                let v: Value = serde_json::from_str(&text).expect("JSON");
+                if v["type"] == "events" {
+                    for e in v["events"].as_array().expect("events") {
+                        events.push(e["event_id"].as_str().expect("id").parse().expect("uuid"));
+                    }
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+    (None, events, start.elapsed())
+}
+
+/// Asserts a close with 1008 (policy violation) naming `reason`, and that
+/// nothing at all comes after it.
+async fn assert_policy_close(
+    socket: &mut Socket,
+    frame: Option<tungstenite::protocol::CloseFrame>,
+    reason: &str,
+) {
+    let frame = frame.expect("a close frame");
+    assert_eq!(
+        frame.code,
+        tungstenite::protocol::frame::coding::CloseCode::Policy,
+        "{frame:?}"
+    );
+    assert!(frame.reason.contains(reason), "{frame:?}");
+    // The connection is over: no event, no frame follows.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), socket.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => panic!("a frame after the close: {text}"),
+            Ok(Some(Ok(_))) => {}
+            Ok(None | Some(Err(_))) | Err(_) => break,
+        }
+    }
+}
+
+/// Reads until `want` events came or `wait` passed; returns how many came.
+async fn read_some(socket: &mut Socket, want: usize, wait: Duration) -> usize {
+    let start = std::time::Instant::now();
+    let mut got = 0;
+    while got < want && start.elapsed() < wait {
+        if let Some(Message::Text(text)) = next(socket, Duration::from_millis(200)).await {
+            let v: Value = serde_json::from_str(&text).expect("JSON");
+            got += v["events"].as_array().map_or(0, Vec::len);
+        }
+    }
+    got
+}
+
+/// The id of a token (`alt_<id>_<secret>`).
+fn token_id(token: &str) -> &str {
+    &token[4..16]
+}
+
+/// Publishes an event of `service` every 100 ms until stopped.
+fn keep_publishing(
+    publisher: auditline_ingest::Publisher,
+    service: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for i in 0.. {
+            let event = event_at(service, chrono::Utc::now(), i);
+            publisher.publish(&event).await.expect("published");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+#[actix_web::test]
+async fn revoking_a_token_closes_its_open_streams_with_1008_within_5_seconds() {
+    let env = TestEnv::new().await;
+    let writer = InProcessWriter::start(&env).await;
+    let admin = InProcessAdmin::start(&env).await;
+    let token = env.named_token("leaver", &[Scope::Read]).await;
+    let other = env.named_token("stayer", &[Scope::Read]).await;
+    let mut socket = open(&admin, &token).await;
+    subscribe(
+        &mut socket,
+        json!({"type": "subscribe", "filter": {"service": "revoke"}}),
+    )
+    .await;
+    let mut bystander = open(&admin, &other).await;
+    subscribe(
+        &mut bystander,
+        json!({"type": "subscribe", "filter": {"service": "revoke"}}),
+    )
+    .await;
+    let publishing = keep_publishing(env.publisher().await, "revoke");
+    let got = read_some(&mut socket, 3, Duration::from_secs(30)).await;
+    assert!(got >= 3, "events flow before the revocation");
+
+    let (code, out, err) =
+        crate::helpers::Process::output(&env, &["token", "revoke", token_id(&token)], &[]).await;
+    assert_eq!(code, 0, "{out} {err}");
+    let (frame, _, took) = until_closed(&mut socket, Duration::from_secs(10)).await;
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+    assert_policy_close(&mut socket, frame, "revoked").await;
+
+    // Another token's stream goes on.
+    let more = read_some(&mut bystander, 100, Duration::from_secs(3)).await;
+    assert!(more >= 3, "the other token's stream goes on");
+    publishing.abort();
+    admin.stop().await;
+    writer.stop().await;
+    env.cleanup().await;
+}
+
+#[actix_web::test]
+async fn an_expiring_token_ends_its_stream_with_1008() {
+    let env = TestEnv::new().await;
+    let writer = InProcessWriter::start(&env).await;
+    let admin = InProcessAdmin::start(&env).await;
+    let expires_at = chrono::Utc::now() + chrono::TimeDelta::seconds(4);
+    let (_, token) = auditline_shared::auth::create(
+        &env.pool,
+        auditline_shared::auth::NewToken {
+            name: "short-lived".into(),
+            scopes: vec![Scope::Read],
+            service: None,
+            expires_at: Some(expires_at),
+        },
+    )
+    .await
+    .expect("token");
+    let mut socket = open(&admin, &token).await;
+    subscribe(
+        &mut socket,
+        json!({"type": "subscribe", "filter": {"service": "expiry"}}),
+    )
+    .await;
+    let publishing = keep_publishing(env.publisher().await, "expiry");
+    let (frame, events, _) = until_closed(&mut socket, Duration::from_secs(20)).await;
+    let closed_at = chrono::Utc::now();
+    assert!(
+        !events.is_empty(),
+        "events flowed while the token was valid"
+    );
+    assert!(
+        closed_at >= expires_at && closed_at - expires_at < chrono::TimeDelta::seconds(5),
+        "closed {} after the expiry",
+        closed_at - expires_at
+    );
+    assert_policy_close(&mut socket, frame, "expired").await;
+    publishing.abort();
+    admin.stop().await;
+    writer.stop().await;
+    env.cleanup().await;
+}
+
+#[actix_web::test]
+async fn a_since_replay_after_revocation_sends_no_history() {
+    let env = TestEnv::new().await;
+    let writer = InProcessWriter::start(&env).await;
+    let mut settings = env.settings.clone();
+    // The periodic check must not be what closes it here.
+    settings.stream.token_check_secs = 3600;
+    let admin = InProcessAdmin::start_with(settings).await;
+    let token = env.named_token("leaver", &[Scope::Read]).await;
+    let publisher = env.publisher().await;
+    let start = chrono::Utc::now() - chrono::TimeDelta::minutes(10);
+    let stored: Vec<AuditEvent> = (0..30usize)
+        .map(|i| event_at("history", start + chrono::TimeDelta::seconds(i as i64), i))
+        .collect();
+    publisher.publish_batch(&stored).await.expect("published");
+    env.wait_for_rows(30, Duration::from_secs(30)).await;
+    let (status, page) = admin
+        .get_json(
+            Some(&token),
+            "/admin/audit/logs?service=history&order=asc&limit=5",
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let cursor = page["next_cursor"].as_str().expect("cursor").to_owned();
+    let mut socket = open(&admin, &token).await;
+
+    auditline_shared::auth::revoke(&env.pool, token_id(&token))
+        .await
+        .expect("revoke");
+    socket
+        .send(Message::text(
+            json!({"type": "subscribe", "filter": {"service": "history"}, "since": cursor})
+                .to_string(),
+        ))
+        .await
+        .expect("send");
+    let (frame, events, _) = until_closed(&mut socket, Duration::from_secs(10)).await;
+    assert!(events.is_empty(), "{} stored events replayed", events.len());
+    assert_policy_close(&mut socket, frame, "revoked").await;
+    admin.stop().await;
+    writer.stop().await;
+    env.cleanup().await;
+}
+
+#[actix_web::test]
+async fn a_ticket_dies_with_its_token_and_with_any_use() {
+    let env = TestEnv::new().await;
+    let mut settings = env.settings.clone();
+    settings.stream.allowed_origins = vec!["https://audit.example.com".into()];
+    let admin = InProcessAdmin::start_with(settings).await;
+    let token = env.named_token("watcher", &[Scope::Read]).await;
+
+    // Issued, then its token revoked: refused within the ticket's TTL.
+    let doomed = env.named_token("doomed", &[Scope::Read]).await;
+    let orphan = ticket(&admin, &doomed).await;
+    auditline_shared::auth::revoke(&env.pool, token_id(&doomed))
+        .await
+        .expect("revoke");
+    let (status, body) = connect(&admin, Some(&orphan), None)
+        .await
+        .expect_err("the token was revoked");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("invalid_ticket"), "{body}");
+
+    // Refused for its origin: spent, the right origin cannot use it after.
+    let once = ticket(&admin, &token).await;
+    let (status, body) = connect(&admin, Some(&once), Some("https://evil.example.net"))
+        .await
+        .expect_err("foreign origin");
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = connect(&admin, Some(&once), Some("https://audit.example.com"))
+        .await
+        .expect_err("the ticket was spent by the refused try");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("invalid_ticket"), "{body}");
+
+    // Refused for a bad parameter: spent too.
+    let once = ticket(&admin, &token).await;
+    let url = format!(
+        "ws://127.0.0.1:{}/admin/audit/stream?ticket={once}&filter=x",
+        admin.port
+    );
+    match connect_async(url).await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status().as_u16(), 400),
+        other => panic!("a bad parameter is refused: {:?}", other.map(|_| ())),
+    }
+    let (status, _) = connect(&admin, Some(&once), None)
+        .await
+        .expect_err("the ticket was spent by the refused try");
+    assert_eq!(status, 401);
+
+    // A fresh one of a valid token still opens.
+    let _socket = open(&admin, &token).await;
     admin.stop().await;
     env.cleanup().await;
 }
