@@ -43,6 +43,10 @@ pub struct State {
     /// Checkpoint signing and verification keys.
     pub keys: Arc<crate::checkpoint::Keys>,
     pub integrity: auditline_shared::settings::IntegritySettings,
+    /// Quotas and time-outs of exports.
+    pub exports: auditline_shared::settings::ExportSettings,
+    /// One permit per streamed export in progress (`exports.max_streams`).
+    pub export_streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// Authenticates the caller, names it as the user of the request's own audit
@@ -81,8 +85,8 @@ impl FromRequest for Reader {
     }
 }
 
-/// An authenticated caller with the `export` scope (extractor); its token is
-/// recorded with the exports it asks for.
+/// An authenticated caller with the `export` scope (extractor): streamed
+/// exports, and new export jobs and schedules, which belong to its token.
 #[derive(Debug)]
 pub struct Exporter(pub TokenInfo);
 
@@ -93,6 +97,33 @@ impl FromRequest for Exporter {
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let authorized = authorize(req, payload, &[Scope::Export]);
         Box::pin(async move { authorized.await.map(Exporter) })
+    }
+}
+
+/// A caller looking at export jobs and schedules (extractor): an `export`
+/// token sees its own, an `admin` token every one.
+#[derive(Debug)]
+pub struct JobViewer(pub TokenInfo);
+
+impl JobViewer {
+    /// Whether it sees every job and schedule, not only its own.
+    pub fn sees_all(&self) -> bool {
+        self.0.scopes.contains(&Scope::Admin)
+    }
+
+    /// The owner to filter on: `None` for an admin (everything).
+    pub fn owner(&self) -> Option<&str> {
+        (!self.sees_all()).then_some(self.0.token_id.as_str())
+    }
+}
+
+impl FromRequest for JobViewer {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let authorized = authorize(req, payload, &[Scope::Export, Scope::Admin]);
+        Box::pin(async move { authorized.await.map(JobViewer) })
     }
 }
 
@@ -290,6 +321,8 @@ impl Application {
             hub,
             keys,
             integrity: settings.integrity.clone(),
+            exports: settings.exports.clone(),
+            export_streams: Arc::new(tokio::sync::Semaphore::new(settings.exports.max_streams)),
         });
         let tokens = web::Data::new(TokenStore(pool));
         let registry = web::Data::new(registry);

@@ -27,6 +27,13 @@ pub enum ApiError {
         code: &'static str,
         message: String,
     },
+    /// Over a quota: 429, `Retry-After` in seconds.
+    #[error("{message}")]
+    TooMany {
+        code: &'static str,
+        message: String,
+        retry_after: u64,
+    },
     /// The database did not answer in time or refused the connection.
     #[error("the database is unavailable; retry shortly")]
     Unavailable(#[source] sqlx::Error),
@@ -70,6 +77,7 @@ impl ResponseError for ApiError {
             Self::BadBody { .. } => StatusCode::BAD_REQUEST,
             Self::Auth(e) => e.status_code(),
             Self::Refused { status, .. } => *status,
+            Self::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -108,6 +116,19 @@ impl ResponseError for ApiError {
                         actix_web::http::header::HeaderValue::from_static("5"),
                     );
                 }
+                response
+            }
+            Self::TooMany {
+                code,
+                message,
+                retry_after,
+            } => {
+                let mut response =
+                    ErrorBody::new(code, message.clone()).response(StatusCode::TOO_MANY_REQUESTS);
+                response.headers_mut().insert(
+                    actix_web::http::header::RETRY_AFTER,
+                    actix_web::http::header::HeaderValue::from(*retry_after),
+                );
                 response
             }
             Self::Unavailable(e) => {

@@ -10,6 +10,14 @@
 //! name, fsync'd and renamed only when whole, with its manifest beside it, so
 //! no partial file is ever offered as complete. Finished files expire after
 //! `exports.retention_hours`.
+//!
+//! A job belongs to the token that created it (a scheduled job to the
+//! schedule's): an `export` token lists, shows, downloads and cancels only
+//! its own, and another's id answers 404 as an unknown one does; an `admin`
+//! token sees every job, including those from before owners were recorded.
+//! Jobs a schedule fired (the scheduled archives) are deleted by `admin`
+//! tokens only. A token may have `exports.max_queued_per_token` jobs queued
+//! or running at once; one more is a 429 with `Retry-After`.
 
 use std::{
     sync::Arc,
@@ -34,7 +42,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
-    app::{Exporter, State},
+    app::{Exporter, JobViewer, State},
     error::ApiError,
     export::{self, Compression, Encoder, Export, Format, ReadAhead},
     params::Params,
@@ -70,6 +78,9 @@ pub struct ExportJob {
     pub requested_by: String,
     /// The schedule that fired this job, if one did.
     pub schedule_id: Option<Uuid>,
+    /// The id of the token the job belongs to (`null`: created before jobs
+    /// had owners; only admin tokens see those).
+    pub owner_token_id: Option<String>,
     /// Where the file lands: `local` (the export directory) or a configured bucket.
     pub destination: String,
     pub created_at: DateTime<Utc>,
@@ -96,7 +107,7 @@ pub struct ExportJob {
 macro_rules! job_columns {
     () => {
         "id, state, query, format, compression, window_from, window_to, requested_by, \
-         schedule_id, destination, created_at, started_at, finished_at, attempts, rows_written AS rows, \
+         schedule_id, owner_token_id, destination, created_at, started_at, finished_at, attempts, rows_written AS rows, \
          bytes_written AS bytes, progress, sha256, error, expires_at, file_name"
     };
 }
@@ -329,6 +340,7 @@ pub(crate) fn in_field(field: &str) -> impl Fn(ApiError) -> ApiError + '_ {
         (status = 400, description = "The body or a filter is invalid; the error names it", body = crate::openapi::ErrorEnvelope),
         (status = 401, description = "Missing, unknown, expired or revoked token", body = crate::openapi::ErrorEnvelope),
         (status = 403, description = "The token lacks the `export` scope", body = crate::openapi::ErrorEnvelope),
+        (status = 429, description = "The token has `exports.max_queued_per_token` jobs queued or running; retry after `Retry-After` seconds", body = crate::openapi::ErrorEnvelope),
     )
 )]
 pub async fn create(
@@ -339,10 +351,39 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     Params::parse(req.query_string(), &[])?;
     let (query, export, destination) = parse_new(&body, &state.storage)?;
+    let owner = &exporter.0.token_id;
+    let mut tx = state.pool.begin().await?;
+    // One token's requests are counted one at a time (on every instance),
+    // so concurrent requests cannot slip past the quota together.
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended('auditline.export_jobs/' || $1, 0))",
+    )
+    .bind(owner)
+    .execute(&mut *tx)
+    .await?;
+    let active: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM auditline.export_jobs \
+         WHERE owner_token_id = $1 AND schedule_id IS NULL AND state IN ('queued', 'running')",
+    )
+    .bind(owner)
+    .fetch_one(&mut *tx)
+    .await?;
+    let max = i64::from(state.exports.max_queued_per_token);
+    if active >= max {
+        return Err(ApiError::TooMany {
+            code: "too_many_jobs",
+            message: format!(
+                "this token has {active} export jobs queued or running, as many as it may \
+                 (exports.max_queued_per_token = {max}); wait for one to finish or cancel one"
+            ),
+            retry_after: QUOTA_RETRY_SECS,
+        });
+    }
     let job: ExportJob = sqlx::query_as(concat!(
         "INSERT INTO auditline.export_jobs \
-         (id, query, format, compression, window_from, window_to, requested_by, destination) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ",
+         (id, query, format, compression, window_from, window_to, requested_by, destination, \
+          owner_token_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ",
         job_columns!()
     ))
     .bind(Uuid::now_v7())
@@ -353,11 +394,16 @@ pub async fn create(
     .bind(export.to)
     .bind(&exporter.0.name)
     .bind(destination)
-    .fetch_one(&state.pool)
+    .bind(owner)
+    .fetch_one(&mut *tx)
     .await?;
+    tx.commit().await?;
     state.jobs_waiting.notify_one();
     Ok(HttpResponse::Accepted().json(job.complete()))
 }
+
+/// What a refused job request is told to wait: about what a small job takes.
+const QUOTA_RETRY_SECS: u64 = 10;
 
 /// The jobs, newest first.
 #[derive(Debug, Serialize, ToSchema)]
@@ -365,7 +411,8 @@ pub struct JobList {
     pub jobs: Vec<ExportJob>,
 }
 
-/// List export jobs, newest first.
+/// List export jobs, newest first: the token's own (every job for an
+/// `admin` token).
 #[utoipa::path(
     get,
     path = "/admin/audit/exports",
@@ -383,7 +430,7 @@ pub struct JobList {
 )]
 pub async fn list(
     req: HttpRequest,
-    _exporter: Exporter,
+    viewer: JobViewer,
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
     let params = Params::parse(req.query_string(), &["state", "limit"])?;
@@ -401,10 +448,12 @@ pub async fn list(
         "SELECT ",
         job_columns!(),
         " FROM auditline.export_jobs WHERE ($1::text IS NULL OR state = $1) \
+         AND ($3::text IS NULL OR owner_token_id = $3) \
          ORDER BY created_at DESC, id DESC LIMIT $2"
     ))
     .bind(wanted)
     .bind(limit)
+    .bind(viewer.owner())
     .fetch_all(&state.pool)
     .await?;
     Ok(HttpResponse::Ok().json(JobList {
@@ -416,13 +465,16 @@ fn job_id(path: &str) -> Result<Uuid, ApiError> {
     crate::params::path_uuid("id", path)
 }
 
-async fn load(pool: &PgPool, id: Uuid) -> Result<ExportJob, ApiError> {
+/// The job `id` if `viewer` may see it; another token's job is a 404 like
+/// an unknown one, so ids are not confirmed.
+async fn load(pool: &PgPool, id: Uuid, viewer: &JobViewer) -> Result<ExportJob, ApiError> {
     let job: Option<ExportJob> = sqlx::query_as(concat!(
         "SELECT ",
         job_columns!(),
-        " FROM auditline.export_jobs WHERE id = $1"
+        " FROM auditline.export_jobs WHERE id = $1 AND ($2::text IS NULL OR owner_token_id = $2)"
     ))
     .bind(id)
+    .bind(viewer.owner())
     .fetch_optional(pool)
     .await?;
     job.map(ExportJob::complete)
@@ -443,12 +495,12 @@ async fn load(pool: &PgPool, id: Uuid) -> Result<ExportJob, ApiError> {
 )]
 pub async fn show(
     req: HttpRequest,
-    _exporter: Exporter,
+    viewer: JobViewer,
     path: web::Path<String>,
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
     Params::parse(req.query_string(), &[])?;
-    let job = load(&state.pool, job_id(&path)?).await?;
+    let job = load(&state.pool, job_id(&path)?, &viewer).await?;
     Ok(HttpResponse::Ok().json(job))
 }
 
@@ -461,25 +513,35 @@ pub async fn show(
     responses(
         (status = 200, description = "The job, now `cancelled` (or `expired`: its file was deleted)", body = ExportJob),
         crate::openapi::ReadErrors,
-        (status = 404, description = "No such job", body = crate::openapi::ErrorEnvelope),
+        (status = 404, description = "No such job (or another token's)", body = crate::openapi::ErrorEnvelope),
     )
 )]
 pub async fn cancel(
     req: HttpRequest,
-    _exporter: Exporter,
+    viewer: JobViewer,
     path: web::Path<String>,
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
     Params::parse(req.query_string(), &[])?;
     let id = job_id(&path)?;
+    let job = load(&state.pool, id, &viewer).await?;
+    if job.schedule_id.is_some() && !viewer.sees_all() {
+        return Err(ApiError::Refused {
+            status: actix_web::http::StatusCode::FORBIDDEN,
+            code: "forbidden",
+            message: "a scheduled archive is cancelled or deleted by an `admin` token only".into(),
+        });
+    }
     let changed: Option<(String, Option<String>, String)> = sqlx::query_as(
         "UPDATE auditline.export_jobs \
          SET state = CASE WHEN state = 'done' THEN 'expired' ELSE 'cancelled' END, \
              finished_at = coalesce(finished_at, now()) \
          WHERE id = $1 AND state IN ('queued', 'running', 'done') \
+           AND ($2::text IS NULL OR (owner_token_id = $2 AND schedule_id IS NULL)) \
          RETURNING state, file_name, destination",
     )
     .bind(id)
+    .bind(viewer.owner())
     .fetch_optional(&state.pool)
     .await?;
     if let Some((new_state, Some(file), destination)) = changed
@@ -488,7 +550,7 @@ pub async fn cancel(
         remove_files(&state.storage, &destination, &file).await;
     }
     // A running job notices at its next heartbeat and stops.
-    let job = load(&state.pool, id).await?;
+    let job = load(&state.pool, id, &viewer).await?;
     Ok(HttpResponse::Ok().json(job))
 }
 
@@ -506,18 +568,18 @@ pub async fn cancel(
             (String = "application/zstd"),
         )),
         crate::openapi::ReadErrors,
-        (status = 404, description = "No such job", body = crate::openapi::ErrorEnvelope),
+        (status = 404, description = "No such job (or another token's)", body = crate::openapi::ErrorEnvelope),
         (status = 409, description = "The job is not `done`", body = crate::openapi::ErrorEnvelope),
     )
 )]
 pub async fn download(
     req: HttpRequest,
-    _exporter: Exporter,
+    viewer: JobViewer,
     path: web::Path<String>,
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
     Params::parse(req.query_string(), &[])?;
-    let job = load(&state.pool, job_id(&path)?).await?;
+    let job = load(&state.pool, job_id(&path)?, &viewer).await?;
     let (true, Some(file)) = (job.state == "done", job.file_name.as_deref()) else {
         return Err(ApiError::Conflict(format!(
             "export job {} is {}, not done; there is no file to download",

@@ -11,6 +11,10 @@
 //! ran are caught up, one job each. The job is queued and the schedule
 //! advanced in one transaction (the schedule row locked with `FOR UPDATE SKIP
 //! LOCKED`), so each window is handed out once however many instances run.
+//!
+//! A schedule belongs to the token that created it, and so do the jobs it
+//! fires: an `export` token lists, shows and deletes only its own schedules
+//! (another's id is a 404), an `admin` token every one.
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
@@ -22,7 +26,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
-    app::{Exporter, State},
+    app::{Exporter, JobViewer, State},
     error::ApiError,
     export::{Compression, Export, Format},
     jobs::{Body, in_field},
@@ -59,6 +63,8 @@ pub struct Schedule {
     /// `local` (files land in `export_dir`) or a configured S3-compatible destination.
     pub destination: String,
     pub created_by: String,
+    /// The id of the token the schedule (and the jobs it fires) belongs to.
+    pub owner_token_id: Option<String>,
     pub created_at: DateTime<Utc>,
     /// The next fire time.
     pub next_run_at: DateTime<Utc>,
@@ -71,7 +77,7 @@ pub struct Schedule {
 macro_rules! schedule_columns {
     () => {
         "id, name, cron, window_unit, query, format, compression, destination, created_by, \
-         created_at, next_run_at, last_window_to, runs"
+         owner_token_id, created_at, next_run_at, last_window_to, runs"
     };
 }
 
@@ -202,8 +208,9 @@ pub async fn create(
     }
     let schedule: Schedule = sqlx::query_as(concat!(
         "INSERT INTO auditline.export_schedules \
-         (id, name, cron, window_unit, query, format, compression, destination, created_by, next_run_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ",
+         (id, name, cron, window_unit, query, format, compression, destination, created_by, \
+          next_run_at, owner_token_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING ",
         schedule_columns!()
     ))
     .bind(Uuid::now_v7())
@@ -216,6 +223,7 @@ pub async fn create(
     .bind(destination)
     .bind(&exporter.0.name)
     .bind(next_run_at)
+    .bind(&exporter.0.token_id)
     .fetch_one(&state.pool)
     .await?;
     Ok(HttpResponse::Created().json(schedule.complete()))
@@ -239,15 +247,17 @@ pub struct ScheduleList {
 )]
 pub async fn list(
     req: HttpRequest,
-    _exporter: Exporter,
+    viewer: JobViewer,
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
     Params::parse(req.query_string(), &[])?;
     let schedules: Vec<Schedule> = sqlx::query_as(concat!(
         "SELECT ",
         schedule_columns!(),
-        " FROM auditline.export_schedules ORDER BY created_at, id"
+        " FROM auditline.export_schedules WHERE ($1::text IS NULL OR owner_token_id = $1) \
+         ORDER BY created_at, id"
     ))
+    .bind(viewer.owner())
     .fetch_all(&state.pool)
     .await?;
     Ok(HttpResponse::Ok().json(ScheduleList {
@@ -255,18 +265,21 @@ pub async fn list(
     }))
 }
 
-/// Runs `sql` (the schedule's id as `$1`, the schedule's columns returned)
-/// and answers with the schedule, or 404.
+/// Runs `sql` (the schedule's id as `$1`, the owner to match or null as
+/// `$2`, the schedule's columns returned) and answers with the schedule, or
+/// 404 (also for another token's).
 async fn answer_one(
     req: &HttpRequest,
     path: &str,
     state: &State,
+    viewer: &JobViewer,
     sql: &'static str,
 ) -> Result<HttpResponse, ApiError> {
     Params::parse(req.query_string(), &[])?;
     let id = crate::params::path_uuid("id", path)?;
     let schedule: Option<Schedule> = sqlx::query_as(sql)
         .bind(id)
+        .bind(viewer.owner())
         .fetch_optional(&state.pool)
         .await?;
     schedule
@@ -288,16 +301,17 @@ async fn answer_one(
 )]
 pub async fn show(
     req: HttpRequest,
-    _exporter: Exporter,
+    viewer: JobViewer,
     path: web::Path<String>,
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
     let sql = concat!(
         "SELECT ",
         schedule_columns!(),
-        " FROM auditline.export_schedules WHERE id = $1"
+        " FROM auditline.export_schedules WHERE id = $1 \
+         AND ($2::text IS NULL OR owner_token_id = $2)"
     );
-    answer_one(&req, &path, &state, sql).await
+    answer_one(&req, &path, &state, &viewer, sql).await
 }
 
 /// Delete a schedule (its jobs and files stay).
@@ -314,15 +328,16 @@ pub async fn show(
 )]
 pub async fn delete(
     req: HttpRequest,
-    _exporter: Exporter,
+    viewer: JobViewer,
     path: web::Path<String>,
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
     let sql = concat!(
-        "DELETE FROM auditline.export_schedules WHERE id = $1 RETURNING ",
+        "DELETE FROM auditline.export_schedules WHERE id = $1 \
+         AND ($2::text IS NULL OR owner_token_id = $2) RETURNING ",
         schedule_columns!()
     );
-    answer_one(&req, &path, &state, sql).await
+    answer_one(&req, &path, &state, &viewer, sql).await
 }
 
 /// Queues a job for every fire time that has come; returns how many.
@@ -359,8 +374,9 @@ pub async fn fire_due(pool: &PgPool) -> anyhow::Result<usize> {
             if from < to {
                 sqlx::query(
                     "INSERT INTO auditline.export_jobs (id, query, format, compression, \
-                     window_from, window_to, requested_by, schedule_id, destination) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                     window_from, window_to, requested_by, schedule_id, destination, \
+                     owner_token_id) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 )
                 .bind(Uuid::now_v7())
                 .bind(&schedule.query)
@@ -371,6 +387,7 @@ pub async fn fire_due(pool: &PgPool) -> anyhow::Result<usize> {
                 .bind(format!("schedule:{}", schedule.name))
                 .bind(schedule.id)
                 .bind(&schedule.destination)
+                .bind(&schedule.owner_token_id)
                 .execute(&mut *tx)
                 .await?;
                 last_to = Some(to);

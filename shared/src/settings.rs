@@ -268,6 +268,18 @@ pub struct ExportSettings {
     /// or `AUDITLINE_EXPORTS__DESTINATIONS__ARCHIVE__BUCKET`.
     #[serde(default)]
     pub destinations: std::collections::BTreeMap<String, S3Destination>,
+    /// Export jobs one token may have queued or running at once (scheduled
+    /// jobs not counted); beyond it, 429.
+    #[serde(default = "default_export_max_queued_per_token")]
+    pub max_queued_per_token: u32,
+    /// Streamed exports (`GET /admin/audit/export`) at once per admin
+    /// instance, each holding a database connection; beyond it, 503.
+    #[serde(default = "default_export_max_streams")]
+    pub max_streams: usize,
+    /// A streamed export whose reader takes nothing for this long is cut and
+    /// its snapshot released.
+    #[serde(default = "default_export_stream_send_timeout_secs")]
+    pub stream_send_timeout_secs: u64,
 }
 
 /// An S3-compatible bucket that export files and manifests are written to.
@@ -331,6 +343,9 @@ impl Default for ExportSettings {
             retention_hours: default_export_retention_hours(),
             claim_timeout_secs: default_export_claim_timeout_secs(),
             destinations: Default::default(),
+            max_queued_per_token: default_export_max_queued_per_token(),
+            max_streams: default_export_max_streams(),
+            stream_send_timeout_secs: default_export_stream_send_timeout_secs(),
         }
     }
 }
@@ -339,6 +354,15 @@ fn default_export_retention_hours() -> u64 {
     24
 }
 fn default_export_claim_timeout_secs() -> u64 {
+    30
+}
+fn default_export_max_queued_per_token() -> u32 {
+    5
+}
+fn default_export_max_streams() -> usize {
+    4
+}
+fn default_export_stream_send_timeout_secs() -> u64 {
     30
 }
 

@@ -970,6 +970,51 @@ fn cases() -> Vec<Case> {
         401,
         "unauthorized",
     );
+    admin(
+        "export job of another export token",
+        "GET",
+        "/admin/audit/exports/OTHERS_JOB".into(),
+        Tok::Export,
+        vec![],
+        404,
+        "not_found",
+    );
+    admin(
+        "download: another export token's job",
+        "GET",
+        "/admin/audit/exports/OTHERS_JOB/download".into(),
+        Tok::Export,
+        vec![],
+        404,
+        "not_found",
+    );
+    admin(
+        "cancel: another export token's job",
+        "DELETE",
+        "/admin/audit/exports/OTHERS_JOB".into(),
+        Tok::Export,
+        vec![],
+        404,
+        "not_found",
+    );
+    admin(
+        "schedule of another export token",
+        "GET",
+        "/admin/audit/export-schedules/OTHERS_SCHEDULE".into(),
+        Tok::Export,
+        vec![],
+        404,
+        "not_found",
+    );
+    admin(
+        "delete: another export token's schedule",
+        "DELETE",
+        "/admin/audit/export-schedules/OTHERS_SCHEDULE".into(),
+        Tok::Export,
+        vec![],
+        404,
+        "not_found",
+    );
     cases
 }
 
@@ -1177,6 +1222,34 @@ async fn every_bad_input_gets_its_4xx_and_changes_nothing() {
         Some(Utc::now() - chrono::Duration::hours(1)),
     )
     .await;
+    // A finished job and a schedule of another export token: the catalog's
+    // export token must not find, download or delete them.
+    let (others, _) = make(vec![Scope::Export], None, None).await;
+    let others_job = uuid::Uuid::now_v7();
+    let others_schedule = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO auditline.export_jobs (id, state, query, format, compression, window_from, \
+         window_to, requested_by, owner_token_id, file_name) \
+         VALUES ($1, 'done', '', 'csv', 'none', now() - interval '1 hour', now(), 'others', $2, \
+                 'export-others.csv')",
+    )
+    .bind(others_job)
+    .bind(&others.token_id)
+    .execute(&env.pool)
+    .await
+    .expect("another token's job");
+    sqlx::query(
+        "INSERT INTO auditline.export_schedules (id, name, cron, window_unit, query, format, \
+         compression, created_by, owner_token_id, next_run_at) \
+         VALUES ($1, 'others', '0 0 1 1 *', 'day', '', 'csv', 'none', 'others', $2, \
+                 now() + interval '300 days')",
+    )
+    .bind(others_schedule)
+    .bind(&others.token_id)
+    .execute(&env.pool)
+    .await
+    .expect("another token's schedule");
+
     // A few genuine events first, so "nothing changed" has something to keep.
     let seed: Vec<_> = (0..5).map(|i| event_at("billing", Utc::now(), i)).collect();
     let body: Vec<u8> = auditline_shared::event::to_ndjson(&seed);
@@ -1208,7 +1281,11 @@ async fn every_bad_input_gets_its_4xx_and_changes_nothing() {
         } else {
             admin.port
         };
-        let (status, _, text) = http(port, case.method, &case.path, &headers, &case.body).await;
+        let path = case
+            .path
+            .replace("OTHERS_JOB", &others_job.to_string())
+            .replace("OTHERS_SCHEDULE", &others_schedule.to_string());
+        let (status, _, text) = http(port, case.method, &path, &headers, &case.body).await;
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         let ok = if case.code.is_empty() {
             status == 200 && body["events"].as_array().is_some_and(Vec::is_empty)
@@ -1355,7 +1432,14 @@ async fn every_bad_input_gets_its_4xx_and_changes_nothing() {
     .fetch_one(&env.pool)
     .await
     .expect("state");
-    assert_eq!((jobs, schedules, revoked_tokens, tokens), (0, 0, 2, 7));
+    assert_eq!((jobs, schedules, revoked_tokens, tokens), (1, 1, 2, 8));
+    let others_state: String =
+        sqlx::query_scalar("SELECT state FROM auditline.export_jobs WHERE id = $1")
+            .bind(others_job)
+            .fetch_one(&env.pool)
+            .await
+            .expect("state");
+    assert_eq!(others_state, "done", "another token's job was left alone");
     gateway.stop().await;
     admin.stop().await;
     env.assert_verifies().await;

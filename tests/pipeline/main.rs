@@ -6,6 +6,7 @@ mod bad_input;
 mod dashboard;
 mod drills;
 mod export;
+mod export_guard;
 mod faults;
 mod free_text;
 mod full_disk;
