@@ -727,16 +727,27 @@ impl Client {
         let mut heard = Instant::now();
         let idle = Duration::from_secs(settings.idle_secs.max(1));
         loop {
+            // Once told to close, nothing more is sent. (Checked here and
+            // before each delivery rather than by a biased select, which
+            // would let a busy queue starve the client's own frames.)
+            if let Some(reason) = told_to_close(&mut closed) {
+                self.closing = Some(reason);
+                break;
+            }
             let outcome = tokio::select! {
-                // First: once told to close, nothing more is sent.
-                biased;
                 reason = &mut closed => {
                     self.closing = Some(reason.unwrap_or(REVOKED));
                     Err(Gone)
                 }
                 Some(entry) = queue.recv() => {
                     queued.fetch_sub(entry.len(), Ordering::AcqRel);
-                    self.deliver(entry, &dropped).await
+                    match told_to_close(&mut closed) {
+                        Some(reason) => {
+                            self.closing = Some(reason);
+                            Err(Gone)
+                        }
+                        None => self.deliver(entry, &dropped).await,
+                    }
                 }
                 message = messages.next() => match message {
                     Some(Ok(Message::Text(text))) => {
@@ -943,6 +954,15 @@ impl Client {
             self.hub.metrics.sent.inc_by(chunk.len() as u64);
         }
         Ok(Some(()))
+    }
+}
+
+/// The reason the hub gave for closing, if it did.
+fn told_to_close(closed: &mut oneshot::Receiver<&'static str>) -> Option<&'static str> {
+    match closed.try_recv() {
+        Ok(reason) => Some(reason),
+        Err(oneshot::error::TryRecvError::Empty) => None,
+        Err(oneshot::error::TryRecvError::Closed) => Some(REVOKED),
     }
 }
 
