@@ -47,6 +47,9 @@ pub struct State {
     pub exports: auditline_shared::settings::ExportSettings,
     /// One permit per streamed export in progress (`exports.max_streams`).
     pub export_streams: Arc<tokio::sync::Semaphore>,
+    /// Publishes the admin events that are not HTTP requests (stream
+    /// subscriptions), confirmed before what they record is served.
+    pub recorder: Publisher,
 }
 
 /// Authenticates the caller, names it as the user of the request's own audit
@@ -251,6 +254,7 @@ impl Application {
         let redactor = Redactor::new(&settings.audit.redact_params);
         let mut audit_config = AuditConfig::new("auditline-admin");
         audit_config.redact = redactor.clone();
+        let recorder = publisher.clone();
         let audit = AuditMiddleware::start(audit_config, publisher, spool)?;
         let audit_handle = audit.clone();
         let jobs_waiting = Arc::new(tokio::sync::Notify::new());
@@ -323,6 +327,7 @@ impl Application {
             integrity: settings.integrity.clone(),
             exports: settings.exports.clone(),
             export_streams: Arc::new(tokio::sync::Semaphore::new(settings.exports.max_streams)),
+            recorder,
         });
         let tokens = web::Data::new(TokenStore(pool));
         let registry = web::Data::new(registry);

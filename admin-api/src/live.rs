@@ -631,7 +631,14 @@ pub async fn stream(
         }
     };
     let messages = messages.max_frame_size(MAX_FRAME_BYTES);
+    let recorded = Recorded {
+        publisher: state.recorder.clone(),
+        user: token.name.clone(),
+        client_ip: req.peer_addr().map(|a| a.ip()),
+        session_id: format!("stream-{}", Uuid::now_v7().simple()),
+    };
     let client = Client {
+        recorded,
         hub: state.hub.clone(),
         pool: state.pool.clone(),
         cursor_key: state.cursor_key.clone(),
@@ -676,7 +683,58 @@ async fn redeem(pool: &PgPool, hashes: &[String]) -> Result<Option<Redeemed>, Ap
     }))
 }
 
+/// Who a connection's subscriptions are recorded as, and where.
+struct Recorded {
+    publisher: auditline_ingest::Publisher,
+    user: String,
+    client_ip: Option<std::net::IpAddr>,
+    session_id: String,
+}
+
+impl Recorded {
+    /// Publishes a subscription (its filter and `since`) as an admin event
+    /// and waits for the broker's confirm: a subscription that cannot be
+    /// recorded is not served.
+    async fn subscription(&self, message: &Value) -> Result<(), ApiError> {
+        let mut subscribe = message.clone();
+        if let Some(object) = subscribe.as_object_mut() {
+            object.remove("type");
+        }
+        let event = json!({
+            "occurred_at": Utc::now().to_rfc3339(),
+            "service": "auditline-admin",
+            "session_id": self.session_id,
+            "user_id": self.user,
+            "client_ip": self.client_ip.map(|ip| ip.to_string()),
+            "action_type": "admin",
+            "endpoint": "/admin/audit/stream",
+            "route": "/admin/audit/stream",
+            "http_method": "SUBSCRIBE",
+            "success": true,
+            "metadata": {"subscribe": subscribe},
+        });
+        let event = auditline_shared::AuditEvent::from_value(event, Utc::now()).map_err(|e| {
+            ApiError::Refused {
+                status: StatusCode::URI_TOO_LONG,
+                code: "request_too_long_to_record",
+                message: format!("the subscription cannot be recorded whole: {e}"),
+            }
+        })?;
+        self.publisher.publish(&event).await.map_err(|e| {
+            tracing::warn!(error = %e, "cannot record a stream subscription");
+            ApiError::Refused {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "unavailable",
+                message: "the subscription could not be recorded in the audit trail; retry".into(),
+            }
+        })?;
+        Ok(())
+    }
+}
+
 struct Client {
+    /// Where subscriptions are recorded.
+    recorded: Recorded,
     hub: Arc<Hub>,
     pool: PgPool,
     cursor_key: CursorKey,
@@ -888,6 +946,10 @@ impl Client {
                         .await;
                 }
             }
+        }
+        // Recorded before anything is served: the filter, and the replay.
+        if let Err(e) = self.recorded.subscription(&message).await {
+            return self.error(e).await;
         }
         // Live first, then the table: see the module doc.
         self.hub.set_filter(id, Some(filter.clone()));

@@ -337,6 +337,22 @@ async fn since_a_search_cursor_every_later_event_comes_once_across_the_switch() 
         .collect();
     let expected_order: Vec<Uuid> = stored[20..].iter().map(|e| e.event_id).collect();
     assert_eq!(first, expected_order);
+    // The subscription, and the history it replayed, are an admin event.
+    let recorded = crate::helpers::wait_until(Duration::from_secs(30), || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM auditline.events WHERE action_type = 'admin' \
+             AND http_method = 'SUBSCRIBE' AND user_id = 'watcher' \
+             AND metadata->'subscribe'->>'since' = $1 \
+             AND metadata->'subscribe'->'filter'->>'service' = 'since'",
+        )
+        .bind(&cursor)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap_or(0)
+            == 1
+    })
+    .await;
+    assert!(recorded, "the subscription with its since was not recorded");
     admin.stop().await;
     writer.stop().await;
     env.cleanup().await;
