@@ -180,9 +180,12 @@ async fn two_writers_and_two_admins_share_the_work_without_doing_it_twice() {
     drop((w1, w2));
 
     // Two admin instances take export jobs from one table.
-    let mut second = env.settings.clone();
+    // One token queues all eight: above the default per-token quota of 5.
+    let mut first = env.settings.clone();
+    first.exports.max_queued_per_token = 8;
+    let mut second = first.clone();
     second.ingest.spool_dir = format!("{}-2", env.settings.ingest.spool_dir);
-    let a1 = InProcessAdmin::start(&env).await;
+    let a1 = InProcessAdmin::start_with(first).await;
     let a2 = InProcessAdmin::start_with(second).await;
     let token = env
         .named_token("drill", &[Scope::Export, Scope::Read])
