@@ -1,8 +1,8 @@
 //! PostgreSQL text-format COPY rows for `auditline.events`.
 //!
 //! Text COPY was picked over binary COPY and `INSERT … UNNEST` by measurement
-//! (see BENCHMARKS.md): it is the fastest path PostgreSQL offers for bulk
-//! rows and costs ~0.5 µs per event to build here.
+//! (see docs/benchmarks-history.md): it is the fastest path PostgreSQL offers
+//! for bulk rows and costs ~0.5 µs per event to build here.
 
 use auditline_shared::AuditEvent;
 use chrono::{DateTime, SecondsFormat, Utc};
