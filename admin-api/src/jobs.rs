@@ -702,7 +702,7 @@ impl Runner {
                     tracing::warn!(error = %format!("{e:#}"), "export upkeep failed");
                 }
             }
-            match crate::schedules::fire_due(&self.pool).await {
+            match crate::schedules::fire_due(&self.pool, chrono::Utc::now()).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(jobs = n, "scheduled exports queued"),
                 Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot fire export schedules"),

@@ -17,7 +17,7 @@
 //! (another's id is a 404), an `admin` token every one.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use chrono::{DateTime, DurationRound, SubsecRound, TimeDelta, Utc};
 use croner::{Cron, parser::CronParser};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -127,9 +127,10 @@ fn unit_delta(unit: &str) -> TimeDelta {
     }
 }
 
-/// The next fire time strictly after `t`.
+/// The next fire time strictly after `t`, on a whole second (croner keeps
+/// the fraction of the time it starts from).
 fn next_fire(cron: &Cron, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    cron.find_next_occurrence(&t, false).ok()
+    cron.find_next_occurrence(&t.trunc_subsecs(0), false).ok()
 }
 
 /// Create a schedule.
@@ -340,18 +341,20 @@ pub async fn delete(
     answer_one(&req, &path, &state, &viewer, sql).await
 }
 
-/// Queues a job for every fire time that has come; returns how many.
-pub async fn fire_due(pool: &PgPool) -> anyhow::Result<usize> {
+/// Queues a job for every fire time that has come by `now`; returns how
+/// many. The clock is the caller's (the job runner passes `Utc::now()`), so
+/// firing can be driven through any time line.
+pub async fn fire_due(pool: &PgPool, now: DateTime<Utc>) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await?;
     let due: Vec<Schedule> = sqlx::query_as(concat!(
         "SELECT ",
         schedule_columns!(),
-        " FROM auditline.export_schedules WHERE next_run_at <= now() \
+        " FROM auditline.export_schedules WHERE next_run_at <= $1 \
          ORDER BY next_run_at FOR UPDATE SKIP LOCKED LIMIT 20"
     ))
+    .bind(now)
     .fetch_all(&mut *tx)
     .await?;
-    let now = Utc::now();
     let mut queued = 0;
     for schedule in due {
         let cron = match parse_cron(&schedule.cron) {
@@ -431,6 +434,12 @@ mod tests {
             next_fire(&every_minute, on_the_minute),
             Some("2026-11-28T21:46:00Z".parse().expect("time")),
             "strictly after"
+        );
+        let between: DateTime<Utc> = "2026-11-28T21:45:34.603756Z".parse().expect("time");
+        assert_eq!(
+            next_fire(&every_minute, between),
+            Some("2026-11-28T21:46:00Z".parse().expect("time")),
+            "on the minute, not at the fraction of a second the schedule was created"
         );
         assert!(parse_cron("61 * * * *").is_err());
         assert!(parse_cron("not cron").is_err());
