@@ -28,12 +28,16 @@ const ACTIONS: [&str; 6] = ["file", "code_exec", "admin", "auth", "data", "other
 const SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432";
 pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-/// A fresh database and namespace.
+/// A fresh database and namespace. `cleanup().await` removes them (its
+/// database, its queues, its directory); a test that panics before it gets
+/// there has them removed when the environment drops.
 pub struct TestEnv {
     pub id: String,
     pub db_name: String,
     pub settings: Settings,
     pub pool: PgPool,
+    created: Instant,
+    cleaned: bool,
 }
 
 impl TestEnv {
@@ -88,6 +92,8 @@ impl TestEnv {
             db_name,
             settings,
             pool,
+            created: Instant::now(),
+            cleaned: false,
         }
     }
 
@@ -245,32 +251,63 @@ impl TestEnv {
     }
 
     /// Drops the database and the namespace's exchanges and queues.
-    pub async fn cleanup(self) {
+    pub async fn cleanup(mut self) {
         self.pool.close().await;
-        let _ = std::fs::remove_dir_all(
-            std::env::temp_dir().join(format!("auditline-test-{}", self.id)),
+        remove(&self.id, &self.db_name, &self.settings, self.created).await;
+        self.cleaned = true;
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        // A test that failed (or forgot): remove what it made from a thread
+        // of its own, since the test's runtime may be the one dropping us.
+        let (id, db_name, settings, created) = (
+            self.id.clone(),
+            self.db_name.clone(),
+            self.settings.clone(),
+            self.created,
         );
-        // RabbitMQ 3.10 crashes the dead-letter worker of a quorum queue
-        // deleted while that worker is still checking in (just after the queue
-        // was declared); a burst of such crashes from fast tests kills its
-        // supervisor, and then every queue declaration fails until the broker
-        // restarts. A queue a second old is past that window.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        if let Ok(conn) = amqp::connect(&self.settings.amqp_url, "test-cleanup").await
-            && let Ok(channel) = conn.create_channel().await
-        {
-            amqp::Topology::new(&self.settings.namespace)
-                .delete(&channel)
-                .await;
-        }
-        if let Ok(admin) = PgPool::connect(ADMIN_URL).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.db_name
-            )))
-            .execute(&admin)
+        let removing = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                runtime.block_on(remove(&id, &db_name, &settings, created));
+            }
+        });
+        let _ = removing.join();
+    }
+}
+
+/// Deletes a test environment's directory, queues and database.
+async fn remove(id: &str, db_name: &str, settings: &Settings, created: Instant) {
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("auditline-test-{id}")));
+    // RabbitMQ 3.10 crashes the dead-letter worker of a quorum queue
+    // deleted while that worker is still checking in (just after the queue
+    // was declared); a burst of such crashes from fast tests kills its
+    // supervisor, and then every queue declaration fails until the broker
+    // restarts. A queue a second old is past that window: only a test
+    // younger than that waits.
+    let young = Duration::from_secs(1).saturating_sub(created.elapsed());
+    tokio::time::sleep(young).await;
+    if let Ok(conn) = amqp::connect(&settings.amqp_url, "test-cleanup").await
+        && let Ok(channel) = conn.create_channel().await
+    {
+        amqp::Topology::new(&settings.namespace)
+            .delete(&channel)
             .await;
-        }
+    }
+    if let Ok(admin) = PgPool::connect(ADMIN_URL).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
+        )))
+        .execute(&admin)
+        .await;
+        admin.close().await;
     }
 }
 
@@ -926,4 +963,23 @@ pub fn metric(metrics: &str, series: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{metrics}"))
+}
+
+#[actix_web::test]
+async fn a_test_env_dropped_without_cleanup_removes_its_database() {
+    let env = TestEnv::new().await;
+    let name = env.db_name.clone();
+    let dir = std::env::temp_dir().join(format!("auditline-test-{}", env.id));
+    std::fs::create_dir_all(&dir).expect("directory");
+    drop(env);
+    let admin = PgPool::connect(ADMIN_URL).await.expect("PostgreSQL");
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&admin)
+            .await
+            .expect("query");
+    admin.close().await;
+    assert!(!exists, "{name} is dropped");
+    assert!(!dir.exists(), "its directory is removed");
 }
