@@ -6,7 +6,6 @@
 //! downstream validates again.
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::net::IpAddr;
@@ -34,14 +33,18 @@ pub const WELL_KNOWN_ACTION_TYPES: [&str; 6] =
 
 /// One audit event exactly as it travels on the wire (JSON, schema version 1).
 ///
-/// This type defines the published JSON Schema (`shared/schema/event.schema.json`);
+/// This type defines the published JSON Schema (`event/schema/event.schema.json`);
 /// a test fails when the two disagree. Use [`AuditEvent::parse`] to turn JSON into
 /// a validated event.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
-#[schemars(
-    title = "Auditline audit event",
-    description = "One audit event, schema version 1. Unknown fields are rejected."
+#[cfg_attr(
+    feature = "schema",
+    schemars(
+        title = "Auditline audit event",
+        description = "One audit event, schema version 1. Unknown fields are rejected."
+    )
 )]
 pub struct WireEvent {
     /// Dedup key together with `occurred_at`. Assigned (UUIDv7) by the publisher when absent.
@@ -50,46 +53,55 @@ pub struct WireEvent {
     /// When the action happened (RFC 3339). At most 5 minutes in the future, not before 1970.
     pub occurred_at: DateTime<Utc>,
     /// The publishing service: ASCII letters, digits, `-` and `_`. The ingest gateway sets it from the publish token.
-    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9_-]+$"))]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9_-]+$"))
+    )]
     pub service: String,
     /// The caller's session.
-    #[schemars(length(min = 1, max = 64))]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 64)))]
     pub session_id: String,
     /// The acting user, when known.
     #[serde(default)]
-    #[schemars(length(min = 1, max = 255))]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 255)))]
     pub user_id: Option<String>,
     /// The caller's IPv4 or IPv6 address.
     #[serde(default)]
     pub client_ip: Option<IpAddr>,
     /// `file`, `code_exec`, `admin`, `auth`, `data`, `other`, or another lower-case `[a-z0-9_.]+` name.
-    #[schemars(length(min = 1, max = 50), regex(pattern = r"^[a-z0-9_.]+$"))]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(min = 1, max = 50), regex(pattern = r"^[a-z0-9_.]+$"))
+    )]
     pub action_type: String,
     /// The path as called.
-    #[schemars(length(min = 1, max = 255))]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 255)))]
     pub endpoint: String,
     /// The route template (`/files/{id}`), used as a low-cardinality metric label.
     #[serde(default)]
-    #[schemars(length(min = 1, max = 255))]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 255)))]
     pub route: Option<String>,
     /// Upper-case method token (`GET`, `POST`, …).
-    #[schemars(length(min = 1, max = 10), regex(pattern = r"^[A-Z][A-Z0-9_-]*$"))]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(min = 1, max = 10), regex(pattern = r"^[A-Z][A-Z0-9_-]*$"))
+    )]
     pub http_method: String,
     /// Request body size in bytes.
     #[serde(default)]
-    #[schemars(range(max = 9223372036854775807_u64))]
+    #[cfg_attr(feature = "schema", schemars(range(max = 9223372036854775807_u64)))]
     pub request_size: Option<u64>,
     /// Response body size in bytes.
     #[serde(default)]
-    #[schemars(range(max = 9223372036854775807_u64))]
+    #[cfg_attr(feature = "schema", schemars(range(max = 9223372036854775807_u64)))]
     pub response_size: Option<u64>,
     /// Time to respond, in milliseconds.
     #[serde(default)]
-    #[schemars(range(min = 0.0))]
+    #[cfg_attr(feature = "schema", schemars(range(min = 0.0)))]
     pub response_time_ms: Option<f64>,
     /// HTTP status code.
     #[serde(default)]
-    #[schemars(range(min = 100, max = 599))]
+    #[cfg_attr(feature = "schema", schemars(range(min = 100, max = 599)))]
     pub status_code: Option<u16>,
     /// Whether the action succeeded.
     pub success: bool,
@@ -788,7 +800,9 @@ pub fn to_ndjson(events: &[AuditEvent]) -> Vec<u8> {
     body
 }
 
-/// The JSON Schema of [`WireEvent`], as checked in under `shared/schema/`.
+/// The JSON Schema of [`WireEvent`], as checked in under `event/schema/`
+/// (feature `schema`).
+#[cfg(feature = "schema")]
 pub fn json_schema() -> Value {
     serde_json::to_value(schemars::schema_for!(WireEvent)).unwrap_or(Value::Null)
 }

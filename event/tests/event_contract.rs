@@ -1,7 +1,7 @@
 //! The event contract: every validation rule names its field, and the checked-in
 //! JSON Schema matches the type.
 
-use auditline_shared::event::{AuditEvent, json_schema, parse_ndjson, to_ndjson};
+use auditline_event::event::{AuditEvent, json_schema, parse_ndjson, to_ndjson};
 use chrono::{Duration, Utc};
 use serde_json::{Value, json};
 
@@ -229,10 +229,10 @@ fn checked_in_schema_matches_the_type() {
     if std::env::var_os("UPDATE_SCHEMA").is_some() {
         std::fs::write(path, &generated).expect("write schema");
     }
-    let on_disk = std::fs::read_to_string(path).expect("shared/schema/event.schema.json exists");
+    let on_disk = std::fs::read_to_string(path).expect("event/schema/event.schema.json exists");
     assert_eq!(
         on_disk, generated,
-        "shared/schema/event.schema.json is out of date with WireEvent; regenerate with UPDATE_SCHEMA=1"
+        "event/schema/event.schema.json is out of date with WireEvent; regenerate with UPDATE_SCHEMA=1"
     );
     let schema: Value = serde_json::from_str(&on_disk).expect("schema is JSON");
     assert_eq!(

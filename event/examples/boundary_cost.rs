@@ -9,7 +9,7 @@
 //! 2. Redaction of a request target, as the audit middleware does it for
 //!    every request, against writing that request's event line
 //!    (`EventView::write_json`, the middleware's own hot path).
-use auditline_shared::{AuditEvent, event::EventView, redact::Redactor, strict_json};
+use auditline_event::{AuditEvent, event::EventView, redact::Redactor, strict_json};
 use chrono::Utc;
 use std::{hint::black_box, time::Instant};
 
@@ -25,7 +25,7 @@ fn main() {
             format!(
                 r#"{{"event_id":"{}","occurred_at":"{}","service":"loadgen","session_id":"sess-{}-{}","user_id":"user-{:05}","client_ip":"10.{}.{}.{}","action_type":"file","endpoint":"/files/{}","route":"/files/{{id}}","http_method":"GET","request_size":{},"response_size":{},"response_time_ms":{}.0,"status_code":200,"success":true{usage},"metadata":{{"request_id":"{}","user_agent":"loadgen/1"}}}}"#,
                 uuid::Uuid::now_v7(),
-                auditline_shared::event::rfc3339_text(now),
+                auditline_event::event::rfc3339_text(now),
                 i % 500,
                 i % 4,
                 i % 500,

@@ -1,6 +1,6 @@
 //! Cost of writing a typical middleware event as JSON (EventView) on this
 //! machine: `cargo run --release -p auditline-shared --example json_cost`
-use auditline_shared::event::EventView;
+use auditline_event::event::EventView;
 use chrono::Utc;
 use std::time::Instant;
 
