@@ -144,7 +144,7 @@ pub async fn run(
         let port = server.addrs().first().map(|a| a.port()).unwrap_or(0);
         (server.run(), port, None)
     } else {
-        let publisher = Publisher::new(settings, "auditline-demo-app");
+        let publisher = Publisher::new(&settings.client(), "auditline-demo-app");
         let spool = Arc::new(Spool::open(
             &args.spool_dir,
             settings.ingest.spool_max_bytes,

@@ -210,7 +210,7 @@ pub async fn measure(settings: &Settings, args: &LoadgenArgs) -> anyhow::Result<
         None
     };
 
-    let publisher = Publisher::connect(&settings, "auditline-loadgen").await?;
+    let publisher = Publisher::connect(&settings.client(), "auditline-loadgen").await?;
     let started_at = Utc::now();
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));

@@ -245,7 +245,7 @@ impl Application {
             .context("cannot read the cursor key (did `auditline migrate` run?)")?;
         // The admin service's own requests are audit events, published like
         // any app's; they spool beside the gateway's spool while the broker is away.
-        let publisher = Publisher::new(&settings, "auditline-admin");
+        let publisher = Publisher::new(&settings.client(), "auditline-admin");
         publisher.register_metrics(&registry)?;
         let spool = Arc::new(Spool::open(
             format!("{}-admin", settings.ingest.spool_dir.trim_end_matches('/')),

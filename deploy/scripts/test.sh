@@ -43,10 +43,22 @@ python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$mot
   || { echo "the S3 test server did not start:"; cat "$moto_log"; exit 1; }
 export TEST_S3_ENDPOINT=http://127.0.0.1:$moto_port
 status=0
+# The client library stays light: without its default features it builds
+# without actix-web, prometheus, sqlx or figment.
+if [ $# -eq 0 ]; then
+  heavy=$(cargo tree -p auditline-client --no-default-features -e normal --prefix none \
+    | grep -E '^(sqlx|figment|prometheus|actix-web) ' || true)
+  if [ -n "$heavy" ]; then
+    echo "auditline-client --no-default-features depends on: $heavy"; status=1
+  fi
+  cargo check -q -p auditline-client --no-default-features || status=$?
+fi
+started=$(date +%s)
 cargo test --workspace --all-targets "$@" 2>&1 | tee "$log" || status=$?
 # One closing line over every test binary (cargo prints one per binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
-     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+     END { printf "tests: %d passed, %d failed, %d skipped", p, f, s }' "$log"
+echo " in $(( $(date +%s) - started )) s (build included)"
 # A short run of each fuzz target (event and query parsing), unless a test
 # filter was given.
 if [ "$status" -eq 0 ] && [ $# -eq 0 ]; then

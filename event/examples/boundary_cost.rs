@@ -1,5 +1,5 @@
 //! What the boundary checks of issue 19 cost, side by side in one run:
-//! `cargo run --release -p auditline-shared --example boundary_cost`
+//! `cargo run --release -p auditline-event --example boundary_cost`
 //!
 //! 1. Strict JSON (duplicate keys, exact numbers) on loadgen-shaped events
 //!    (a ~440-byte NDJSON line, metadata with a request id and a user agent;

@@ -1,5 +1,5 @@
 //! Cost of writing a typical middleware event as JSON (EventView) on this
-//! machine: `cargo run --release -p auditline-shared --example json_cost`
+//! machine: `cargo run --release -p auditline-event --example json_cost`
 use auditline_event::event::EventView;
 use chrono::Utc;
 use std::time::Instant;

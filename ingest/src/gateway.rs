@@ -209,9 +209,9 @@ impl Application {
         registry: Registry,
     ) -> anyhow::Result<Self> {
         let pool = db::pool(&settings.database_url, 4)?;
-        let mut publisher_settings = settings.clone();
-        publisher_settings.publisher.publish_timeout_ms = settings.ingest.publish_timeout_ms;
-        let publisher = Publisher::new(&publisher_settings, "auditline-ingest");
+        let mut client = settings.client();
+        client.publisher.publish_timeout_ms = settings.ingest.publish_timeout_ms;
+        let publisher = Publisher::new(&client, "auditline-ingest");
         if !publisher.is_connected().await {
             tracing::warn!("ingest gateway starting while the broker is unreachable");
         }

@@ -1,17 +1,15 @@
-//! Publishing audit events into Auditline.
+//! The HTTP ingest gateway (`auditline ingest`): `POST /v1/events` with a
+//! publish token, published through `auditline-client`'s [`Publisher`] and
+//! spooled (group commit) while the broker is away.
 //!
-//! - [`publisher`] — [`Publisher`], the confirmed, reconnecting publisher library
-//!   for Rust applications (also used by `auditline loadgen`).
+//! - [`gateway`]: the routes, validation, the spool hand-off and metrics.
 //!
-//! - [`gateway`] — the HTTP ingest gateway (`auditline ingest`), `POST /v1/events`.
-//!
-//! - [`spool`] — the durable, fsync'd local spool used while the broker is unreachable.
-//! - [`middleware`] — `AuditMiddleware`, auditing every request of an actix-web app.
+//! The client library (the publisher, the spool and `AuditMiddleware`) is
+//! `auditline-client`; it is re-exported here for the binaries that use both.
 
 pub mod gateway;
-pub mod middleware;
-pub mod publisher;
-pub mod spool;
 
-pub use middleware::{AuditConfig, AuditMetadata, AuditMiddleware, AuditResources, AuditUser};
-pub use publisher::{PublishError, Publisher};
+pub use auditline_client::{
+    AuditConfig, AuditMetadata, AuditMiddleware, AuditResources, AuditUser, PublishError,
+    Publisher, middleware, publisher, spool,
+};

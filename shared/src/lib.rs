@@ -2,20 +2,19 @@
 //! admin service and the CLI agree on beyond the event itself.
 //!
 //! The event contract lives in `auditline-event` and is re-exported here
-//! ([`event`], [`seal`], [`strict_json`], [`redact`], [`text_index`]) so
-//! server code has one import root.
+//! ([`event`], [`seal`], [`strict_json`], [`redact`], [`text_index`]), and
+//! the broker topology lives in `auditline-client` ([`amqp`]), so server
+//! code has one import root.
 //!
 //! - [`auth`] — API tokens and the `Caller` extractor.
 //! - [`settings`] — layered configuration (defaults, TOML, `AUDITLINE_*`, flags).
 //! - [`telemetry`] — logging.
-//! - [`amqp`] — RabbitMQ topology and connections.
 //! - [`db`] — PostgreSQL pool, migrations and partition upkeep.
 //! - [`metrics`] — the Prometheus registry and `/metrics` handler.
 //! - [`rollup`] — per-minute/hour/day aggregates behind summaries and metrics.
 //! - [`signing`] — Ed25519 keys that sign seals and checkpoints.
 //! - [`error`] — the JSON error body every HTTP service answers with.
 
-pub mod amqp;
 pub mod auth;
 pub mod db;
 pub mod error;
@@ -25,6 +24,7 @@ pub mod settings;
 pub mod signing;
 pub mod telemetry;
 
+pub use auditline_client::amqp;
 pub use auditline_event::{
     AuditEvent, FieldError, ValidationError, WireEvent, event, redact, seal, strict_json,
     text_index,

@@ -2,65 +2,13 @@
 //! environment variables (nested keys with `__`, e.g.
 //! `AUDITLINE_WRITER__BATCH__MAX_EVENTS`), then command-line flags.
 
+pub use auditline_client::config::{PublisherSettings, SecretUrl};
 use figment::{
     Figment,
     providers::{Env, Format, Serialized, Toml},
 };
 use serde::{Deserialize, Serialize};
 use std::{fmt, path::Path};
-
-/// A connection URL that may hold a password. `Debug` and `Display` redact the
-/// password so the URL can be logged; [`SecretUrl::expose`] gives the real one.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct SecretUrl(String);
-
-impl SecretUrl {
-    pub fn new(url: impl Into<String>) -> Self {
-        Self(url.into())
-    }
-
-    /// The URL with its password, for the client library only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// The URL with any password replaced by `***`.
-    pub fn redacted(&self) -> String {
-        let url = &self.0;
-        let Some(scheme_end) = url.find("://") else {
-            return "***".into();
-        };
-        let rest = &url[scheme_end + 3..];
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let authority = &rest[..authority_end];
-        match authority.rfind('@') {
-            Some(at) => {
-                let userinfo = &authority[..at];
-                let user = userinfo.split(':').next().unwrap_or("");
-                let masked = if userinfo.contains(':') {
-                    format!("{user}:***")
-                } else {
-                    user.to_owned()
-                };
-                format!("{}://{}@{}", &url[..scheme_end], masked, &rest[at + 1..])
-            }
-            None => url.clone(),
-        }
-    }
-}
-
-impl fmt::Debug for SecretUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.redacted())
-    }
-}
-
-impl fmt::Display for SecretUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
 
 /// Everything Auditline's services read at start.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -518,21 +466,6 @@ impl PartitionSettings {
     }
 }
 
-/// The confirmed publisher.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PublisherSettings {
-    /// Events per NDJSON message in `publish_batch`.
-    #[serde(default = "default_events_per_message")]
-    pub events_per_message: usize,
-    /// How long a publish may keep retrying (reconnecting) before it fails.
-    #[serde(default = "default_publish_timeout_ms")]
-    pub publish_timeout_ms: u64,
-    /// Compress NDJSON batch messages with zstd (`content_encoding: zstd`).
-    #[serde(default = "default_true")]
-    pub compress: bool,
-}
-
 fn default_database_url() -> SecretUrl {
     SecretUrl::new("postgres://postgres@127.0.0.1:5432/auditline")
 }
@@ -581,12 +514,6 @@ fn default_ahead_days() -> u32 {
 fn default_check_interval_secs() -> u64 {
     3_600
 }
-fn default_events_per_message() -> usize {
-    100
-}
-fn default_publish_timeout_ms() -> u64 {
-    30_000
-}
 
 impl Default for WriterSettings {
     fn default() -> Self {
@@ -618,16 +545,6 @@ impl Default for PartitionSettings {
             archive_destination: default_checkpoint_destination(),
             max_event_age_days: None,
             max_created_per_hour: default_max_created_per_hour(),
-        }
-    }
-}
-
-impl Default for PublisherSettings {
-    fn default() -> Self {
-        Self {
-            events_per_message: default_events_per_message(),
-            publish_timeout_ms: default_publish_timeout_ms(),
-            compress: true,
         }
     }
 }
@@ -665,6 +582,16 @@ pub enum SettingsError {
 }
 
 impl Settings {
+    /// What the client library needs of these settings: the broker, the
+    /// namespace, the publisher's batching and retries.
+    pub fn client(&self) -> auditline_client::ClientConfig {
+        auditline_client::ClientConfig {
+            amqp_url: self.amqp_url.clone(),
+            namespace: self.namespace.clone(),
+            publisher: self.publisher.clone(),
+        }
+    }
+
     /// Loads defaults, then `config` (if given), then `AUDITLINE_*` variables,
     /// then `overrides` (command-line flags, as a partial settings table).
     pub fn load(config: Option<&Path>, overrides: impl Serialize) -> Result<Self, SettingsError> {

@@ -17,7 +17,7 @@ use uuid::Uuid;
 async fn plain_publisher(env: &TestEnv) -> Publisher {
     let mut settings = env.settings.clone();
     settings.publisher.compress = false;
-    Publisher::connect(&settings, "drill-publisher")
+    Publisher::connect(&settings.client(), "drill-publisher")
         .await
         .expect("publisher")
 }

@@ -98,7 +98,7 @@ impl TestEnv {
     }
 
     pub async fn publisher(&self) -> Publisher {
-        Publisher::connect(&self.settings, "test-publisher")
+        Publisher::connect(&self.settings.client(), "test-publisher")
             .await
             .expect("publisher connects")
     }

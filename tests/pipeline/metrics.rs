@@ -240,7 +240,7 @@ fn the_shipped_prometheus_config_and_alert_rules_pass_promtool() {
         include_str!("../../writer/src/metrics.rs"),
         include_str!("../../writer/src/audit_metrics.rs"),
         include_str!("../../ingest/src/gateway.rs"),
-        include_str!("../../ingest/src/publisher.rs"),
+        include_str!("../../client/src/publisher.rs"),
         include_str!("../../admin-api/src/live.rs"),
         include_str!("../../admin-api/src/jobs.rs"),
         include_str!("../../admin-api/src/checkpoint.rs"),

@@ -40,11 +40,11 @@ use actix_web::{
         header::{self, HeaderName, HeaderValue},
     },
 };
-use auditline_shared::event::{
+use auditline_event::event::{
     EventView, MAX_METADATA_BYTES, MAX_RESOURCE_USAGE_BYTES, check_action_type, check_http_method,
     check_service, check_session_id, no_control, object_within,
 };
-use auditline_shared::redact::{self, Redactor};
+use auditline_event::redact::{self, Redactor};
 use chrono::{DateTime, Utc};
 use futures_util::future::{Ready, ready};
 use serde_json::{Map, Value};
@@ -167,7 +167,7 @@ pub struct AuditConfig {
     pub events_per_message: usize,
     /// Which query parameters carry credentials: their values, and anything
     /// shaped like an Auditline token or ticket, are recorded as
-    /// `[REDACTED]` in `endpoint` (see `auditline_shared::redact`).
+    /// `[REDACTED]` in `endpoint` (see `auditline_event::redact`).
     pub redact: Redactor,
 }
 
@@ -1287,7 +1287,7 @@ fn client_ip(req: &ServiceRequest, trusted: &[Cidr]) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use auditline_shared::AuditEvent;
+    use auditline_event::AuditEvent;
 
     #[test]
     fn cidr_matching() {
@@ -1379,7 +1379,7 @@ mod tests {
             .expect("runtime");
         runtime.block_on(async {
             let spool = Arc::new(Spool::open(&dir, 1 << 20).expect("spool"));
-            let publisher = Publisher::new(&auditline_shared::Settings::default(), "test");
+            let publisher = Publisher::new(&crate::ClientConfig::default(), "test");
             let audit = AuditMiddleware::start(AuditConfig::new("svc"), publisher, spool)
                 .expect("middleware");
             let pending = Pending::new(audit);
@@ -1400,7 +1400,7 @@ mod tests {
         let dir =
             std::env::temp_dir().join(format!("auditline-mw-{}", uuid::Uuid::new_v4().simple()));
         let spool = Arc::new(Spool::open(&dir, 1 << 20).expect("spool"));
-        let publisher = Publisher::new(&auditline_shared::Settings::default(), "test");
+        let publisher = Publisher::new(&crate::ClientConfig::default(), "test");
         let long = AuditConfig::new(&"s".repeat(65));
         assert!(AuditMiddleware::start(long, publisher.clone(), spool.clone()).is_err());
         let mut bad_rule = AuditConfig::new("svc");

@@ -16,7 +16,7 @@
 
 use crate::publisher::Publisher;
 use anyhow::Context;
-use auditline_shared::{AuditEvent, event::to_ndjson};
+use auditline_event::{AuditEvent, event::to_ndjson};
 use std::{
     fs::{self, File, OpenOptions},
     io::Write,

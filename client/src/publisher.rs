@@ -12,12 +12,11 @@
 //! (`event_id`, `occurred_at`). A nack (e.g. the queue is full) or an unroutable
 //! message is returned to the caller as an error at once, never as a success.
 
-use auditline_shared::{
-    AuditEvent,
+use crate::{
     amqp::{self, Topology},
-    event::to_ndjson,
-    settings::{PublisherSettings, SecretUrl, Settings},
+    config::{ClientConfig, PublisherSettings, SecretUrl},
 };
+use auditline_event::{AuditEvent, event::to_ndjson};
 use futures_util::future::join_all;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection,
@@ -138,16 +137,33 @@ struct Inner {
 }
 
 /// Messages sent, and what the broker answered (labelled with the
-/// publisher's name; see [`Publisher::register_metrics`]).
+/// publisher's name; see [`Publisher::register_metrics`], feature `metrics`).
 #[derive(Clone)]
 struct PublisherMetrics {
-    published: prometheus::IntCounter,
-    confirmed: prometheus::IntCounter,
-    nacked: prometheus::IntCounter,
-    returned: prometheus::IntCounter,
+    published: Counter,
+    confirmed: Counter,
+    nacked: Counter,
+    returned: Counter,
+}
+
+/// A Prometheus counter with the `metrics` feature.
+#[cfg(feature = "metrics")]
+type Counter = prometheus::IntCounter;
+
+/// Without the `metrics` feature: the same counts, kept but not exported.
+#[cfg(not(feature = "metrics"))]
+#[derive(Clone, Default)]
+struct Counter(Arc<AtomicU64>);
+
+#[cfg(not(feature = "metrics"))]
+impl Counter {
+    fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl PublisherMetrics {
+    #[cfg(feature = "metrics")]
     fn new(name: &str) -> Self {
         let counter = |metric: &str, help: &str| {
             prometheus::IntCounter::with_opts(
@@ -174,6 +190,16 @@ impl PublisherMetrics {
             ),
         }
     }
+
+    #[cfg(not(feature = "metrics"))]
+    fn new(_name: &str) -> Self {
+        Self {
+            published: Counter::default(),
+            confirmed: Counter::default(),
+            nacked: Counter::default(),
+            returned: Counter::default(),
+        }
+    }
 }
 
 /// Publishes validated audit events to `<ns>.events`. Cheap to clone; clones
@@ -195,6 +221,7 @@ impl std::fmt::Debug for Publisher {
 impl Publisher {
     /// Adds this publisher's counters to `registry` (published, confirmed,
     /// nacked, returned; labelled `publisher="<name>"`).
+    #[cfg(feature = "metrics")]
     pub fn register_metrics(&self, registry: &prometheus::Registry) -> prometheus::Result<()> {
         let m = &self.inner.metrics;
         for counter in [&m.published, &m.confirmed, &m.nacked, &m.returned] {
@@ -204,20 +231,20 @@ impl Publisher {
     }
 
     /// Connects, declares the topology (idempotent) and enables confirms.
-    pub async fn connect(settings: &Settings, name: &str) -> anyhow::Result<Self> {
-        let publisher = Self::new(settings, name);
+    pub async fn connect(config: &ClientConfig, name: &str) -> anyhow::Result<Self> {
+        let publisher = Self::new(config, name);
         publisher.current_link().await?;
         Ok(publisher)
     }
 
     /// A publisher that connects on first use (a service can start while the
     /// broker is down).
-    pub fn new(settings: &Settings, name: &str) -> Self {
+    pub fn new(config: &ClientConfig, name: &str) -> Self {
         Self {
             inner: Arc::new(Inner {
-                url: settings.amqp_url.clone(),
-                topology: Topology::new(&settings.namespace),
-                settings: settings.publisher.clone(),
+                url: config.amqp_url.clone(),
+                topology: Topology::new(&config.namespace),
+                settings: config.publisher.clone(),
                 link: Mutex::new(None),
                 generation: AtomicU64::new(0),
                 name: name.to_owned(),

@@ -10,7 +10,7 @@
 //! - `<ns>.dead`: fanout exchange and quorum queue holding everything that could
 //!   not be stored, with the reason in the `x-auditline-reason` header.
 
-use crate::settings::SecretUrl;
+use crate::config::SecretUrl;
 use anyhow::Context;
 use lapin::{
     Channel, Connection, ConnectionProperties, ExchangeKind,

@@ -6,10 +6,12 @@
 //! compressing and publishing it to RabbitMQ (`AUDITLINE_AMQP_URL`, default
 //! local). Side by side in one run, so the machine's drift cancels out.
 //!
-//! `cargo run --release -p auditline-ingest --example middleware_cost`
+//! `cargo run --release -p auditline-client --example middleware_cost`
 use actix_web::{App, HttpMessage, HttpResponse, dev::Service, test, web};
-use auditline_ingest::{AuditConfig, AuditMiddleware, AuditUser, Publisher, spool::Spool};
-use auditline_shared::{Settings, amqp::Topology};
+use auditline_client::{
+    AuditConfig, AuditMiddleware, AuditUser, ClientConfig, Publisher, SecretUrl, amqp::Topology,
+    spool::Spool,
+};
 use std::{sync::Arc, time::Instant};
 
 async fn get_file(path: web::Path<u64>) -> HttpResponse {
@@ -46,7 +48,10 @@ where
 
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
-    let mut settings = Settings::load(None, serde_json::json!({}))?;
+    let mut settings = ClientConfig::default();
+    if let Ok(url) = std::env::var("AUDITLINE_AMQP_URL") {
+        settings.amqp_url = SecretUrl::new(url);
+    }
     settings.namespace = format!("mwcost-{}", uuid::Uuid::new_v4().simple());
     let spool_dir = std::env::temp_dir().join(&settings.namespace);
     let publisher = Publisher::connect(&settings, "middleware-cost").await?;
@@ -94,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
         a / p
     );
     println!("spilled to the spool: {}", audit.spilled());
-    let connection = auditline_shared::amqp::connect(&settings.amqp_url, "middleware-cost").await?;
+    let connection = auditline_client::amqp::connect(&settings.amqp_url, "middleware-cost").await?;
     Topology::new(&settings.namespace)
         .delete(&connection.create_channel().await?)
         .await;
