@@ -11,7 +11,7 @@
 //! - [`telemetry`] — logging.
 //! - [`db`] — PostgreSQL pool, migrations and partition upkeep.
 //! - [`metrics`] — the Prometheus registry and `/metrics` handler.
-//! - [`rollup`] — per-minute/hour/day aggregates behind summaries and metrics.
+//! - [`rollup`] — the rollups' layout (grains, latency histograms) the writer folds into and the admin API reads.
 //! - [`signing`] — Ed25519 keys that sign seals and checkpoints.
 //! - [`error`] — the JSON error body every HTTP service answers with.
 

@@ -3,7 +3,8 @@
 
 use std::collections::HashSet;
 
-use auditline_shared::{AuditEvent, auth::Scope, rollup};
+use auditline_shared::{AuditEvent, auth::Scope};
+use auditline_writer::fold as rollup;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde_json::json;
 use uuid::Uuid;

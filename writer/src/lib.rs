@@ -11,7 +11,8 @@
 //!   `INSERT … ON CONFLICT DO NOTHING`, COMMIT, then ack `multiple`.
 //! - [`partitions`] — the `PartitionKeeper` actor, partitions ahead and on demand.
 //! - [`rollups`] — the `RollupKeeper` actor, folding committed batches into the
-//!   admin API's rollups off the hot path.
+//!   admin API's rollups off the hot path; [`fold`] — the fold itself (rollup
+//!   rows, the free-text search's blocks).
 //! - [`app`] — [`Application`], the service with its pipelines and `/metrics`.
 //! - [`copy_row`] — the COPY text encoding; [`metrics`]: the writer's metrics.
 
@@ -21,6 +22,7 @@ pub mod batcher;
 pub mod consumer;
 pub mod copy_row;
 pub mod db_writer;
+pub mod fold;
 pub mod metrics;
 pub mod partitions;
 pub mod rollups;

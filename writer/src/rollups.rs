@@ -1,14 +1,14 @@
 //! The rollup keeper: folds committed batches into the admin API's rollups
-//! (`auditline_shared::rollup::fold_pending`), off the writer's hot path.
+//! ([`crate::fold::fold_pending`]), off the writer's hot path.
 //!
 //! Every `INTERVAL` it takes pending batches, many at a time (so keys shared
 //! by their events are upserted once), until none is left. Several writers
 //! share the work through `FOR UPDATE SKIP LOCKED`; a failed pass leaves its
 //! batches pending for the next one.
 
+use crate::fold::{fold_pending, pending};
 use crate::metrics::WriterMetrics;
 use actix::prelude::*;
-use auditline_shared::rollup::{fold_pending, pending};
 use sqlx::PgPool;
 use std::time::Duration;
 

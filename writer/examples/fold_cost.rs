@@ -6,8 +6,8 @@
 //!   sort by time and build the Bloom blocks.
 //!
 //! `DATABASE_URL=postgres://postgres@127.0.0.1/auditline_bench_admin BATCHES=40 \
-//!  cargo run --release -p auditline-shared --example fold_cost`
-use auditline_shared::rollup::{self, RollupBatch, RollupRow};
+//!  cargo run --release -p auditline-writer --example fold_cost`
+use auditline_writer::fold::{self as rollup, RollupBatch, RollupRow};
 use futures_util::TryStreamExt;
 use sqlx::{Connection, PgConnection};
 use std::time::Instant;
