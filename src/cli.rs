@@ -2,7 +2,7 @@
 
 use crate::loadgen::{self, LoadgenArgs};
 use anyhow::Context;
-use auditline_admin_api::{checkpoint, storage::Storage};
+use auditline_integrity::{checkpoint, storage::Storage};
 use auditline_shared::{
     Settings,
     auth::{self, Scope},
@@ -250,7 +250,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// The storage checkpoints live in, and the installation's keys.
 fn integrity(settings: &Settings) -> anyhow::Result<(Storage, checkpoint::Keys)> {
-    auditline_admin_api::storage::install_tls_provider();
+    auditline_integrity::storage::install_tls_provider();
     let storage = Storage::new(PathBuf::from(&settings.export_dir), &settings.exports)?;
     storage
         .check(&settings.integrity.checkpoint_destination)
@@ -262,7 +262,7 @@ fn integrity(settings: &Settings) -> anyhow::Result<(Storage, checkpoint::Keys)>
 }
 
 async fn partitions(settings: &Settings, action: PartitionAction) -> anyhow::Result<()> {
-    use auditline_admin_api::retention;
+    use auditline_integrity::retention;
     let (storage, keys) = integrity(settings)?;
     let destination = &settings.partitions.archive_destination;
     storage
@@ -337,7 +337,7 @@ async fn verify(
 ) -> anyhow::Result<()> {
     let (storage, keys) = integrity(settings)?;
     let pool = db::pool(&settings.database_url, 2)?;
-    let report = auditline_admin_api::verify::verify(
+    let report = auditline_integrity::verify::verify(
         &pool,
         &storage,
         &settings.integrity.checkpoint_destination,
@@ -349,7 +349,7 @@ async fn verify(
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", auditline_admin_api::verify::render(&report));
+        print!("{}", auditline_integrity::verify::render(&report));
     }
     if report.ok {
         Ok(())

@@ -35,13 +35,13 @@ pub struct State {
     pub pool: PgPool,
     pub cursor_key: search::CursorKey,
     /// Where export files are written (`local`, the `export_dir`, or a bucket).
-    pub storage: crate::storage::Storage,
+    pub storage: auditline_integrity::storage::Storage,
     /// Wakes the export runner when a job is queued.
     pub jobs_waiting: Arc<tokio::sync::Notify>,
     /// The live stream's clients.
     pub hub: Arc<crate::live::Hub>,
     /// Checkpoint signing and verification keys.
-    pub keys: Arc<crate::checkpoint::Keys>,
+    pub keys: Arc<auditline_integrity::checkpoint::Keys>,
     pub integrity: auditline_shared::settings::IntegritySettings,
     /// Quotas and time-outs of exports.
     pub exports: auditline_shared::settings::ExportSettings,
@@ -258,7 +258,7 @@ impl Application {
         let audit = AuditMiddleware::start(audit_config, publisher, spool)?;
         let audit_handle = audit.clone();
         let jobs_waiting = Arc::new(tokio::sync::Notify::new());
-        let storage = crate::storage::Storage::new(
+        let storage = auditline_integrity::storage::Storage::new(
             std::path::PathBuf::from(&settings.export_dir),
             &settings.exports,
         )?;
@@ -287,18 +287,20 @@ impl Application {
             hub.clone(),
         ));
         let token_watch = tokio::spawn(crate::live::watch_tokens(pool.clone(), hub.clone()));
-        let keys = Arc::new(crate::checkpoint::Keys::from_settings(&settings.integrity)?);
+        let keys = Arc::new(auditline_integrity::checkpoint::Keys::from_settings(
+            &settings.integrity,
+        )?);
         storage
             .check(&settings.integrity.checkpoint_destination)
             .map_err(|e| anyhow::anyhow!("integrity.checkpoint_destination: {e}"))?;
-        let checkpoint_metrics = crate::checkpoint::Metrics::register(&registry)?;
+        let checkpoint_metrics = auditline_integrity::checkpoint::Metrics::register(&registry)?;
         if settings.partitions.retention_days.is_some() {
             storage
                 .check(&settings.partitions.archive_destination)
                 .map_err(|e| anyhow::anyhow!("partitions.archive_destination: {e}"))?;
         }
         let checkpoints = (settings.integrity.checkpoint_interval_secs > 0).then(|| {
-            tokio::spawn(crate::checkpoint::run(
+            tokio::spawn(auditline_integrity::checkpoint::run(
                 pool.clone(),
                 storage.clone(),
                 settings.integrity.checkpoint_destination.clone(),
@@ -308,7 +310,7 @@ impl Application {
             ))
         });
         let retention = settings.partitions.retention_days.map(|days| {
-            tokio::spawn(crate::retention::run(
+            tokio::spawn(auditline_integrity::retention::run(
                 pool.clone(),
                 storage.clone(),
                 settings.partitions.archive_destination.clone(),
@@ -416,7 +418,7 @@ impl Application {
                             vec![web::post().to(crate::live::ticket)],
                         ))
                         .service(get("/stream", web::get().to(crate::live::stream)))
-                        .service(get("/verify", web::get().to(crate::verify::handler)))
+                        .service(get("/verify", web::get().to(crate::integrity::handler)))
                         .default_service(web::to(not_found)),
                 )
                 .service(get("/metrics", web::get().to(metrics_handler)))

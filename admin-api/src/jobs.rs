@@ -46,8 +46,8 @@ use crate::{
     error::ApiError,
     export::{self, Compression, Encoder, Export, Format, ReadAhead},
     params::Params,
-    storage::{Storage, Upload},
 };
+use auditline_integrity::storage::{Storage, Upload};
 
 /// The states a job goes through.
 pub const STATES: [&str; 6] = [
@@ -276,7 +276,7 @@ impl Body {
     pub(crate) fn destination(&mut self, storage: &Storage) -> Result<String, ApiError> {
         let destination = self
             .text("destination")?
-            .unwrap_or_else(|| crate::storage::LOCAL.into());
+            .unwrap_or_else(|| auditline_integrity::storage::LOCAL.into());
         storage
             .check(&destination)
             .map_err(|message| ApiError::body("destination", message))?;
@@ -879,7 +879,10 @@ impl Runner {
         // the export later can tie its rows to the sealed history.
         let checkpoint = match self
             .storage
-            .get(&self.checkpoint_destination, crate::checkpoint::LATEST)
+            .get(
+                &self.checkpoint_destination,
+                auditline_integrity::checkpoint::LATEST,
+            )
             .await
         {
             Ok(Some(bytes)) => serde_json::from_slice::<serde_json::Value>(&bytes).ok(),

@@ -12,27 +12,24 @@
 //! - [`jobs`] — export jobs (`/admin/audit/exports`) and their runner.
 //! - [`live`] — the live stream: tickets, the websocket, the fan-out from `<ns>.live`.
 //! - [`schedules`] — export schedules (`/admin/audit/export-schedules`) and their firing.
-//! - [`storage`] — export destinations: the export directory and S3-compatible buckets.
+//! - [`integrity`] — `GET /admin/audit/verify` (the proofs themselves are `auditline-integrity`).
 //! - [`realtime`] — `GET /admin/audit/metrics` from the minute rollups.
 //! - [`params`] — query-string parsing with errors that name the parameter.
 //! - [`openapi`] — the OpenAPI 3 document of the admin and ingest APIs.
 //! - [`error`] — `ApiError` and its JSON answers.
 
 pub mod app;
-pub mod checkpoint;
 pub mod dashboard;
 pub mod error;
 pub mod export;
+pub mod integrity;
 pub mod jobs;
 pub mod live;
 pub mod openapi;
 pub mod params;
 pub mod realtime;
-pub mod retention;
 pub mod schedules;
 pub mod search;
-pub mod storage;
 pub mod users;
-pub mod verify;
 
 pub use app::Application;

@@ -114,7 +114,7 @@ fn post_events() {}
         schedules::delete,
         crate::live::ticket,
         crate::live::stream,
-        crate::verify::handler,
+        crate::integrity::handler,
         post_events,
     ),
     components(schemas(ErrorEnvelope, ErrorObject, Accepted, crate::params::Text)),

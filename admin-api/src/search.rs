@@ -14,7 +14,6 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, TimeDelta, Utc};
 use hmac::{KeyInit, Mac};
 use serde::Serialize;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
@@ -26,45 +25,8 @@ use crate::{
     params::{Params, Text, time_range},
 };
 
-/// An event as stored, with the time it was received.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, sqlx::FromRow, ToSchema)]
-pub struct StoredEvent {
-    pub event_id: Uuid,
-    pub occurred_at: DateTime<Utc>,
-    pub received_at: DateTime<Utc>,
-    pub service: String,
-    pub session_id: String,
-    pub user_id: Option<String>,
-    /// IPv4 or IPv6 address.
-    pub client_ip: Option<String>,
-    pub action_type: String,
-    pub endpoint: String,
-    pub route: Option<String>,
-    pub http_method: String,
-    #[schema(minimum = 0)]
-    pub request_size: Option<i64>,
-    #[schema(minimum = 0)]
-    pub response_size: Option<i64>,
-    #[schema(minimum = 0)]
-    pub response_time_ms: Option<f64>,
-    #[schema(minimum = 100, maximum = 599)]
-    pub status_code: Option<i16>,
-    pub success: bool,
-    #[schema(value_type = Option<Object>)]
-    pub resource_usage: Option<Value>,
-    #[schema(value_type = Option<Object>)]
-    pub metadata: Option<Value>,
-}
-
-/// The columns of a [`StoredEvent`], as a literal for `concat!`.
-macro_rules! event_columns {
-    () => {
-        "event_id, occurred_at, received_at, service, session_id, user_id, \
-         host(client_ip) AS client_ip, action_type, endpoint, route, http_method, request_size, \
-         response_size, response_time_ms, status_code, success, resource_usage, metadata"
-    };
-}
-pub(crate) use event_columns;
+pub(crate) use auditline_shared::event_columns;
+pub use auditline_shared::stored::StoredEvent;
 
 /// One page of search results.
 #[derive(Debug, Serialize, ToSchema)]

@@ -13,6 +13,7 @@
 //! - [`metrics`] — the Prometheus registry and `/metrics` handler.
 //! - [`rollup`] — the rollups' layout (grains, latency histograms) the writer folds into and the admin API reads.
 //! - [`signing`] — Ed25519 keys that sign seals and checkpoints.
+//! - [`stored`] — an event as stored, and the columns that select it.
 //! - [`error`] — the JSON error body every HTTP service answers with.
 
 pub mod auth;
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod rollup;
 pub mod settings;
 pub mod signing;
+pub mod stored;
 pub mod telemetry;
 
 pub use auditline_client::amqp;

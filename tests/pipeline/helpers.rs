@@ -870,7 +870,7 @@ impl TestBucket {
             .next()
             .and_then(|p| p.trim_end_matches('/').parse().ok())
             .expect("the endpoint is http://127.0.0.1:<port>");
-        auditline_admin_api::storage::install_tls_provider();
+        auditline_integrity::storage::install_tls_provider();
         let name = format!("auditline-test-{}", env.id);
         let (status, _, body) = http(port, "PUT", &format!("/{name}"), &[], &[]).await;
         assert_eq!(status, 200, "cannot create bucket {name}: {body}");

@@ -267,7 +267,7 @@ async fn verify_names_a_changed_removed_and_inserted_row_and_a_truncated_chain()
     // A checkpointer with another key does not continue a history it cannot
     // verify, and a forged checkpoint file (signed by another key) dropped
     // into storage is refused, not trusted.
-    let (other, _) = auditline_admin_api::checkpoint::Keys::generate().expect("keys");
+    let (other, _) = auditline_integrity::checkpoint::Keys::generate().expect("keys");
     let forged = [("AUDITLINE_INTEGRITY__SIGNING_KEY", other.as_str())];
     let (code, _, err) = Process::output(&env, &["checkpoint"], &forged).await;
     assert_eq!(code, 1, "{err}");
@@ -470,7 +470,7 @@ async fn a_removed_chain_stays_detected_after_later_checkpoints() {
 /// someone who knows the algorithm but not the writer key would, after
 /// changing a row: every hash and link checks out again.
 async fn recompute_chain(env: &TestEnv, chain: &str) {
-    use auditline_admin_api::verify::{ROW_COLUMNS, StoredRow};
+    use auditline_integrity::verify::{ROW_COLUMNS, StoredRow};
     use auditline_shared::seal;
     let seals: Vec<(i64, Uuid, i32)> = sqlx::query_as(
         "SELECT seq, batch_id, inserted_count FROM auditline.batches WHERE chain = $1 ORDER BY seq",

@@ -243,7 +243,7 @@ fn the_shipped_prometheus_config_and_alert_rules_pass_promtool() {
         include_str!("../../client/src/publisher.rs"),
         include_str!("../../admin-api/src/live.rs"),
         include_str!("../../admin-api/src/jobs.rs"),
-        include_str!("../../admin-api/src/checkpoint.rs"),
+        include_str!("../../integrity/src/checkpoint.rs"),
     ]
     .concat();
     let assets = [

@@ -66,7 +66,7 @@ async fn retention_archives_verifies_and_drops_and_verify_accepts_the_gap() {
     assert_eq!(d2_rows, 31);
     assert!(search_blocks_on(&env, d2).await > 0, "the rows are indexed");
 
-    let (private, public) = auditline_admin_api::checkpoint::Keys::generate().expect("keys");
+    let (private, public) = auditline_integrity::checkpoint::Keys::generate().expect("keys");
     let keys = [
         ("AUDITLINE_INTEGRITY__SIGNING_KEY", private.as_str()),
         ("AUDITLINE_INTEGRITY__VERIFY_KEY", public.as_str()),

@@ -10,9 +10,9 @@
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
-use actix_web::web::Bytes;
 use anyhow::Context;
 use auditline_shared::settings::{ExportSettings, S3Destination};
+use bytes::Bytes;
 use futures_util::{StreamExt, stream::BoxStream};
 use object_store::{
     ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart, aws::AmazonS3Builder, path::Path,

@@ -24,11 +24,11 @@
 
 mod history;
 
-use crate::search::StoredEvent;
 use crate::{
     checkpoint::{self, Anchored, Keys, SealSignature},
     storage::Storage,
 };
+use auditline_shared::stored::StoredEvent;
 use auditline_shared::{AuditEvent, auth::hex, event::rfc3339_text, seal};
 use chrono::{DateTime, NaiveDate, Utc};
 use futures_util::TryStreamExt;
@@ -298,7 +298,7 @@ impl Row {
 }
 
 /// The columns of [`StoredRow`], for `SELECT`.
-pub const ROW_COLUMNS: &str = concat!(crate::search::event_columns!(), ", batch_id");
+pub const ROW_COLUMNS: &str = concat!(auditline_shared::event_columns!(), ", batch_id");
 
 /// A row as PostgreSQL returns it: the search's event and the batch.
 #[derive(Debug, sqlx::FromRow)]
@@ -849,43 +849,4 @@ pub fn render(report: &Report) -> String {
         );
     }
     out
-}
-
-/// `GET /admin/audit/verify?from&to`: the verify report (scope `admin`).
-/// 200 whether or not something was found: `ok` says which.
-#[utoipa::path(
-    get,
-    path = "/admin/audit/verify",
-    tag = "integrity",
-    params(
-        ("from" = Option<String>, Query, description = "RFC 3339: verify rows that occurred at or after this (default: all)"),
-        ("to" = Option<String>, Query, description = "RFC 3339: verify rows that occurred before this (default: all)"),
-        ("checkpoint" = Option<String>, Query, description = "Walk the checkpoint history from this file on (default: the whole history)"),
-    ),
-    responses(
-        (status = 200, description = "The report; `ok` is false when something was found", body = Report),
-        (status = 400, description = "A bad parameter", body = crate::openapi::ErrorEnvelope),
-        (status = 401, description = "No valid token", body = crate::openapi::ErrorEnvelope),
-        (status = 403, description = "The token lacks the `admin` scope", body = crate::openapi::ErrorEnvelope),
-    ),
-    security(("bearer" = []))
-)]
-pub async fn handler(
-    _admin: crate::app::Administrator,
-    req: actix_web::HttpRequest,
-    state: actix_web::web::Data<crate::app::State>,
-) -> Result<actix_web::HttpResponse, crate::error::ApiError> {
-    let params = crate::params::Params::parse(req.query_string(), &["from", "to", "checkpoint"])?;
-    let range = crate::params::open_time_range(&params)?;
-    let start = params.one("checkpoint")?;
-    let report = verify(
-        &state.pool,
-        &state.storage,
-        &state.integrity.checkpoint_destination,
-        &state.keys,
-        range,
-        start,
-    )
-    .await?;
-    Ok(actix_web::HttpResponse::Ok().json(report))
 }
