@@ -2,7 +2,10 @@
 
 use actix_web::{HttpResponse, ResponseError, http::StatusCode};
 use auditline_shared::{auth::AuthError, error::ErrorBody};
+use serde::Serialize;
+use serde_json::Value;
 use serde_json::json;
+use utoipa::{IntoResponses, ToSchema};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -144,4 +147,35 @@ impl ResponseError for ApiError {
             }
         }
     }
+}
+
+/// The error body of every failed request.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorEnvelope {
+    pub error: ErrorObject,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorObject {
+    /// Machine-readable, e.g. `invalid_parameter`, `unauthorized`.
+    pub code: String,
+    pub message: String,
+    /// Per-item details, e.g. `{"parameter": "from", "message": "…"}`.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub details: Option<Vec<Value>>,
+}
+
+/// The refusals every admin read route can answer (documentation only).
+#[derive(Debug, IntoResponses)]
+#[allow(dead_code)]
+pub enum ReadErrors {
+    /// A parameter is invalid; the error names it
+    #[response(status = 400)]
+    BadRequest(ErrorEnvelope),
+    /// Missing, unknown, expired or revoked token
+    #[response(status = 401)]
+    Unauthorized(ErrorEnvelope),
+    /// The token lacks the scope the route needs (`read`; `export` for exports)
+    #[response(status = 403)]
+    Forbidden(ErrorEnvelope),
 }

@@ -1,35 +1,34 @@
 //! The admin HTTP service (`auditline admin`, also inside `auditline all`):
 //! search over the stored audit events, per-user summaries, real-time
-//! metrics and the OpenAPI document. Every request under `/admin/audit` is
-//! itself audited (action type `admin`, the token's name as user, the query
-//! in metadata) through `AuditMiddleware` and the pipeline.
+//! metrics, exports (streamed, jobs, schedules), the live stream, verify,
+//! the dashboard and the OpenAPI document. Every request under
+//! `/admin/audit` is itself audited (action type `admin`, the token's name as
+//! user, the query in metadata) through `AuditMiddleware` and the pipeline.
 //!
-//! - [`app`] — `Application` (routes, state, start and stop).
-//! - [`dashboard`] — `GET /admin/`: the web dashboard, embedded, under a strict CSP.
-//! - [`search`] — `GET /admin/audit/logs[/{event_id}]`, filters, signed keyset cursors.
-//! - [`users`] — `GET /admin/audit/users[/{user_id}]` from the rollups.
-//! - [`export`] — `GET /admin/audit/export`: streamed CSV / JSON / NDJSON, zstd.
-//! - [`jobs`] — export jobs (`/admin/audit/exports`) and their runner.
-//! - [`live`] — the live stream: tickets, the websocket, the fan-out from `<ns>.live`.
-//! - [`schedules`] — export schedules (`/admin/audit/export-schedules`) and their firing.
-//! - [`integrity`] — `GET /admin/audit/verify` (the proofs themselves are `auditline-integrity`).
-//! - [`realtime`] — `GET /admin/audit/metrics` from the minute rollups.
-//! - [`params`] — query-string parsing with errors that name the parameter.
-//! - [`openapi`] — the OpenAPI 3 document of the admin and ingest APIs.
-//! - [`error`] — `ApiError` and its JSON answers.
+//! Layout, each layer using only those above it (no import cycle):
+//! - [`error`] — `ApiError`, its JSON answers and their OpenAPI description.
+//! - [`query`] — what a request asks for: query-string parameters, the one
+//!   `Filters` type, signed cursors, the search and export queries, JSON bodies.
+//! - [`workers`] — what runs in the background: the export job runner, the
+//!   schedule firing, the live stream's consumer, hub and token watch.
+//! - [`state`], [`extract`], [`audit`] — what handlers share, the extractors
+//!   that authenticate and require a scope, the admin's own audit records.
+//! - [`routes`] — the HTTP handlers, one module per resource, each with its
+//!   `configure`.
+//! - [`openapi`] — the OpenAPI 3 document, from the handlers' annotations.
+//! - [`startup`] — [`Application`]: builds the state and workers, serves, stops.
+//!
+//! The proofs (verify, checkpoints, retention) and the storage exports share
+//! with them are `auditline-integrity`.
 
-pub mod app;
-pub mod dashboard;
+pub mod audit;
 pub mod error;
-pub mod export;
-pub mod integrity;
-pub mod jobs;
-pub mod live;
+pub mod extract;
 pub mod openapi;
-pub mod params;
-pub mod realtime;
-pub mod schedules;
-pub mod search;
-pub mod users;
+pub mod query;
+pub mod routes;
+pub mod startup;
+pub mod state;
+pub mod workers;
 
-pub use app::Application;
+pub use startup::Application;

@@ -3,9 +3,8 @@
 //! for the event itself, from the JSON Schema the event type derives.
 
 use serde::Serialize;
-use serde_json::Value;
 use utoipa::{
-    IntoResponses, Modify, OpenApi, ToSchema,
+    Modify, OpenApi, ToSchema,
     openapi::{
         RefOr, Schema,
         schema::{ArrayBuilder, OneOfBuilder, Ref},
@@ -13,38 +12,10 @@ use utoipa::{
     },
 };
 
-use crate::{export, jobs, realtime, schedules, search, users};
-
-/// The error body of every failed request.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorEnvelope {
-    pub error: ErrorObject,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorObject {
-    /// Machine-readable, e.g. `invalid_parameter`, `unauthorized`.
-    pub code: String,
-    pub message: String,
-    /// Per-item details, e.g. `{"parameter": "from", "message": "…"}`.
-    #[schema(value_type = Option<Vec<Object>>)]
-    pub details: Option<Vec<Value>>,
-}
-
-/// The refusals every admin read route can answer (documentation only).
-#[derive(Debug, IntoResponses)]
-#[allow(dead_code)]
-pub enum ReadErrors {
-    /// A parameter is invalid; the error names it
-    #[response(status = 400)]
-    BadRequest(ErrorEnvelope),
-    /// Missing, unknown, expired or revoked token
-    #[response(status = 401)]
-    Unauthorized(ErrorEnvelope),
-    /// The token lacks the scope the route needs (`read`; `export` for exports)
-    #[response(status = 403)]
-    Forbidden(ErrorEnvelope),
-}
+use crate::{
+    error::{ErrorEnvelope, ErrorObject},
+    routes::{export, jobs, live, realtime, schedules, search, users},
+};
 
 /// The 202 answer of the ingest gateway.
 #[derive(Debug, Serialize, ToSchema)]
@@ -112,12 +83,12 @@ fn post_events() {}
         schedules::list,
         schedules::show,
         schedules::delete,
-        crate::live::ticket,
-        crate::live::stream,
-        crate::integrity::handler,
+        live::ticket,
+        live::stream,
+        crate::routes::integrity::handler,
         post_events,
     ),
-    components(schemas(ErrorEnvelope, ErrorObject, Accepted, crate::params::Text)),
+    components(schemas(ErrorEnvelope, ErrorObject, Accepted, crate::query::params::Text)),
     modifiers(&Security, &EventSchema, &TooLongToRecord),
     security(("bearer" = [])),
     tags(

@@ -717,7 +717,7 @@ async fn a_minutely_schedule_covers_every_minute_once_across_three_minutes_of_do
         }
     };
     // Two minutes pass: the minute before `first` and the one after it.
-    let queued = auditline_admin_api::schedules::fire_due(&env.pool, first + minute)
+    let queued = auditline_admin_api::workers::scheduler::fire_due(&env.pool, first + minute)
         .await
         .expect("fire");
     assert!(queued <= 2, "at most two minutes due: {queued}");
@@ -734,7 +734,7 @@ async fn a_minutely_schedule_covers_every_minute_once_across_three_minutes_of_do
     let mut second = env.settings.clone();
     second.ingest.spool_dir.push_str("-second");
     let admin = crate::helpers::InProcessAdmin::start_with(second).await;
-    auditline_admin_api::schedules::fire_due(&env.pool, restarted)
+    auditline_admin_api::workers::scheduler::fire_due(&env.pool, restarted)
         .await
         .expect("fire");
     // (The running instance fires by the real clock too; whoever fires a
@@ -747,7 +747,7 @@ async fn a_minutely_schedule_covers_every_minute_once_across_three_minutes_of_do
             .expect("count");
     assert_eq!(queued, 5, "the three missed minutes are queued at once");
     assert_eq!(
-        auditline_admin_api::schedules::fire_due(&env.pool, restarted)
+        auditline_admin_api::workers::scheduler::fire_due(&env.pool, restarted)
             .await
             .expect("fire"),
         0,

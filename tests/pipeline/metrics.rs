@@ -241,8 +241,8 @@ fn the_shipped_prometheus_config_and_alert_rules_pass_promtool() {
         include_str!("../../writer/src/audit_metrics.rs"),
         include_str!("../../ingest/src/gateway.rs"),
         include_str!("../../client/src/publisher.rs"),
-        include_str!("../../admin-api/src/live.rs"),
-        include_str!("../../admin-api/src/jobs.rs"),
+        include_str!("../../admin-api/src/workers/live.rs"),
+        include_str!("../../admin-api/src/workers/jobs.rs"),
         include_str!("../../integrity/src/checkpoint.rs"),
     ]
     .concat();

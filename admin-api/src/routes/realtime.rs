@@ -1,19 +1,14 @@
 //! `GET /admin/audit/metrics`: real-time audit metrics as JSON, from the
 //! minute rollups (so the cost does not grow with the event rate).
 
-use std::collections::BTreeMap;
-
 use actix_web::{HttpRequest, HttpResponse, web};
 use auditline_shared::rollup::{Grain, merge, quantile};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
-use crate::{
-    app::{Reader, State},
-    error::ApiError,
-    params::Params,
-};
+use crate::{error::ApiError, extract::Reader, query::params::Params, state::State};
 
 /// Activity over one trailing window.
 #[derive(Debug, Serialize, ToSchema)]
@@ -57,7 +52,7 @@ pub struct MetricsSnapshot {
     tag = "metrics",
     responses(
         (status = 200, description = "The current figures", body = MetricsSnapshot),
-        crate::openapi::ReadErrors,
+        crate::error::ReadErrors,
     )
 )]
 pub async fn metrics(

@@ -8,19 +8,19 @@
 //! hourly rows. The p95 response time comes from a log-scale histogram and is
 //! the upper bound of the bucket the true p95 falls in (at most 19% above it).
 
-use std::collections::HashMap;
-
 use actix_web::{HttpRequest, HttpResponse, web};
 use auditline_shared::rollup::{Grain, merge, quantile};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 use sqlx::{PgPool, Postgres, QueryBuilder};
+use std::collections::HashMap;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::{
-    app::{Reader, State},
     error::ApiError,
-    params::{Params, check_len, time_range},
+    extract::Reader,
+    query::params::{Params, check_len, time_range},
+    state::State,
 };
 
 /// A range split into the part covered by whole days and the hourly edges.
@@ -292,7 +292,7 @@ fn summary(
     params(UsersParams),
     responses(
         (status = 200, description = "One page of user summaries", body = UsersPage),
-        crate::openapi::ReadErrors,
+        crate::error::ReadErrors,
     )
 )]
 pub async fn users(
@@ -346,8 +346,8 @@ pub async fn users(
     params(("user_id" = String, Path, description = "The user"), UserParams),
     responses(
         (status = 200, description = "The user's activity", body = UserDetail),
-        crate::openapi::ReadErrors,
-        (status = 404, description = "No activity of this user in the range", body = crate::openapi::ErrorEnvelope),
+        crate::error::ReadErrors,
+        (status = 404, description = "No activity of this user in the range", body = crate::error::ErrorEnvelope),
     )
 )]
 pub async fn user(

@@ -1,209 +1,34 @@
-//! The admin HTTP service: routes, shared state, start and stop.
-
-use std::{borrow::Cow, future::Future, net::TcpListener, sync::Arc, time::Duration};
+//! The admin HTTP service: building it (state, workers, routes), serving and stopping.
 
 use actix_web::{
-    App, FromRequest, HttpMessage, HttpRequest, HttpResponse, HttpServer,
-    dev::{Payload, Server, Service},
+    App, HttpMessage, HttpRequest, HttpResponse, HttpServer,
+    dev::{Server, Service},
     http::StatusCode,
     web,
 };
 use anyhow::Context;
-use auditline_ingest::{
-    AuditConfig, AuditMetadata, AuditMiddleware, AuditUser, Publisher, spool::Spool,
-};
+use auditline_ingest::{AuditConfig, AuditMetadata, AuditMiddleware, Publisher, spool::Spool};
 use auditline_shared::{
     Settings,
     auth::TokenStore,
-    auth::{Caller, Scope, TokenInfo},
     db,
     error::{ErrorBody, methods, single_method},
     metrics::metrics_handler,
-    redact::{self, Redactor},
+    redact::Redactor,
 };
 use prometheus::Registry;
-use serde_json::{Map, Value, json};
-use sqlx::PgPool;
+use serde_json::json;
+use std::{future::Future, net::TcpListener, sync::Arc, time::Duration};
 use utoipa::OpenApi;
 
-use crate::{error::ApiError, export, jobs, openapi::ApiDoc, realtime, schedules, search, users};
-use futures_util::future::LocalBoxFuture;
-
-/// What every handler shares.
-#[derive(Debug)]
-pub struct State {
-    pub pool: PgPool,
-    pub cursor_key: search::CursorKey,
-    /// Where export files are written (`local`, the `export_dir`, or a bucket).
-    pub storage: auditline_integrity::storage::Storage,
-    /// Wakes the export runner when a job is queued.
-    pub jobs_waiting: Arc<tokio::sync::Notify>,
-    /// The live stream's clients.
-    pub hub: Arc<crate::live::Hub>,
-    /// Checkpoint signing and verification keys.
-    pub keys: Arc<auditline_integrity::checkpoint::Keys>,
-    pub integrity: auditline_shared::settings::IntegritySettings,
-    /// Quotas and time-outs of exports.
-    pub exports: auditline_shared::settings::ExportSettings,
-    /// One permit per streamed export in progress (`exports.max_streams`).
-    pub export_streams: Arc<tokio::sync::Semaphore>,
-    /// Publishes the admin events that are not HTTP requests (stream
-    /// subscriptions), confirmed before what they record is served.
-    pub recorder: Publisher,
-}
-
-/// Authenticates the caller, names it as the user of the request's own audit
-/// event (before the scope is checked, so that refusals are attributed too),
-/// then requires one of `scopes` (403 naming the first when it has none);
-/// answers the token.
-fn authorize(
-    req: &HttpRequest,
-    payload: &mut Payload,
-    scopes: &'static [Scope],
-) -> LocalBoxFuture<'static, Result<TokenInfo, ApiError>> {
-    let caller = Caller::from_request(req, payload);
-    let req = req.clone();
-    Box::pin(async move {
-        let caller = caller.await?;
-        req.extensions_mut()
-            .insert(AuditUser(caller.0.name.clone()));
-        if !scopes.iter().any(|scope| caller.0.scopes.contains(scope)) {
-            caller.require(scopes[0])?;
-        }
-        Ok(caller.0)
-    })
-}
-
-/// An authenticated caller with the `read` scope (extractor).
-#[derive(Debug)]
-pub struct Reader(pub TokenInfo);
-
-impl FromRequest for Reader {
-    type Error = ApiError;
-    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
-
-    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let authorized = authorize(req, payload, &[Scope::Read]);
-        Box::pin(async move { authorized.await.map(Reader) })
-    }
-}
-
-/// An authenticated caller with the `export` scope (extractor): streamed
-/// exports, and new export jobs and schedules, which belong to its token.
-#[derive(Debug)]
-pub struct Exporter(pub TokenInfo);
-
-impl FromRequest for Exporter {
-    type Error = ApiError;
-    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
-
-    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let authorized = authorize(req, payload, &[Scope::Export]);
-        Box::pin(async move { authorized.await.map(Exporter) })
-    }
-}
-
-/// A caller looking at export jobs and schedules (extractor): an `export`
-/// token sees its own, an `admin` token every one.
-#[derive(Debug)]
-pub struct JobViewer(pub TokenInfo);
-
-impl JobViewer {
-    /// Whether it sees every job and schedule, not only its own.
-    pub fn sees_all(&self) -> bool {
-        self.0.scopes.contains(&Scope::Admin)
-    }
-
-    /// The owner to filter on: `None` for an admin (everything).
-    pub fn owner(&self) -> Option<&str> {
-        (!self.sees_all()).then_some(self.0.token_id.as_str())
-    }
-}
-
-impl FromRequest for JobViewer {
-    type Error = ApiError;
-    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
-
-    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let authorized = authorize(req, payload, &[Scope::Export, Scope::Admin]);
-        Box::pin(async move { authorized.await.map(JobViewer) })
-    }
-}
-
-/// An authenticated caller with the `admin` scope (extractor).
-#[derive(Debug)]
-pub struct Administrator(pub TokenInfo);
-
-impl FromRequest for Administrator {
-    type Error = ApiError;
-    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
-
-    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let authorized = authorize(req, payload, &[Scope::Admin]);
-        Box::pin(async move { authorized.await.map(Administrator) })
-    }
-}
-
-/// The query string as audit metadata: `{"query": {"name": "value" | ["v1", "v2"]}}`,
-/// whole (nothing is clipped), credentials (by name or by shape) as
-/// `[REDACTED]`.
-fn query_metadata(query: &str, redact: &Redactor) -> Map<String, Value> {
-    let mut params = Map::new();
-    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-        let value: String = redact.value(&name, &value).into_owned();
-        let name = if redact::holds_secret(&name) {
-            Cow::Borrowed(redact::REDACTED)
-        } else {
-            name
-        };
-        match params.get_mut(name.as_ref()) {
-            Some(Value::Array(values)) => values.push(Value::String(value)),
-            Some(first) => *first = json!([first.take(), value]),
-            None => {
-                params.insert(name.into_owned(), Value::String(value));
-            }
-        }
-    }
-    let mut metadata = Map::new();
-    if !params.is_empty() {
-        metadata.insert("query".into(), Value::Object(params));
-    }
-    metadata
-}
-
-/// The longest path an admin event records whole (its `endpoint` field).
-const MAX_RECORDED_PATH: usize = 255;
-
-/// The audit metadata of an admin request, or the refusal of a request
-/// whose record would not fit: an admin read is recorded whole (its path and
-/// every parameter) or not served, so padding cannot push what a call took
-/// out of its own record.
-fn recorded_metadata(
-    path: &str,
-    query: &str,
-    redact: &Redactor,
-) -> Result<Map<String, Value>, ApiError> {
-    let too_long = |message: String| ApiError::Refused {
-        status: actix_web::http::StatusCode::URI_TOO_LONG,
-        code: "request_too_long_to_record",
-        message,
-    };
-    if path.chars().count() > MAX_RECORDED_PATH {
-        return Err(too_long(format!(
-            "the path is longer than the {MAX_RECORDED_PATH} characters an audit record holds"
-        )));
-    }
-    let metadata = query_metadata(query, redact);
-    let size = serde_json::to_vec(&metadata).map_or(usize::MAX, |v| v.len());
-    if size > auditline_shared::event::MAX_METADATA_BYTES {
-        return Err(too_long(format!(
-            "the parameters take {size} bytes, more than the {} an audit record holds; \
-             send fewer or shorter ones",
-            auditline_shared::event::MAX_METADATA_BYTES
-        )));
-    }
-    Ok(metadata)
-}
+use crate::{
+    audit::recorded_metadata,
+    openapi::ApiDoc,
+    query::cursor::CursorKey,
+    routes::{export, jobs, live, realtime, schedules, search, users},
+    state::State,
+    workers,
+};
 
 /// A built, not yet running admin service.
 pub struct Application {
@@ -240,7 +65,7 @@ impl Application {
         registry: Registry,
     ) -> anyhow::Result<Self> {
         let pool = db::pool(&settings.database_url, 8)?;
-        let cursor_key = search::CursorKey::load(&pool)
+        let cursor_key = CursorKey::load(&pool)
             .await
             .context("cannot read the cursor key (did `auditline migrate` run?)")?;
         // The admin service's own requests are audit events, published like
@@ -262,7 +87,7 @@ impl Application {
             std::path::PathBuf::from(&settings.export_dir),
             &settings.exports,
         )?;
-        let runner = jobs::Runner {
+        let runner = workers::jobs::Runner {
             pool: pool.clone(),
             storage: storage.clone(),
             settings: settings.exports.clone(),
@@ -272,21 +97,21 @@ impl Application {
                 std::process::id(),
                 uuid::Uuid::new_v4().simple()
             ),
-            metrics: jobs::JobMetrics::register(&registry)?,
+            metrics: workers::jobs::JobMetrics::register(&registry)?,
             wake: jobs_waiting.clone(),
             checkpoint_destination: settings.integrity.checkpoint_destination.clone(),
         };
         let runner = tokio::spawn(runner.run());
-        let hub = Arc::new(crate::live::Hub::new(
+        let hub = Arc::new(workers::live::Hub::new(
             settings.stream.clone(),
-            crate::live::StreamMetrics::register(&registry)?,
+            workers::live::StreamMetrics::register(&registry)?,
         ));
-        let live = tokio::spawn(crate::live::consume(
+        let live = tokio::spawn(workers::live::consume(
             settings.amqp_url.clone(),
             auditline_shared::amqp::Topology::new(&settings.namespace).live_exchange,
             hub.clone(),
         ));
-        let token_watch = tokio::spawn(crate::live::watch_tokens(pool.clone(), hub.clone()));
+        let token_watch = tokio::spawn(workers::live::watch_tokens(pool.clone(), hub.clone()));
         let keys = Arc::new(auditline_integrity::checkpoint::Keys::from_settings(
             &settings.integrity,
         )?);
@@ -349,11 +174,17 @@ impl Application {
                 .app_data(registry.clone())
                 .app_data(openapi.clone())
                 .service(get("/admin/openapi.json", web::get().to(openapi_json)))
-                .service(get("/admin/", web::get().to(crate::dashboard::index)))
-                .service(get("/admin", web::get().to(crate::dashboard::redirect)))
+                .service(get(
+                    "/admin/",
+                    web::get().to(crate::routes::dashboard::index),
+                ))
+                .service(get(
+                    "/admin",
+                    web::get().to(crate::routes::dashboard::redirect),
+                ))
                 .service(get(
                     "/admin/assets/{file}",
-                    web::get().to(crate::dashboard::asset),
+                    web::get().to(crate::routes::dashboard::asset),
                 ))
                 .service(
                     web::scope("/admin/audit")
@@ -415,10 +246,13 @@ impl Application {
                         .service(methods(
                             "/stream/ticket",
                             "POST",
-                            vec![web::post().to(crate::live::ticket)],
+                            vec![web::post().to(live::ticket)],
                         ))
-                        .service(get("/stream", web::get().to(crate::live::stream)))
-                        .service(get("/verify", web::get().to(crate::integrity::handler)))
+                        .service(get("/stream", web::get().to(live::stream)))
+                        .service(get(
+                            "/verify",
+                            web::get().to(crate::routes::integrity::handler),
+                        ))
                         .default_service(web::to(not_found)),
                 )
                 .service(get("/metrics", web::get().to(metrics_handler)))

@@ -2,9 +2,8 @@
 //! parameters, NUL characters and malformed values are refused with a 400
 //! that names the parameter, before anything reaches the database.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, SubsecRound, Utc};
+use std::collections::BTreeMap;
 
 use crate::error::ApiError;
 

@@ -25,15 +25,6 @@
 //! revoked or has expired with close code 1008 (policy violation) and the
 //! reason; a `since` replay checks the token before it reads the table.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
-    },
-    time::{Duration, Instant},
-};
-
 use actix_web::{
     HttpMessage, HttpRequest, HttpResponse,
     http::{StatusCode, header},
@@ -41,33 +32,46 @@ use actix_web::{
 };
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
 use auditline_ingest::AuditUser;
-use auditline_shared::{
-    amqp,
-    settings::{SecretUrl, StreamSettings},
-};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use lapin::{
-    ExchangeKind,
-    options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
-    types::{AMQPValue, FieldTable},
-};
-use prometheus::{IntCounter, IntGauge, Registry};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Postgres, QueryBuilder};
-use tokio::sync::{mpsc, oneshot};
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+use tokio::sync::oneshot;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
-    app::{Reader, State},
     error::ApiError,
-    jobs::{filters_query, in_field},
-    params::Params,
-    search::{CursorKey, Filters, StoredEvent},
+    extract::Reader,
+    query::{
+        body::{filters_query, in_field},
+        cursor::CursorKey,
+        filters::Filters,
+        params::Params,
+    },
+    state::State,
+    workers::live::{Hub, Joined, REVOKED, Redeemed, ended_tokens},
 };
+use auditline_shared::stored::StoredEvent;
+
+/// The most stored events a `since` sends before going live; further back
+/// is a search's (or an export's) work.
+pub const REPLAY_MAX: i64 = 10_000;
+/// Events in one `events` frame. The websocket session buffers 32 frames,
+/// so this also bounds what a stalled client holds beyond its queue.
+const FRAME_EVENTS: usize = 100;
+/// The largest frame a client may send.
+const MAX_FRAME_BYTES: usize = 64 * 1024;
 
 /// The search filters that make sense live.
 pub const LIVE_PARAMS: &[&str] = &[
@@ -82,39 +86,6 @@ pub const LIVE_PARAMS: &[&str] = &[
     "min_response_time_ms",
 ];
 
-/// The most stored events a `since` sends before going live; further back
-/// is a search's (or an export's) work.
-pub const REPLAY_MAX: i64 = 10_000;
-/// Live messages an instance's queue holds before the broker drops the oldest.
-const LIVE_QUEUE_MESSAGES: i64 = 10_000;
-/// Events in one `events` frame. The websocket session buffers 32 frames,
-/// so this also bounds what a stalled client holds beyond its queue.
-const FRAME_EVENTS: usize = 100;
-/// The largest frame a client may send.
-const MAX_FRAME_BYTES: usize = 64 * 1024;
-
-/// Whether an event passes the (live subset of the) search filters.
-pub fn matches(f: &Filters, e: &StoredEvent) -> bool {
-    let any =
-        |values: &[String], value: &str| values.is_empty() || values.iter().any(|v| v == value);
-    any(&f.user_ids, e.user_id.as_deref().unwrap_or("\u{0}"))
-        && (f.user_ids.is_empty() || e.user_id.is_some())
-        && any(&f.session_ids, &e.session_id)
-        && any(&f.services, &e.service)
-        && any(&f.action_types, &e.action_type)
-        && any(&f.http_methods, &e.http_method)
-        && f.endpoint_prefix
-            .as_deref()
-            .is_none_or(|p| e.endpoint.starts_with(p))
-        && ((f.status_codes.is_empty() && f.status_classes.is_empty())
-            || e.status_code.is_some_and(|code| {
-                f.status_codes.contains(&code) || f.status_classes.contains(&(code / 100))
-            }))
-        && f.success.is_none_or(|s| s == e.success)
-        && f.min_response_time_ms
-            .is_none_or(|ms| e.response_time_ms.is_some_and(|t| t >= ms))
-}
-
 /// The live filter of a subscribe message (`filter`: an object of the live
 /// parameters), validated as the search validates them.
 fn parse_filter(filter: Option<&Value>) -> Result<Filters, ApiError> {
@@ -125,362 +96,6 @@ fn parse_filter(filter: Option<&Value>) -> Result<Filters, ApiError> {
     };
     let params = Params::parse_from(&query, &[LIVE_PARAMS]).map_err(in_field("filter"))?;
     Filters::parse(&params).map_err(in_field("filter"))
-}
-
-/// The stream's metrics.
-#[derive(Debug, Clone)]
-pub struct StreamMetrics {
-    clients: IntGauge,
-    sent: IntCounter,
-    dropped: IntCounter,
-    received: IntCounter,
-}
-
-impl StreamMetrics {
-    pub fn register(registry: &Registry) -> anyhow::Result<Self> {
-        let clients = IntGauge::new(
-            "auditline_stream_clients",
-            "Websocket clients connected to this instance",
-        )?;
-        let sent = IntCounter::new(
-            "auditline_stream_events_sent_total",
-            "Events sent to websocket clients",
-        )?;
-        let dropped = IntCounter::new(
-            "auditline_stream_events_dropped_total",
-            "Matching events dropped because a client fell behind (it is told `lagged`)",
-        )?;
-        let received = IntCounter::new(
-            "auditline_stream_events_received_total",
-            "Committed events received from the live exchange",
-        )?;
-        for metric in [&sent, &dropped, &received] {
-            registry.register(Box::new(metric.clone()))?;
-        }
-        registry.register(Box::new(clients.clone()))?;
-        Ok(Self {
-            clients,
-            sent,
-            dropped,
-            received,
-        })
-    }
-}
-
-/// The matching events of one commit.
-type Entry = Vec<Arc<StoredEvent>>;
-
-struct Slot {
-    filter: Option<Arc<Filters>>,
-    /// The token the connection's ticket was issued to, and its expiry.
-    token_id: String,
-    token_expires_at: Option<DateTime<Utc>>,
-    /// Tells the connection to close, and why (its token was revoked or expired).
-    close: oneshot::Sender<&'static str>,
-    queue: mpsc::UnboundedSender<Entry>,
-    /// Events in the queue (the bound is counted here).
-    queued: Arc<AtomicUsize>,
-    dropped: Arc<AtomicU64>,
-}
-
-/// Every client of this instance, and the fan-out to them.
-#[derive(Debug)]
-pub struct Hub {
-    clients: Mutex<HashMap<u64, Slot>>,
-    next: AtomicU64,
-    settings: StreamSettings,
-    metrics: StreamMetrics,
-}
-
-impl std::fmt::Debug for Slot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Slot").finish_non_exhaustive()
-    }
-}
-
-/// A client's place in the hub: its queue and what it lost.
-struct Joined {
-    id: u64,
-    closed: oneshot::Receiver<&'static str>,
-    queue: mpsc::UnboundedReceiver<Entry>,
-    queued: Arc<AtomicUsize>,
-    dropped: Arc<AtomicU64>,
-}
-
-impl Hub {
-    pub fn new(settings: StreamSettings, metrics: StreamMetrics) -> Self {
-        Self {
-            clients: Mutex::default(),
-            next: AtomicU64::new(1),
-            settings,
-            metrics,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Slot>> {
-        self.clients.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A new client of `token`, or `None` when the instance has as many as it takes.
-    fn join(&self, token: &Redeemed) -> Option<Joined> {
-        let mut clients = self.lock();
-        if clients.len() >= self.settings.max_clients {
-            return None;
-        }
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (close, closed) = oneshot::channel();
-        let dropped = Arc::new(AtomicU64::new(0));
-        let queued = Arc::new(AtomicUsize::new(0));
-        clients.insert(
-            id,
-            Slot {
-                filter: None,
-                token_id: token.token_id.clone(),
-                token_expires_at: token.expires_at,
-                close,
-                queue: tx,
-                queued: queued.clone(),
-                dropped: dropped.clone(),
-            },
-        );
-        self.metrics.clients.set(clients.len() as i64);
-        Some(Joined {
-            id,
-            closed,
-            queue: rx,
-            queued,
-            dropped,
-        })
-    }
-
-    fn leave(&self, id: u64) {
-        let mut clients = self.lock();
-        clients.remove(&id);
-        self.metrics.clients.set(clients.len() as i64);
-    }
-
-    /// The tokens of the open connections.
-    fn token_ids(&self) -> Vec<String> {
-        let ids: std::collections::BTreeSet<String> =
-            self.lock().values().map(|s| s.token_id.clone()).collect();
-        ids.into_iter().collect()
-    }
-
-    /// Takes every connection for which `ended` (given its token id and
-    /// expiry) names a reason out of the fan-out and tells it to close;
-    /// returns how many.
-    fn end_sessions(
-        &self,
-        ended: impl Fn(&str, Option<DateTime<Utc>>) -> Option<&'static str>,
-    ) -> usize {
-        let mut clients = self.lock();
-        let gone: Vec<(u64, &'static str)> = clients
-            .iter()
-            .filter_map(|(id, slot)| {
-                ended(&slot.token_id, slot.token_expires_at).map(|reason| (*id, reason))
-            })
-            .collect();
-        for (id, reason) in &gone {
-            if let Some(slot) = clients.remove(id) {
-                let _ = slot.close.send(reason);
-            }
-        }
-        self.metrics.clients.set(clients.len() as i64);
-        gone.len()
-    }
-
-    fn set_filter(&self, id: u64, filter: Option<Arc<Filters>>) {
-        if let Some(slot) = self.lock().get_mut(&id) {
-            slot.filter = filter;
-        }
-    }
-
-    /// Whether no client has subscribed (live messages then need not be parsed).
-    fn idle(&self) -> bool {
-        self.lock().values().all(|slot| slot.filter.is_none())
-    }
-
-    /// Hands committed events to every client whose filter they match.
-    pub fn publish(&self, events: &[Arc<StoredEvent>]) {
-        self.metrics.received.inc_by(events.len() as u64);
-        let clients = self.lock();
-        for slot in clients.values() {
-            let Some(filter) = &slot.filter else {
-                continue;
-            };
-            let entry: Entry = events
-                .iter()
-                .filter(|e| matches(filter, e))
-                .cloned()
-                .collect();
-            if entry.is_empty() {
-                continue;
-            }
-            // Only this (locked) loop adds to `queued`: the check holds.
-            let n = entry.len();
-            if slot.queued.load(Ordering::Acquire) + n > self.settings.client_queue.max(1) {
-                slot.dropped.fetch_add(n as u64, Ordering::Relaxed);
-                self.metrics.dropped.inc_by(n as u64);
-            } else {
-                slot.queued.fetch_add(n, Ordering::AcqRel);
-                let _ = slot.queue.send(entry);
-            }
-        }
-    }
-}
-
-/// Consumes `<ns>.live` into the hub for as long as the process runs,
-/// reconnecting after a failure.
-pub async fn consume(url: SecretUrl, exchange: String, hub: Arc<Hub>) {
-    loop {
-        if let Err(e) = consume_once(&url, &exchange, &hub).await {
-            tracing::warn!(error = %format!("{e:#}"), "live stream consumer stopped; reconnecting");
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-}
-
-async fn consume_once(url: &SecretUrl, exchange: &str, hub: &Hub) -> anyhow::Result<()> {
-    let connection = amqp::connect(url, "auditline-admin-live").await?;
-    let channel = connection.create_channel().await?;
-    channel
-        .exchange_declare(
-            exchange.into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-max-length".into(),
-        AMQPValue::LongLongInt(LIVE_QUEUE_MESSAGES),
-    );
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            args,
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            exchange.into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut deliveries = channel
-        .basic_consume(
-            queue.name().clone(),
-            "auditline-admin-live".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    tracing::info!(queue = %queue.name(), "live stream consuming");
-    while let Some(delivery) = deliveries.next().await {
-        let delivery = delivery?;
-        let encoding = delivery
-            .properties
-            .content_encoding()
-            .as_ref()
-            .map(|e| e.to_string());
-        let body = match amqp::decode_body(&delivery.data, encoding.as_deref()) {
-            Ok(Some(decoded)) => decoded,
-            Ok(None) => delivery.data.clone(),
-            Err(e) => {
-                tracing::warn!(error = %e, "undecodable live message skipped");
-                continue;
-            }
-        };
-        if hub.idle() {
-            // Nobody to send to: counted, not parsed.
-            let lines = body
-                .split(|b| *b == b'\n')
-                .filter(|l| !l.is_empty())
-                .count();
-            hub.metrics.received.inc_by(lines as u64);
-            continue;
-        }
-        let events: Vec<Arc<StoredEvent>> = body
-            .split(|b| *b == b'\n')
-            .filter(|line| !line.is_empty())
-            .filter_map(|line| serde_json::from_slice(line).ok().map(Arc::new))
-            .collect();
-        hub.publish(&events);
-    }
-    Ok(())
-}
-
-/// Why a token no longer admits a connection: revoked (or gone), or expired.
-/// One query for any number of tokens; an empty answer means all are valid.
-async fn ended_tokens(
-    pool: &PgPool,
-    token_ids: &[String],
-) -> Result<HashMap<String, &'static str>, sqlx::Error> {
-    let rows: Vec<(String, bool)> = sqlx::query_as(
-        "SELECT ids.token_id, t.token_id IS NULL OR t.revoked_at IS NOT NULL \
-         FROM unnest($1::text[]) AS ids(token_id) \
-         LEFT JOIN auditline.tokens t ON t.token_id = ids.token_id \
-         WHERE t.token_id IS NULL OR t.revoked_at IS NOT NULL OR t.expires_at <= now()",
-    )
-    .bind(token_ids)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, revoked)| (id, if revoked { REVOKED } else { EXPIRED }))
-        .collect())
-}
-
-const REVOKED: &str = "token revoked";
-const EXPIRED: &str = "token expired";
-
-/// Closes the connections whose token was revoked or has expired, every
-/// `stream.token_check_secs`, for as long as the process runs: one query
-/// per check for all of this instance's connections. An expiry known from
-/// the handshake is enforced even while the database is unreachable.
-pub async fn watch_tokens(pool: PgPool, hub: Arc<Hub>) {
-    let every = Duration::from_secs(hub.settings.token_check_secs.max(1));
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let now = Utc::now();
-        hub.end_sessions(|_, expires| expires.is_some_and(|at| at <= now).then_some(EXPIRED));
-        let ids = hub.token_ids();
-        if ids.is_empty() {
-            continue;
-        }
-        match ended_tokens(&pool, &ids).await {
-            Ok(ended) if ended.is_empty() => {}
-            Ok(ended) => {
-                let n = hub.end_sessions(|id, _| ended.get(id).copied());
-                tracing::info!(
-                    connections = n,
-                    tokens = ended.len(),
-                    "stream connections closed: token revoked or expired"
-                );
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot check the tokens of stream connections; next check soon")
-            }
-        }
-    }
 }
 
 /// A ticket for one websocket connection.
@@ -502,7 +117,7 @@ fn ticket_hash(ticket: &str) -> String {
     tag = "stream",
     responses(
         (status = 201, description = "A ticket, valid once, for `stream.ticket_ttl_secs`", body = Ticket),
-        crate::openapi::ReadErrors,
+        crate::error::ReadErrors,
     )
 )]
 pub async fn ticket(
@@ -557,10 +172,10 @@ fn origin_allowed(req: &HttpRequest, origin: &str, allowed: &[String]) -> bool {
     params(("ticket" = String, Query, description = "From `POST /admin/audit/stream/ticket`; single use")),
     responses(
         (status = 101, description = "Switching to the websocket protocol"),
-        (status = 400, description = "Not a websocket handshake, or a bad parameter", body = crate::openapi::ErrorEnvelope),
-        (status = 401, description = "Missing, unknown, used or expired ticket", body = crate::openapi::ErrorEnvelope),
-        (status = 403, description = "A browser origin that is not allowed", body = crate::openapi::ErrorEnvelope),
-        (status = 503, description = "This instance has as many stream clients as it takes", body = crate::openapi::ErrorEnvelope),
+        (status = 400, description = "Not a websocket handshake, or a bad parameter", body = crate::error::ErrorEnvelope),
+        (status = 401, description = "Missing, unknown, used or expired ticket", body = crate::error::ErrorEnvelope),
+        (status = 403, description = "A browser origin that is not allowed", body = crate::error::ErrorEnvelope),
+        (status = 503, description = "This instance has as many stream clients as it takes", body = crate::error::ErrorEnvelope),
     )
 )]
 pub async fn stream(
@@ -649,14 +264,6 @@ pub async fn stream(
     };
     actix_web::rt::spawn(client.run(joined, messages));
     Ok(response)
-}
-
-/// The token a redeemed ticket admits.
-#[derive(Debug)]
-struct Redeemed {
-    token_id: String,
-    name: String,
-    expires_at: Option<DateTime<Utc>>,
 }
 
 /// Spends the tickets (by hash) and answers the token the one presented
@@ -871,7 +478,7 @@ impl Client {
     }
 
     async fn on_text(&mut self, id: u64, text: &str) -> Result<(), Gone> {
-        if let Err(e) = crate::jobs::strict(text.as_bytes()) {
+        if let Err(e) = crate::query::body::strict(text.as_bytes()) {
             return self.error(e).await;
         }
         let message: Value = match serde_json::from_str(text) {
@@ -994,7 +601,7 @@ impl Client {
     ) -> Result<Option<()>, ReplayError> {
         let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(concat!(
             "SELECT ",
-            crate::search::event_columns!(),
+            auditline_shared::event_columns!(),
             " FROM auditline.events WHERE (occurred_at, event_id) > ("
         ));
         qb.push_bind(after.0)

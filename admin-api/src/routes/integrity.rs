@@ -13,19 +13,20 @@
     ),
     responses(
         (status = 200, description = "The report; `ok` is false when something was found", body = auditline_integrity::verify::Report),
-        (status = 400, description = "A bad parameter", body = crate::openapi::ErrorEnvelope),
-        (status = 401, description = "No valid token", body = crate::openapi::ErrorEnvelope),
-        (status = 403, description = "The token lacks the `admin` scope", body = crate::openapi::ErrorEnvelope),
+        (status = 400, description = "A bad parameter", body = crate::error::ErrorEnvelope),
+        (status = 401, description = "No valid token", body = crate::error::ErrorEnvelope),
+        (status = 403, description = "The token lacks the `admin` scope", body = crate::error::ErrorEnvelope),
     ),
     security(("bearer" = []))
 )]
 pub async fn handler(
-    _admin: crate::app::Administrator,
+    _admin: crate::extract::Administrator,
     req: actix_web::HttpRequest,
-    state: actix_web::web::Data<crate::app::State>,
+    state: actix_web::web::Data<crate::state::State>,
 ) -> Result<actix_web::HttpResponse, crate::error::ApiError> {
-    let params = crate::params::Params::parse(req.query_string(), &["from", "to", "checkpoint"])?;
-    let range = crate::params::open_time_range(&params)?;
+    let params =
+        crate::query::params::Params::parse(req.query_string(), &["from", "to", "checkpoint"])?;
+    let range = crate::query::params::open_time_range(&params)?;
     let start = params.one("checkpoint")?;
     let report = auditline_integrity::verify::verify(
         &state.pool,

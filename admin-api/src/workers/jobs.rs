@@ -19,16 +19,6 @@
 //! tokens only. A token may have `exports.max_queued_per_token` jobs queued
 //! or running at once; one more is a 429 with `Retry-After`.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
-
-use actix_web::{
-    HttpRequest, HttpResponse,
-    http::header::{ContentDisposition, DispositionParam, DispositionType},
-    web::{self, Bytes},
-};
 use auditline_shared::{db, settings::ExportSettings};
 use chrono::{DateTime, Utc};
 use prometheus::{
@@ -38,14 +28,20 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
-    app::{Exporter, JobViewer, State},
     error::ApiError,
-    export::{self, Compression, Encoder, Export, Format, ReadAhead},
-    params::Params,
+    query::{
+        body::query_filters,
+        export::{self, Compression, Encoder, Export, Format, ReadAhead},
+        params::Params,
+    },
 };
 use auditline_integrity::storage::{Storage, Upload};
 
@@ -111,6 +107,7 @@ macro_rules! job_columns {
          bytes_written AS bytes, progress, sha256, error, expires_at, file_name"
     };
 }
+pub(crate) use job_columns;
 
 impl sqlx::Type<sqlx::Postgres> for Format {
     fn type_info() -> sqlx::postgres::PgTypeInfo {
@@ -140,7 +137,7 @@ impl<'r> sqlx::Decode<'r, sqlx::Postgres> for Compression {
 
 impl ExportJob {
     /// Fills the fields derived from the stored ones.
-    fn complete(mut self) -> Self {
+    pub(crate) fn complete(mut self) -> Self {
         self.filters = query_filters(&self.query);
         if self.state == "done" {
             self.download = Some(format!("/admin/audit/exports/{}/download", self.id));
@@ -149,7 +146,7 @@ impl ExportJob {
     }
 
     /// The export this job runs: its filters over its fixed window.
-    fn export(&self) -> Result<Export, ApiError> {
+    pub(crate) fn export(&self) -> Result<Export, ApiError> {
         let params = Params::parse_from(&self.query, export::FILTER_PARAMS)?;
         let mut export = Export::parse(&params)?;
         export.from = self.window_from;
@@ -158,454 +155,6 @@ impl ExportJob {
         export.compression = self.compression;
         Ok(export)
     }
-}
-
-/// A stored query string as a filters object (repeated names become arrays).
-pub(crate) fn query_filters(query: &str) -> Map<String, Value> {
-    let mut filters = Map::new();
-    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-        let value = Value::String(value.into_owned());
-        match filters.get_mut(name.as_ref()) {
-            Some(Value::Array(values)) => values.push(value),
-            Some(first) => *first = Value::Array(vec![first.take(), value]),
-            None => {
-                filters.insert(name.into_owned(), value);
-            }
-        }
-    }
-    filters
-}
-
-/// The body of `POST /admin/audit/exports`.
-#[derive(Debug, ToSchema)]
-#[allow(dead_code)]
-pub struct NewExport {
-    /// `csv` (default), `json` or `ndjson`.
-    format: Option<Format>,
-    /// `none` (default) or `zstd`.
-    compression: Option<Compression>,
-    /// The parameters of `GET /admin/audit/logs` (without `limit` and
-    /// `cursor`): a string, number or boolean each, or an array for the
-    /// repeatable ones.
-    #[schema(value_type = Object, required = false)]
-    filters: Option<Map<String, Value>>,
-    /// `local` (the default: the export directory) or a configured S3-compatible destination.
-    destination: Option<String>,
-}
-
-/// A filters object (the body field `field`) as a query string, for the
-/// search's own parser.
-pub(crate) fn filters_query(field: &str, filters: &Map<String, Value>) -> Result<String, ApiError> {
-    let mut query = form_urlencoded::Serializer::new(String::new());
-    for (name, value) in filters {
-        let field = format!("{field}.{name}");
-        let scalar = |v: &Value| match v {
-            Value::String(s) => Ok(s.clone()),
-            Value::Number(n) => Ok(n.to_string()),
-            Value::Bool(b) => Ok(b.to_string()),
-            _ => Err(ApiError::body(
-                &field,
-                "must be a string, a number, a boolean or an array of them",
-            )),
-        };
-        match value {
-            Value::Array(values) => {
-                for v in values {
-                    query.append_pair(name, &scalar(v)?);
-                }
-            }
-            v => {
-                query.append_pair(name, &scalar(v)?);
-            }
-        }
-    }
-    Ok(query.finish())
-}
-
-/// Refuses a request body or frame with a duplicate key (which `serde_json`
-/// would read as its last value), naming the key's path.
-pub(crate) fn strict(body: &[u8]) -> Result<(), ApiError> {
-    auditline_shared::strict_json::check(body, false)
-        .map_err(|e| ApiError::body(&e.path_text(), e.message))
-}
-
-/// A JSON object body, taken apart field by field with errors that name the field.
-pub(crate) struct Body(Map<String, Value>);
-
-impl Body {
-    pub(crate) fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        strict(body)?;
-        match serde_json::from_slice(body) {
-            Ok(Value::Object(map)) => Ok(Self(map)),
-            Ok(_) => Err(ApiError::body("$", "must be a JSON object")),
-            Err(e) => Err(ApiError::body("$", format!("malformed JSON: {e}"))),
-        }
-    }
-
-    /// A string field (absent: `None`; null or another type: an error).
-    pub(crate) fn text(&mut self, name: &str) -> Result<Option<String>, ApiError> {
-        match self.0.remove(name) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(ApiError::body(name, "must be a string")),
-        }
-    }
-
-    pub(crate) fn format(&mut self) -> Result<Format, ApiError> {
-        match self.text("format")? {
-            None => Ok(Format::Csv),
-            Some(text) => Format::parse(&text).ok_or_else(|| {
-                ApiError::body(
-                    "format",
-                    format!("{text:?} is not one of csv, json, ndjson"),
-                )
-            }),
-        }
-    }
-
-    pub(crate) fn compression(&mut self) -> Result<Compression, ApiError> {
-        match self.text("compression")? {
-            None => Ok(Compression::None),
-            Some(text) => Compression::parse(&text).ok_or_else(|| {
-                ApiError::body("compression", format!("{text:?} is not one of none, zstd"))
-            }),
-        }
-    }
-
-    /// `destination`: `local` when absent, else a configured one.
-    pub(crate) fn destination(&mut self, storage: &Storage) -> Result<String, ApiError> {
-        let destination = self
-            .text("destination")?
-            .unwrap_or_else(|| auditline_integrity::storage::LOCAL.into());
-        storage
-            .check(&destination)
-            .map_err(|message| ApiError::body("destination", message))?;
-        Ok(destination)
-    }
-
-    /// The `filters` object as a query string.
-    pub(crate) fn filters(&mut self) -> Result<String, ApiError> {
-        match self.0.remove("filters") {
-            None => Ok(String::new()),
-            Some(Value::Object(filters)) => filters_query("filters", &filters),
-            Some(_) => Err(ApiError::body("filters", "must be an object")),
-        }
-    }
-
-    /// Refuses any field not taken.
-    pub(crate) fn finish(self, known: &str) -> Result<(), ApiError> {
-        match self.0.keys().next() {
-            Some(unknown) => Err(ApiError::body(
-                unknown,
-                format!("unknown field; known: {known}"),
-            )),
-            None => Ok(()),
-        }
-    }
-}
-
-fn parse_new(body: &[u8], storage: &Storage) -> Result<(String, Export, String), ApiError> {
-    let mut body = Body::parse(body)?;
-    let format = body.format()?;
-    let compression = body.compression()?;
-    let query = body.filters()?;
-    let destination = body.destination(storage)?;
-    body.finish("format, compression, filters, destination")?;
-    let params = Params::parse_from(&query, export::FILTER_PARAMS).map_err(in_field("filters"))?;
-    let mut export = Export::parse(&params).map_err(in_field("filters"))?;
-    export.format = format;
-    export.compression = compression;
-    Ok((query, export, destination))
-}
-
-/// Names a parameter error about a filters object as the body field
-/// `field.<parameter>`.
-pub(crate) fn in_field(field: &str) -> impl Fn(ApiError) -> ApiError + '_ {
-    move |error| match error {
-        ApiError::BadParam { param, message } => {
-            ApiError::body(&format!("{field}.{param}"), message)
-        }
-        other => other,
-    }
-}
-
-/// Start an export job.
-#[utoipa::path(
-    post,
-    path = "/admin/audit/exports",
-    tag = "export",
-    request_body(content = NewExport, content_type = "application/json"),
-    responses(
-        (status = 202, description = "The job, queued", body = ExportJob),
-        (status = 400, description = "The body or a filter is invalid; the error names it", body = crate::openapi::ErrorEnvelope),
-        (status = 401, description = "Missing, unknown, expired or revoked token", body = crate::openapi::ErrorEnvelope),
-        (status = 403, description = "The token lacks the `export` scope", body = crate::openapi::ErrorEnvelope),
-        (status = 429, description = "The token has `exports.max_queued_per_token` jobs queued or running; retry after `Retry-After` seconds", body = crate::openapi::ErrorEnvelope),
-    )
-)]
-pub async fn create(
-    req: HttpRequest,
-    exporter: Exporter,
-    body: Bytes,
-    state: web::Data<State>,
-) -> Result<HttpResponse, ApiError> {
-    Params::parse(req.query_string(), &[])?;
-    let (query, export, destination) = parse_new(&body, &state.storage)?;
-    let owner = &exporter.0.token_id;
-    let mut tx = state.pool.begin().await?;
-    // One token's requests are counted one at a time (on every instance),
-    // so concurrent requests cannot slip past the quota together.
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock(hashtextextended('auditline.export_jobs/' || $1, 0))",
-    )
-    .bind(owner)
-    .execute(&mut *tx)
-    .await?;
-    let active: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM auditline.export_jobs \
-         WHERE owner_token_id = $1 AND schedule_id IS NULL AND state IN ('queued', 'running')",
-    )
-    .bind(owner)
-    .fetch_one(&mut *tx)
-    .await?;
-    let max = i64::from(state.exports.max_queued_per_token);
-    if active >= max {
-        return Err(ApiError::TooMany {
-            code: "too_many_jobs",
-            message: format!(
-                "this token has {active} export jobs queued or running, as many as it may \
-                 (exports.max_queued_per_token = {max}); wait for one to finish or cancel one"
-            ),
-            retry_after: QUOTA_RETRY_SECS,
-        });
-    }
-    let job: ExportJob = sqlx::query_as(concat!(
-        "INSERT INTO auditline.export_jobs \
-         (id, query, format, compression, window_from, window_to, requested_by, destination, \
-          owner_token_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ",
-        job_columns!()
-    ))
-    .bind(Uuid::now_v7())
-    .bind(query)
-    .bind(export.format.as_str())
-    .bind(export.compression.as_str())
-    .bind(export.from)
-    .bind(export.to)
-    .bind(&exporter.0.name)
-    .bind(destination)
-    .bind(owner)
-    .fetch_one(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    state.jobs_waiting.notify_one();
-    Ok(HttpResponse::Accepted().json(job.complete()))
-}
-
-/// What a refused job request is told to wait: about what a small job takes.
-const QUOTA_RETRY_SECS: u64 = 10;
-
-/// The jobs, newest first.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct JobList {
-    pub jobs: Vec<ExportJob>,
-}
-
-/// List export jobs, newest first: the token's own (every job for an
-/// `admin` token).
-#[utoipa::path(
-    get,
-    path = "/admin/audit/exports",
-    tag = "export",
-    params(
-        ("state" = Option<String>, Query, description = "Only jobs in this state",
-            pattern = "^(queued|running|done|failed|cancelled|expired)$"),
-        ("limit" = Option<i64>, Query, description = "At most this many (default 100)",
-            minimum = 1, maximum = 1000),
-    ),
-    responses(
-        (status = 200, description = "The jobs", body = JobList),
-        crate::openapi::ReadErrors,
-    )
-)]
-pub async fn list(
-    req: HttpRequest,
-    viewer: JobViewer,
-    state: web::Data<State>,
-) -> Result<HttpResponse, ApiError> {
-    let params = Params::parse(req.query_string(), &["state", "limit"])?;
-    let limit = params.integer("limit", 1, 1000)?.unwrap_or(100);
-    let wanted = params.one("state")?;
-    if let Some(wanted) = wanted
-        && !STATES.contains(&wanted)
-    {
-        return Err(ApiError::param(
-            "state",
-            format!("{wanted:?} is not one of {}", STATES.join(", ")),
-        ));
-    }
-    let jobs: Vec<ExportJob> = sqlx::query_as(concat!(
-        "SELECT ",
-        job_columns!(),
-        " FROM auditline.export_jobs WHERE ($1::text IS NULL OR state = $1) \
-         AND ($3::text IS NULL OR owner_token_id = $3) \
-         ORDER BY created_at DESC, id DESC LIMIT $2"
-    ))
-    .bind(wanted)
-    .bind(limit)
-    .bind(viewer.owner())
-    .fetch_all(&state.pool)
-    .await?;
-    Ok(HttpResponse::Ok().json(JobList {
-        jobs: jobs.into_iter().map(ExportJob::complete).collect(),
-    }))
-}
-
-fn job_id(path: &str) -> Result<Uuid, ApiError> {
-    crate::params::path_uuid("id", path)
-}
-
-/// The job `id` if `viewer` may see it; another token's job is a 404 like
-/// an unknown one, so ids are not confirmed.
-async fn load(pool: &PgPool, id: Uuid, viewer: &JobViewer) -> Result<ExportJob, ApiError> {
-    let job: Option<ExportJob> = sqlx::query_as(concat!(
-        "SELECT ",
-        job_columns!(),
-        " FROM auditline.export_jobs WHERE id = $1 AND ($2::text IS NULL OR owner_token_id = $2)"
-    ))
-    .bind(id)
-    .bind(viewer.owner())
-    .fetch_optional(pool)
-    .await?;
-    job.map(ExportJob::complete)
-        .ok_or_else(|| ApiError::NotFound(format!("no export job {id}")))
-}
-
-/// One export job: state, rows, bytes, progress.
-#[utoipa::path(
-    get,
-    path = "/admin/audit/exports/{id}",
-    tag = "export",
-    params(("id" = Uuid, Path, description = "The job's id")),
-    responses(
-        (status = 200, description = "The job", body = ExportJob),
-        crate::openapi::ReadErrors,
-        (status = 404, description = "No such job", body = crate::openapi::ErrorEnvelope),
-    )
-)]
-pub async fn show(
-    req: HttpRequest,
-    viewer: JobViewer,
-    path: web::Path<String>,
-    state: web::Data<State>,
-) -> Result<HttpResponse, ApiError> {
-    Params::parse(req.query_string(), &[])?;
-    let job = load(&state.pool, job_id(&path)?, &viewer).await?;
-    Ok(HttpResponse::Ok().json(job))
-}
-
-/// Cancel a queued or running job, or delete a finished job's file.
-#[utoipa::path(
-    delete,
-    path = "/admin/audit/exports/{id}",
-    tag = "export",
-    params(("id" = Uuid, Path, description = "The job's id")),
-    responses(
-        (status = 200, description = "The job, now `cancelled` (or `expired`: its file was deleted)", body = ExportJob),
-        crate::openapi::ReadErrors,
-        (status = 404, description = "No such job (or another token's)", body = crate::openapi::ErrorEnvelope),
-    )
-)]
-pub async fn cancel(
-    req: HttpRequest,
-    viewer: JobViewer,
-    path: web::Path<String>,
-    state: web::Data<State>,
-) -> Result<HttpResponse, ApiError> {
-    Params::parse(req.query_string(), &[])?;
-    let id = job_id(&path)?;
-    let job = load(&state.pool, id, &viewer).await?;
-    if job.schedule_id.is_some() && !viewer.sees_all() {
-        return Err(ApiError::Refused {
-            status: actix_web::http::StatusCode::FORBIDDEN,
-            code: "forbidden",
-            message: "a scheduled archive is cancelled or deleted by an `admin` token only".into(),
-        });
-    }
-    let changed: Option<(String, Option<String>, String)> = sqlx::query_as(
-        "UPDATE auditline.export_jobs \
-         SET state = CASE WHEN state = 'done' THEN 'expired' ELSE 'cancelled' END, \
-             finished_at = coalesce(finished_at, now()) \
-         WHERE id = $1 AND state IN ('queued', 'running', 'done') \
-           AND ($2::text IS NULL OR (owner_token_id = $2 AND schedule_id IS NULL)) \
-         RETURNING state, file_name, destination",
-    )
-    .bind(id)
-    .bind(viewer.owner())
-    .fetch_optional(&state.pool)
-    .await?;
-    if let Some((new_state, Some(file), destination)) = changed
-        && new_state == "expired"
-    {
-        remove_files(&state.storage, &destination, &file).await;
-    }
-    // A running job notices at its next heartbeat and stops.
-    let job = load(&state.pool, id, &viewer).await?;
-    Ok(HttpResponse::Ok().json(job))
-}
-
-/// Download a finished export.
-#[utoipa::path(
-    get,
-    path = "/admin/audit/exports/{id}/download",
-    tag = "export",
-    params(("id" = Uuid, Path, description = "The job's id")),
-    responses(
-        (status = 200, description = "The export file", content(
-            (String = "text/csv"),
-            (Vec<crate::search::StoredEvent> = "application/json"),
-            (String = "application/x-ndjson"),
-            (String = "application/zstd"),
-        )),
-        crate::openapi::ReadErrors,
-        (status = 404, description = "No such job (or another token's)", body = crate::openapi::ErrorEnvelope),
-        (status = 409, description = "The job is not `done`", body = crate::openapi::ErrorEnvelope),
-    )
-)]
-pub async fn download(
-    req: HttpRequest,
-    viewer: JobViewer,
-    path: web::Path<String>,
-    state: web::Data<State>,
-) -> Result<HttpResponse, ApiError> {
-    Params::parse(req.query_string(), &[])?;
-    let job = load(&state.pool, job_id(&path)?, &viewer).await?;
-    let (true, Some(file)) = (job.state == "done", job.file_name.as_deref()) else {
-        return Err(ApiError::Conflict(format!(
-            "export job {} is {}, not done; there is no file to download",
-            job.id, job.state
-        )));
-    };
-    let (size, body) = state.storage.read(&job.destination, file).await?;
-    let export = job.export()?;
-    Ok(HttpResponse::Ok()
-        .content_type(export.content_type())
-        .insert_header(ContentDisposition {
-            disposition: DispositionType::Attachment,
-            parameters: vec![DispositionParam::Filename(export.file_name())],
-        })
-        .no_chunking(size)
-        .streaming(body))
-}
-
-/// The export's file and manifest names in the export directory.
-fn manifest_name(file: &str) -> String {
-    format!("{file}.manifest.json")
-}
-
-async fn remove_files(storage: &Storage, destination: &str, file: &str) {
-    storage.remove(destination, file).await;
-    storage.remove(destination, &manifest_name(file)).await;
 }
 
 /// The runner's metrics.
@@ -702,7 +251,7 @@ impl Runner {
                     tracing::warn!(error = %format!("{e:#}"), "export upkeep failed");
                 }
             }
-            match crate::schedules::fire_due(&self.pool, chrono::Utc::now()).await {
+            match crate::workers::scheduler::fire_due(&self.pool, chrono::Utc::now()).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(jobs = n, "scheduled exports queued"),
                 Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot fire export schedules"),
@@ -1008,4 +557,14 @@ struct Written {
     sha256: String,
     first: Option<(Uuid, DateTime<Utc>)>,
     last: Option<(Uuid, DateTime<Utc>)>,
+}
+
+/// The export's file and manifest names in the export directory.
+pub(crate) fn manifest_name(file: &str) -> String {
+    format!("{file}.manifest.json")
+}
+
+pub(crate) async fn remove_files(storage: &Storage, destination: &str, file: &str) {
+    storage.remove(destination, file).await;
+    storage.remove(destination, &manifest_name(file)).await;
 }

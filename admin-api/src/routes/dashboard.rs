@@ -15,17 +15,17 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
                        connect-src 'self'; img-src 'self' data:; base-uri 'none'; \
                        form-action 'self'; frame-ancestors 'none'";
 
-const INDEX: &str = include_str!("../assets/index.html");
+const INDEX: &str = include_str!("../../assets/index.html");
 const ASSETS: [(&str, &str, &str); 2] = [
     (
         "app.js",
         "text/javascript; charset=utf-8",
-        include_str!("../assets/app.js"),
+        include_str!("../../assets/app.js"),
     ),
     (
         "app.css",
         "text/css; charset=utf-8",
-        include_str!("../assets/app.css"),
+        include_str!("../../assets/app.css"),
     ),
 ];
 
@@ -66,7 +66,7 @@ pub async fn redirect() -> HttpResponse {
 
 /// A script or style sheet of the dashboard.
 pub async fn asset(req: HttpRequest, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    crate::params::Params::parse(req.query_string(), &[])?;
+    crate::query::params::Params::parse(req.query_string(), &[])?;
     let (_, content_type, body) = ASSETS
         .iter()
         .find(|(file, _, _)| *file == name.as_str())
