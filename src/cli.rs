@@ -214,7 +214,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Checkpoint => {
             let (storage, keys) = integrity(&settings)?;
             let pool = db::pool(&settings.database_url, 2)?;
-            let (file, cp) = checkpoint::publish(
+            let (file, cp) = auditline_integrity::checkpointer::publish(
                 &pool,
                 &storage,
                 &settings.integrity.checkpoint_destination,

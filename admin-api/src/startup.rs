@@ -118,14 +118,14 @@ impl Application {
         storage
             .check(&settings.integrity.checkpoint_destination)
             .map_err(|e| anyhow::anyhow!("integrity.checkpoint_destination: {e}"))?;
-        let checkpoint_metrics = auditline_integrity::checkpoint::Metrics::register(&registry)?;
+        let checkpoint_metrics = auditline_integrity::checkpointer::Metrics::register(&registry)?;
         if settings.partitions.retention_days.is_some() {
             storage
                 .check(&settings.partitions.archive_destination)
                 .map_err(|e| anyhow::anyhow!("partitions.archive_destination: {e}"))?;
         }
         let checkpoints = (settings.integrity.checkpoint_interval_secs > 0).then(|| {
-            tokio::spawn(auditline_integrity::checkpoint::run(
+            tokio::spawn(auditline_integrity::checkpointer::run(
                 pool.clone(),
                 storage.clone(),
                 settings.integrity.checkpoint_destination.clone(),

@@ -15,6 +15,7 @@
 
 use crate::{
     checkpoint::{self, Keys},
+    drops::{self, Dropped, drop_message},
     storage::Storage,
     verify::{self, Expected, ROW_COLUMNS, Report, StoredRow},
 };
@@ -39,17 +40,6 @@ pub struct Partition {
     pub bytes: i64,
 }
 
-/// A day retention dropped.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct Dropped {
-    pub day: NaiveDate,
-    pub dropped_at: DateTime<Utc>,
-    pub rows: i64,
-    pub archive: String,
-    pub archive_sha256: String,
-    pub signature: Option<String>,
-}
-
 /// The partitions that exist and the days that were dropped.
 pub async fn list(pool: &PgPool) -> sqlx::Result<(Vec<Partition>, Vec<Dropped>)> {
     let partitions = sqlx::query_as(
@@ -60,13 +50,7 @@ pub async fn list(pool: &PgPool) -> sqlx::Result<(Vec<Partition>, Vec<Dropped>)>
     )
     .fetch_all(pool)
     .await?;
-    let drops = sqlx::query_as(
-        "SELECT day, dropped_at, rows, archive, archive_sha256, signature \
-         FROM auditline.partition_drops ORDER BY day",
-    )
-    .fetch_all(pool)
-    .await?;
-    Ok((partitions, drops))
+    Ok((partitions, drops::list(pool).await?))
 }
 
 fn table(day: NaiveDate) -> String {
@@ -311,11 +295,6 @@ async fn check_archive(
         );
     }
     Ok(())
-}
-
-/// The message a drop record's signature covers.
-pub fn drop_message(day: NaiveDate, rows: i64, archive: &str, sha256: &str) -> Vec<u8> {
-    format!("auditline.drop.v1\n{day}\n{rows}\n{archive}\n{sha256}").into_bytes()
 }
 
 /// Archives `day`, verifies the archive, then detaches and drops the partition

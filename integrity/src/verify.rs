@@ -594,10 +594,10 @@ pub async fn accepted_drops(
     keys: &Keys,
     mut report: Option<&mut Report>,
 ) -> anyhow::Result<HashMap<NaiveDate, DateTime<Utc>>> {
-    let (_, drops) = crate::retention::list(pool).await?;
+    let drops = crate::drops::list(pool).await?;
     let mut dropped = HashMap::new();
     for d in drops {
-        let message = crate::retention::drop_message(d.day, d.rows, &d.archive, &d.archive_sha256);
+        let message = crate::drops::drop_message(d.day, d.rows, &d.archive, &d.archive_sha256);
         match keys.check(&message, d.signature.as_deref()) {
             Ok(()) => {
                 dropped.insert(d.day, d.dropped_at);
