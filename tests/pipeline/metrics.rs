@@ -243,7 +243,7 @@ fn the_shipped_prometheus_config_and_alert_rules_pass_promtool() {
         include_str!("../../client/src/publisher.rs"),
         include_str!("../../admin-api/src/workers/live.rs"),
         include_str!("../../admin-api/src/workers/jobs.rs"),
-        include_str!("../../integrity/src/checkpoint.rs"),
+        include_str!("../../integrity/src/checkpointer.rs"),
     ]
     .concat();
     let assets = [
