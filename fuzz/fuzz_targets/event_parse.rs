@@ -2,7 +2,7 @@
 //! the same event and the same row digest (what the writer seals).
 #![no_main]
 
-use auditline_shared::{AuditEvent, event::parse_ndjson, seal};
+use auditline_event::{AuditEvent, event::parse_ndjson, seal};
 use chrono::{DateTime, Utc};
 use libfuzzer_sys::fuzz_target;
 

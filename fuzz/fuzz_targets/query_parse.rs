@@ -2,9 +2,8 @@
 //! parameters, whatever the query string holds.
 #![no_main]
 
-use auditline_admin_api::{
-    params::Params,
-    search::{CursorKey, SEARCH_PARAMS, Search},
+use auditline_admin_api::query::{
+    cursor::CursorKey, filters::SEARCH_PARAMS, params::Params, search::Search,
 };
 use libfuzzer_sys::fuzz_target;
 
