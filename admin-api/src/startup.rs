@@ -19,6 +19,7 @@ use auditline_shared::{
 use prometheus::Registry;
 use serde_json::json;
 use std::{future::Future, net::TcpListener, sync::Arc, time::Duration};
+use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
 use crate::{
@@ -34,15 +35,17 @@ use crate::{
 pub struct Application {
     port: u16,
     server: Server,
-    runner: tokio::task::JoinHandle<()>,
-    live: tokio::task::JoinHandle<()>,
-    /// Closes stream connections whose token was revoked or expired.
-    token_watch: tokio::task::JoinHandle<()>,
+    /// The background workers (job runner, live consumer, token watch,
+    /// checkpointer, retention), named, and what tells them to stop.
+    workers: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
+    stop: CancellationToken,
     /// Admin calls are audit events: at shutdown they are published or spooled.
     audit: AuditMiddleware,
-    checkpoints: Option<tokio::task::JoinHandle<()>>,
-    retention: Option<tokio::task::JoinHandle<()>>,
 }
+
+/// How long stopping workers may take to finish their step (a checkpoint,
+/// a day of retention) before they are aborted.
+const WORKERS_GRACE: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -101,7 +104,8 @@ impl Application {
             wake: jobs_waiting.clone(),
             checkpoint_destination: settings.integrity.checkpoint_destination.clone(),
         };
-        let runner = tokio::spawn(runner.run());
+        let stop = CancellationToken::new();
+        let runner = tokio::spawn(runner.run(stop.clone()));
         let hub = Arc::new(workers::live::Hub::new(
             settings.stream.clone(),
             workers::live::StreamMetrics::register(&registry)?,
@@ -110,8 +114,13 @@ impl Application {
             settings.amqp_url.clone(),
             auditline_shared::amqp::Topology::new(&settings.namespace).live_exchange,
             hub.clone(),
+            stop.clone(),
         ));
-        let token_watch = tokio::spawn(workers::live::watch_tokens(pool.clone(), hub.clone()));
+        let token_watch = tokio::spawn(workers::live::watch_tokens(
+            pool.clone(),
+            hub.clone(),
+            stop.clone(),
+        ));
         let keys = Arc::new(auditline_integrity::checkpoint::Keys::from_settings(
             &settings.integrity,
         )?);
@@ -132,6 +141,7 @@ impl Application {
                 keys.clone(),
                 Duration::from_secs(settings.integrity.checkpoint_interval_secs),
                 checkpoint_metrics,
+                stop.clone(),
             ))
         });
         let retention = settings.partitions.retention_days.map(|days| {
@@ -142,6 +152,7 @@ impl Application {
                 keys.clone(),
                 days,
                 Duration::from_secs(3600),
+                stop.clone(),
             ))
         });
         let state = web::Data::new(State {
@@ -263,15 +274,19 @@ impl Application {
         .disable_signals()
         .listen(listener)?
         .run();
+        let mut background = vec![
+            ("export job runner", runner),
+            ("live stream consumer", live),
+            ("stream token watch", token_watch),
+        ];
+        background.extend(checkpoints.map(|task| ("checkpointer", task)));
+        background.extend(retention.map(|task| ("retention", task)));
         Ok(Self {
             port,
             server,
-            runner,
-            live,
-            token_watch,
+            workers: background,
+            stop,
             audit: audit_handle,
-            checkpoints,
-            retention,
         })
     }
 
@@ -292,13 +307,19 @@ impl Application {
         self.audit
             .shutdown(auditline_ingest::middleware::SHUTDOWN_GRACE)
             .await;
-        // A job cut short here is taken over by another instance (or this
-        // one, restarted) once its heartbeat is old enough.
-        self.runner.abort();
-        self.live.abort();
-        self.token_watch.abort();
-        for task in [&self.checkpoints, &self.retention].into_iter().flatten() {
-            task.abort();
+        // The workers finish their step and stop: a running export job is
+        // queued again for another instance, a checkpoint or a retention
+        // drop in progress completes (and releases its advisory lock).
+        self.stop.cancel();
+        for (name, mut task) in self.workers {
+            match tokio::time::timeout(WORKERS_GRACE, &mut task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(worker = name, error = %e, "admin worker failed"),
+                Err(_) => {
+                    tracing::warn!(worker = name, "admin worker did not stop in time; aborted");
+                    task.abort();
+                }
+            }
         }
         outcome
     }

@@ -15,6 +15,7 @@ use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// The advisory lock checkpointers take turns with.
 const LOCK: i64 = 0x6175_6469_7463_6b70;
@@ -186,7 +187,9 @@ impl Metrics {
     }
 }
 
-/// Publishes a checkpoint every `interval` until the task is dropped.
+/// Publishes a checkpoint every `interval` until `stop` is cancelled; a
+/// checkpoint being written when it is is finished first (its advisory lock
+/// is released with it).
 pub async fn run(
     pool: PgPool,
     storage: Storage,
@@ -194,11 +197,15 @@ pub async fn run(
     keys: std::sync::Arc<Keys>,
     interval: Duration,
     metrics: Metrics,
+    stop: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stop.cancelled() => return,
+        }
         match publish(&pool, &storage, &destination, &keys).await {
             Ok((file, cp)) => {
                 metrics.observe(&cp);

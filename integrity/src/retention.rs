@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use std::{collections::HashMap, io::BufRead, time::Duration};
+use tokio_util::sync::CancellationToken;
 
 /// Compressed bytes collected before they are sent to storage.
 const CHUNK: usize = 1 << 20;
@@ -388,7 +389,9 @@ pub async fn expired(pool: &PgPool, retention_days: u32) -> anyhow::Result<Vec<N
 }
 
 /// Drops expired partitions every `interval` (the admin service runs it when
-/// `partitions.retention_days` is set).
+/// `partitions.retention_days` is set) until `stop` is cancelled; a day being
+/// archived and dropped when it is is finished first, so its advisory lock
+/// never goes back to the pool held.
 pub async fn run(
     pool: PgPool,
     storage: Storage,
@@ -396,11 +399,15 @@ pub async fn run(
     keys: std::sync::Arc<Keys>,
     retention_days: u32,
     interval: Duration,
+    stop: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stop.cancelled() => return,
+        }
         let days = match expired(&pool, retention_days).await {
             Ok(days) => days,
             Err(e) => {
@@ -409,6 +416,9 @@ pub async fn run(
             }
         };
         for day in days {
+            if stop.is_cancelled() {
+                return;
+            }
             match drop_day(&pool, &storage, &destination, &keys, day).await {
                 Ok(d) => {
                     tracing::info!(%day, rows = d.rows, archive = %d.archive, "partition archived and dropped")

@@ -497,6 +497,18 @@ async fn answers(port: u16) -> bool {
 
 #[actix_web::test]
 async fn a_job_whose_admin_was_killed_is_finished_by_the_next_one() {
+    a_job_cut_short_is_finished_by_the_next_admin("KILL").await;
+}
+
+#[actix_web::test]
+async fn a_job_whose_admin_stops_is_handed_back_and_finished_by_the_next_one() {
+    a_job_cut_short_is_finished_by_the_next_admin("TERM").await;
+}
+
+/// An admin running a long export is killed (SIGKILL: the job stays
+/// `running` until its heartbeat is old) or stopped (SIGTERM: it hands the
+/// job back, `queued`, before it exits); the next admin finishes it, whole.
+async fn a_job_cut_short_is_finished_by_the_next_admin(signal: &str) {
     let env = TestEnv::new().await;
     // Enough rows that the export takes a few seconds.
     let rows: i64 = 200_000;
@@ -557,20 +569,22 @@ async fn a_job_whose_admin_was_killed_is_finished_by_the_next_one() {
     .await;
     assert!(running, "the job was seen running");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    first.signal("KILL");
-    assert_eq!(
-        first.wait(Duration::from_secs(10)).await,
-        None,
-        "killed by SIGKILL"
-    );
+    first.signal(signal);
+    let exit = first.wait(Duration::from_secs(40)).await;
     let (state, written): (String, i64) =
         sqlx::query_as("SELECT state, rows_written FROM auditline.export_jobs WHERE id = $1")
             .bind(id)
             .fetch_one(&env.pool)
             .await
             .expect("job row");
-    assert_eq!(state, "running", "killed mid-job, not after it");
-    assert!(written < rows, "killed before the last row");
+    if signal == "KILL" {
+        assert_eq!(exit, None, "killed by SIGKILL");
+        assert_eq!(state, "running", "killed mid-job, not after it");
+    } else {
+        assert_eq!(exit, Some(0), "stopped cleanly by SIGTERM");
+        assert_eq!(state, "queued", "handed back for the next instance");
+    }
+    assert!(written < rows, "cut short before the last row");
 
     let second_port = crate::helpers::free_port();
     let _second = crate::helpers::Process::spawn_with(

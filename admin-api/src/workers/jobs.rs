@@ -32,6 +32,7 @@ use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
+use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -241,10 +242,12 @@ impl<E: Into<anyhow::Error>> From<E> for Stopped {
 }
 
 impl Runner {
-    /// Runs forever (abort the task to stop).
-    pub async fn run(self) {
+    /// Runs until `stop` is cancelled. A job running then is handed back
+    /// (queued again), so another instance takes it at once rather than
+    /// after `exports.claim_timeout_secs`.
+    pub async fn run(self, stop: CancellationToken) {
         let mut last_upkeep = Instant::now() - Duration::from_secs(3600);
-        loop {
+        while !stop.is_cancelled() {
             if last_upkeep.elapsed() >= Duration::from_secs(30) {
                 last_upkeep = Instant::now();
                 if let Err(e) = self.upkeep().await {
@@ -257,15 +260,44 @@ impl Runner {
                 Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot fire export schedules"),
             }
             match self.claim().await {
-                Ok(Some(job)) => self.run_job(job).await,
+                Ok(Some(job)) => {
+                    let id = job.id;
+                    tokio::select! {
+                        () = self.run_job(job) => {}
+                        () = stop.cancelled() => self.hand_back(id).await,
+                    }
+                }
                 Ok(None) => {
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
+                    tokio::select! {
+                        _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()) => {}
+                        () = stop.cancelled() => {}
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "cannot claim export jobs");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                        () = stop.cancelled() => {}
+                    }
                 }
+            }
+        }
+    }
+
+    /// Queues a job this instance was running again (it is stopping).
+    async fn hand_back(&self, id: Uuid) {
+        let handed = sqlx::query(
+            "UPDATE auditline.export_jobs SET state = 'queued', claimed_by = NULL \
+             WHERE id = $1 AND claimed_by = $2 AND state = 'running'",
+        )
+        .bind(id)
+        .bind(&self.instance)
+        .execute(&self.pool)
+        .await;
+        match handed {
+            Ok(_) => tracing::info!(job = %id, "export job handed back: this instance is stopping"),
+            Err(e) => {
+                tracing::warn!(job = %id, error = %e, "cannot hand an export job back; another instance takes it over once its heartbeat is old")
             }
         }
     }

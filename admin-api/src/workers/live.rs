@@ -25,6 +25,7 @@ use std::{
     time::Duration,
 };
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::query::filters::{Filters, matches};
 use auditline_shared::stored::StoredEvent;
@@ -243,14 +244,20 @@ impl Hub {
     }
 }
 
-/// Consumes `<ns>.live` into the hub for as long as the process runs,
+/// Consumes `<ns>.live` into the hub until `stop` is cancelled,
 /// reconnecting after a failure.
-pub async fn consume(url: SecretUrl, exchange: String, hub: Arc<Hub>) {
+pub async fn consume(url: SecretUrl, exchange: String, hub: Arc<Hub>, stop: CancellationToken) {
     loop {
-        if let Err(e) = consume_once(&url, &exchange, &hub).await {
-            tracing::warn!(error = %format!("{e:#}"), "live stream consumer stopped; reconnecting");
+        tokio::select! {
+            result = consume_once(&url, &exchange, &hub) => if let Err(e) = result {
+                tracing::warn!(error = %format!("{e:#}"), "live stream consumer stopped; reconnecting");
+            },
+            () = stop.cancelled() => return,
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            () = stop.cancelled() => return,
+        }
     }
 }
 
@@ -367,12 +374,15 @@ pub(crate) const EXPIRED: &str = "token expired";
 /// `stream.token_check_secs`, for as long as the process runs: one query
 /// per check for all of this instance's connections. An expiry known from
 /// the handshake is enforced even while the database is unreachable.
-pub async fn watch_tokens(pool: PgPool, hub: Arc<Hub>) {
+pub async fn watch_tokens(pool: PgPool, hub: Arc<Hub>, stop: CancellationToken) {
     let every = Duration::from_secs(hub.settings.token_check_secs.max(1));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
         let now = Utc::now();
         hub.end_sessions(|_, expires| expires.is_some_and(|at| at <= now).then_some(EXPIRED));
         let ids = hub.token_ids();
