@@ -3,63 +3,33 @@
 
 use super::*;
 
-/// A network given as `address/prefix`, or a single address.
-#[derive(Debug, Clone, Copy)]
-pub struct Cidr {
-    network: IpAddr,
-    prefix: u8,
-}
+/// A network given as `address/prefix`, or a single address (its own
+/// network), kept as its network address: `10.1.2.3/8` is `10.0.0.0/8`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr(ipnet::IpNet);
 
 impl Cidr {
     pub fn parse(text: &str) -> Result<Self, String> {
-        let (addr, prefix) = match text.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (text, None),
+        let trimmed = text.trim();
+        let net = match trimmed.parse::<IpAddr>() {
+            Ok(address) => ipnet::IpNet::from(address),
+            Err(_) if trimmed.contains('/') => trimmed
+                .parse::<ipnet::IpNet>()
+                .map_err(|_| format!("{text:?}: not a CIDR (bad address or prefix length)"))?,
+            Err(_) => return Err(format!("{text:?} is not an IP address or CIDR")),
         };
-        let network: IpAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| format!("{text:?} is not an IP address or CIDR"))?;
-        let max = if network.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{text:?}: bad prefix length"))?,
-            None => max,
-        };
-        // Kept as the network address, so `10.1.2.3/8` is 10.0.0.0/8.
-        Ok(Self {
-            network: mask(network, prefix),
-            prefix,
-        })
+        Ok(Self(net.trunc()))
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
-        ip.is_ipv4() == self.network.is_ipv4() && mask(ip, self.prefix) == self.network
+        self.0.contains(&ip)
     }
 }
 
 /// `network/prefix`, as PostgreSQL's `inet` reads it.
 impl std::fmt::Display for Cidr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix)
-    }
-}
-
-/// `ip` with every bit after the first `prefix` cleared.
-pub(super) fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
-    match ip {
-        IpAddr::V4(a) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-            IpAddr::V4((u32::from(a) & mask).into())
-        }
-        IpAddr::V6(a) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-            IpAddr::V6((u128::from(a) & mask).into())
-        }
+        write!(f, "{}", self.0)
     }
 }
 

@@ -300,6 +300,14 @@ mod tests {
         assert!(one.contains("::1".parse().expect("ip")));
         assert!(!one.contains("127.0.0.1".parse().expect("ip")));
         assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("10.0.0/8").is_err());
+        assert!(Cidr::parse("not an address").is_err());
+        assert_eq!(
+            Cidr::parse(" 10.1.2.3/8 ").expect("cidr").to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(one.to_string(), "::1/128");
+        assert!(!net.contains("::ffff:10.0.0.1".parse().expect("ip")));
         assert!(
             Cidr::parse("0.0.0.0/0")
                 .expect("cidr")
