@@ -334,3 +334,77 @@ impl RollupBatch {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(at: &str, user: Option<&str>, success: bool, ms: Option<f64>) -> RollupRow {
+        RollupRow {
+            occurred_at: at.parse().expect("time"),
+            user_id: user.map(str::to_owned),
+            action_type: "file".into(),
+            success,
+            response_time_ms: ms,
+        }
+    }
+
+    #[test]
+    fn rows_fold_into_minutes_over_everyone_and_hours_and_days_per_user() {
+        let mut batch = RollupBatch::default();
+        assert!(batch.is_empty());
+        batch.add(&row("2026-12-03T10:00:05Z", Some("alice"), true, Some(2.0)));
+        batch.add(&row(
+            "2026-12-03T10:00:50Z",
+            Some("bob"),
+            false,
+            Some(600.0),
+        ));
+        batch.add(&row("2026-12-03T10:01:10Z", Some("alice"), true, None));
+        batch.add(&row("2026-12-03T10:02:00Z", None, true, Some(1.0)));
+        let at = |t: &str| t.parse::<DateTime<Utc>>().expect("time");
+        let minute = &batch.counts[&(
+            Grain::Minute,
+            at("2026-12-03T10:00:00Z"),
+            None,
+            "file".into(),
+        )];
+        assert_eq!(
+            (minute.events, minute.failures),
+            (2, 1),
+            "alice and bob in one minute"
+        );
+        assert_eq!((minute.rt_count, minute.rt_sum), (2, 602.0));
+        assert_eq!(minute.first_at, Some(at("2026-12-03T10:00:05Z")));
+        assert_eq!(minute.last_at, Some(at("2026-12-03T10:00:50Z")));
+        let alice_hour = &batch.counts[&(
+            Grain::Hour,
+            at("2026-12-03T10:00:00Z"),
+            Some("alice".into()),
+            "file".into(),
+        )];
+        assert_eq!((alice_hour.events, alice_hour.rt_count), (2, 1));
+        let nobody_day =
+            &batch.counts[&(Grain::Day, at("2026-12-03T00:00:00Z"), None, "file".into())];
+        assert_eq!(
+            nobody_day.events, 1,
+            "an event without a user has its own row"
+        );
+        // Three minutes, one hour row per user (and one without), one day row each.
+        let per_grain = |g: Grain| batch.counts.keys().filter(|k| k.0 == g).count();
+        assert_eq!(per_grain(Grain::Minute), 3);
+        assert_eq!(per_grain(Grain::Hour), 3);
+        assert_eq!(per_grain(Grain::Day), 3);
+        // Histograms: minutes over everyone; hours and days only for users.
+        let hist = &batch.latency[&(Grain::Minute, at("2026-12-03T10:00:00Z"), None)];
+        assert_eq!(hist.iter().sum::<i32>(), 2);
+        assert_eq!(hist[latency_bucket(600.0)], 1);
+        assert!(
+            !batch
+                .latency
+                .contains_key(&(Grain::Hour, at("2026-12-03T10:00:00Z"), None))
+        );
+        let bob = &batch.latency[&(Grain::Day, at("2026-12-03T00:00:00Z"), Some("bob".into()))];
+        assert_eq!(bob[latency_bucket(600.0)], 1);
+    }
+}

@@ -110,3 +110,48 @@ impl CursorKey {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cursor() -> Cursor {
+        Cursor {
+            occurred_at: DateTime::from_timestamp_micros(1_764_756_000_123_456).expect("time"),
+            event_id: Uuid::now_v7(),
+            from: DateTime::from_timestamp_micros(1_764_669_600_000_000).expect("time"),
+            to: DateTime::from_timestamp_micros(1_764_756_000_000_000).expect("time"),
+            descending: true,
+            digest: [1, 2, 3, 4, 5, 6, 7, 8],
+        }
+    }
+
+    #[test]
+    fn a_cursor_comes_back_as_it_was_issued() {
+        let key = CursorKey::from_bytes(vec![7; 32]);
+        let c = cursor();
+        let back = key.decode(&key.encode(&c)).expect("decodes");
+        assert_eq!(back.occurred_at, c.occurred_at);
+        assert_eq!(back.event_id, c.event_id);
+        assert_eq!((back.from, back.to), (c.from, c.to));
+        assert_eq!(back.descending, c.descending);
+        assert_eq!(back.digest, c.digest);
+    }
+
+    #[test]
+    fn an_altered_forged_or_foreign_cursor_is_refused() {
+        let key = CursorKey::from_bytes(vec![7; 32]);
+        let text = key.encode(&cursor());
+        let mut raw = URL_SAFE_NO_PAD.decode(&text).expect("base64");
+        raw[5] ^= 1;
+        assert!(
+            key.decode(&URL_SAFE_NO_PAD.encode(&raw)).is_err(),
+            "one bit changed"
+        );
+        let other = CursorKey::from_bytes(vec![8; 32]);
+        assert!(other.decode(&text).is_err(), "another installation's key");
+        assert!(key.decode(&text[..text.len() - 2]).is_err(), "cut short");
+        assert!(key.decode("not a cursor").is_err());
+        assert!(key.decode("").is_err());
+    }
+}

@@ -322,3 +322,77 @@ pub fn matches(f: &Filters, e: &StoredEvent) -> bool {
         && f.min_response_time_ms
             .is_none_or(|ms| e.response_time_ms.is_some_and(|t| t >= ms))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filters(query: &str) -> Result<Filters, ApiError> {
+        Filters::parse(&Params::parse_from(query, SEARCH_PARAMS)?)
+    }
+
+    fn event() -> StoredEvent {
+        serde_json::from_value(serde_json::json!({
+            "event_id": uuid::Uuid::nil(), "occurred_at": "2026-12-03T10:00:00Z",
+            "received_at": "2026-12-03T10:00:01Z", "service": "files", "session_id": "s1",
+            "user_id": "alice", "client_ip": "10.1.2.3", "action_type": "file",
+            "endpoint": "/files/7", "route": "/files/{id}", "http_method": "GET",
+            "request_size": 0, "response_size": 10, "response_time_ms": 12.5,
+            "status_code": 503, "success": false, "resource_usage": null, "metadata": null,
+        }))
+        .expect("event")
+    }
+
+    #[test]
+    fn status_codes_classes_and_networks_are_read_as_operators_write_them() {
+        let f = filters("status=404&status=5xx&client_ip=10.1.2.3/8").expect("filters");
+        assert_eq!(f.status_codes, [404]);
+        assert_eq!(f.status_classes, [5]);
+        assert_eq!(f.client_net.expect("net").to_string(), "10.0.0.0/8");
+        for bad in [
+            "status=6xx",
+            "status=99",
+            "status=1000",
+            "client_ip=10.0.0.0/33",
+        ] {
+            assert!(filters(bad).is_err(), "{bad}");
+        }
+        assert!(filters("http_method=get").is_err(), "lower-case method");
+        assert!(filters("action_type=Bad!").is_err());
+        assert_eq!(filters("q=AbC").expect("q").q.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn the_digest_follows_the_filters_not_their_order() {
+        let a = filters("user_id=alice&service=files").expect("a");
+        let b = filters("service=files&user_id=alice").expect("b");
+        let c = filters("user_id=bob&service=files").expect("c");
+        assert_eq!(a.digest(), b.digest());
+        assert_ne!(a.digest(), c.digest());
+    }
+
+    #[test]
+    fn an_event_matches_the_live_filters_it_should() {
+        let e = event();
+        for (query, want) in [
+            ("", true),
+            ("user_id=alice", true),
+            ("user_id=bob", false),
+            ("status=5xx", true),
+            ("status=503&status=404", true),
+            ("status=2xx", false),
+            ("success=false", true),
+            ("endpoint=/files", true),
+            ("endpoint=/code", false),
+            ("min_response_time_ms=12.5", true),
+            ("min_response_time_ms=13", false),
+            ("service=files&action_type=file&http_method=GET", true),
+            ("session_id=s2", false),
+        ] {
+            assert_eq!(matches(&filters(query).expect(query), &e), want, "{query}");
+        }
+        let mut anonymous = event();
+        anonymous.user_id = None;
+        assert!(!matches(&filters("user_id=alice").expect("f"), &anonymous));
+    }
+}

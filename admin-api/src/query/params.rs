@@ -214,3 +214,68 @@ impl utoipa::PartialSchema for Text {
 }
 
 impl utoipa::ToSchema for Text {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The parameter an error names.
+    fn named(e: ApiError) -> String {
+        match e {
+            ApiError::BadParam { param, .. } => param,
+            other => panic!("not a parameter error: {other}"),
+        }
+    }
+
+    #[test]
+    fn unknown_repeated_empty_and_nul_parameters_are_refused_by_name() {
+        let e = Params::parse("limit=5&color=red", &["limit"]).expect_err("unknown");
+        assert_eq!(named(e), "color");
+        let p = Params::parse("limit=5&limit=6", &["limit"]).expect("parsed");
+        assert_eq!(named(p.one("limit").expect_err("twice")), "limit");
+        let p = Params::parse("limit=", &["limit"]).expect("parsed");
+        assert_eq!(named(p.one("limit").expect_err("empty")), "limit");
+        let e = Params::parse("q=a%00b", &["q"]).expect_err("NUL");
+        assert_eq!(named(e), "q");
+        let p = Params::parse("user_id=a&user_id=b", &["user_id"]).expect("parsed");
+        assert_eq!(p.all("user_id").expect("all"), ["a", "b"]);
+    }
+
+    #[test]
+    fn typed_values_are_checked_and_name_their_parameter() {
+        let p = Params::parse(
+            "limit=0&from=yesterday&ok=maybe&ms=fast&n=7",
+            &["limit", "from", "ok", "ms", "n"],
+        )
+        .expect("parsed");
+        assert_eq!(
+            named(p.integer("limit", 1, 1000).expect_err("range")),
+            "limit"
+        );
+        assert_eq!(named(p.time("from").expect_err("time")), "from");
+        assert_eq!(named(p.boolean("ok").expect_err("bool")), "ok");
+        assert_eq!(named(p.number("ms").expect_err("number")), "ms");
+        assert_eq!(p.integer("n", 1, 10).expect("n"), Some(7));
+        let p = Params::parse("from=2026-12-03T11:00:00%2B01:00", &["from"]).expect("parsed");
+        let from = p.time("from").expect("time").expect("some");
+        assert_eq!(
+            from.to_rfc3339(),
+            "2026-12-03T10:00:00+00:00",
+            "any offset, read as UTC"
+        );
+    }
+
+    #[test]
+    fn a_time_range_defaults_to_a_day_and_refuses_an_inverted_one() {
+        let day = chrono::TimeDelta::hours(24);
+        let p = Params::parse("", &["from", "to"]).expect("parsed");
+        let (from, to) = time_range(&p, day).expect("default range");
+        assert_eq!(to - from, day);
+        let p = Params::parse(
+            "from=2026-12-03T10:00:00Z&to=2026-12-03T09:00:00Z",
+            &["from", "to"],
+        )
+        .expect("parsed");
+        assert_eq!(named(time_range(&p, day).expect_err("inverted")), "from");
+    }
+}
