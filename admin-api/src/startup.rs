@@ -9,12 +9,7 @@ use actix_web::{
 use anyhow::Context;
 use auditline_ingest::{AuditConfig, AuditMetadata, AuditMiddleware, Publisher, spool::Spool};
 use auditline_shared::{
-    Settings,
-    auth::TokenStore,
-    db,
-    error::{ErrorBody, methods, single_method},
-    metrics::metrics_handler,
-    redact::Redactor,
+    Settings, auth::TokenStore, db, error::ErrorBody, metrics::metrics_handler, redact::Redactor,
 };
 use prometheus::Registry;
 use serde_json::json;
@@ -26,7 +21,7 @@ use crate::{
     audit::recorded_metadata,
     openapi::ApiDoc,
     query::cursor::CursorKey,
-    routes::{export, jobs, live, realtime, schedules, search, users},
+    routes::{self, get},
     state::State,
     workers,
 };
@@ -71,222 +66,43 @@ impl Application {
         let cursor_key = CursorKey::load(&pool)
             .await
             .context("cannot read the cursor key (did `auditline migrate` run?)")?;
-        // The admin service's own requests are audit events, published like
-        // any app's; they spool beside the gateway's spool while the broker is away.
-        let publisher = Publisher::new(&settings.client(), "auditline-admin");
-        publisher.register_metrics(&registry)?;
-        let spool = Arc::new(Spool::open(
-            format!("{}-admin", settings.ingest.spool_dir.trim_end_matches('/')),
-            settings.ingest.spool_max_bytes,
-        )?);
-        let redactor = Redactor::new(&settings.audit.redact_params);
-        let mut audit_config = AuditConfig::new("auditline-admin");
-        audit_config.redact = redactor.clone();
-        let recorder = publisher.clone();
-        let audit = AuditMiddleware::start(audit_config, publisher, spool)?;
-        let audit_handle = audit.clone();
-        let jobs_waiting = Arc::new(tokio::sync::Notify::new());
+        let (audit, recorder, redactor) = self_audit(&settings, &registry)?;
         let storage = auditline_integrity::storage::Storage::new(
             std::path::PathBuf::from(&settings.export_dir),
             &settings.exports,
         )?;
-        let runner = workers::jobs::Runner {
-            pool: pool.clone(),
-            storage: storage.clone(),
-            settings: settings.exports.clone(),
-            instance: format!(
-                "{}-{}-{}",
-                std::env::var("HOSTNAME").unwrap_or_else(|_| "admin".into()),
-                std::process::id(),
-                uuid::Uuid::new_v4().simple()
-            ),
-            metrics: workers::jobs::JobMetrics::register(&registry)?,
-            wake: jobs_waiting.clone(),
-            checkpoint_destination: settings.integrity.checkpoint_destination.clone(),
-        };
-        let stop = CancellationToken::new();
-        let runner = tokio::spawn(runner.run(stop.clone()));
+        check_destinations(&settings, &storage)?;
+        let keys = Arc::new(auditline_integrity::checkpoint::Keys::from_settings(
+            &settings.integrity,
+        )?);
         let hub = Arc::new(workers::live::Hub::new(
             settings.stream.clone(),
             workers::live::StreamMetrics::register(&registry)?,
         ));
-        let live = tokio::spawn(workers::live::consume(
-            settings.amqp_url.clone(),
-            auditline_shared::amqp::Topology::new(&settings.namespace).live_exchange,
-            hub.clone(),
-            stop.clone(),
-        ));
-        let token_watch = tokio::spawn(workers::live::watch_tokens(
-            pool.clone(),
-            hub.clone(),
-            stop.clone(),
-        ));
-        let keys = Arc::new(auditline_integrity::checkpoint::Keys::from_settings(
-            &settings.integrity,
-        )?);
-        storage
-            .check(&settings.integrity.checkpoint_destination)
-            .map_err(|e| anyhow::anyhow!("integrity.checkpoint_destination: {e}"))?;
-        let checkpoint_metrics = auditline_integrity::checkpointer::Metrics::register(&registry)?;
-        if settings.partitions.retention_days.is_some() {
-            storage
-                .check(&settings.partitions.archive_destination)
-                .map_err(|e| anyhow::anyhow!("partitions.archive_destination: {e}"))?;
-        }
-        let checkpoints = (settings.integrity.checkpoint_interval_secs > 0).then(|| {
-            tokio::spawn(auditline_integrity::checkpointer::run(
-                pool.clone(),
-                storage.clone(),
-                settings.integrity.checkpoint_destination.clone(),
-                keys.clone(),
-                Duration::from_secs(settings.integrity.checkpoint_interval_secs),
-                checkpoint_metrics,
-                stop.clone(),
-            ))
-        });
-        let retention = settings.partitions.retention_days.map(|days| {
-            tokio::spawn(auditline_integrity::retention::run(
-                pool.clone(),
-                storage.clone(),
-                settings.partitions.archive_destination.clone(),
-                keys.clone(),
-                days,
-                Duration::from_secs(3600),
-                stop.clone(),
-            ))
-        });
-        let state = web::Data::new(State {
+        let state = State {
             pool: pool.clone(),
             cursor_key,
             storage,
-            jobs_waiting,
+            jobs_waiting: Arc::new(tokio::sync::Notify::new()),
             hub,
             keys,
             integrity: settings.integrity.clone(),
             exports: settings.exports.clone(),
             export_streams: Arc::new(tokio::sync::Semaphore::new(settings.exports.max_streams)),
             recorder,
-        });
-        let tokens = web::Data::new(TokenStore(pool));
-        let registry = web::Data::new(registry);
-        let openapi = web::Data::new(
-            ApiDoc::openapi()
-                .to_pretty_json()
-                .context("cannot render the OpenAPI document")?,
-        );
+        };
+        let stop = CancellationToken::new();
+        let background = start_workers(&settings, &registry, &state, &stop)?;
         let listener = TcpListener::bind(&settings.admin_listen)
             .with_context(|| format!("cannot listen on {}", settings.admin_listen))?;
         let port = listener.local_addr()?.port();
-        let server = HttpServer::new(move || {
-            let redactor = redactor.clone();
-            App::new()
-                .app_data(state.clone())
-                .app_data(tokens.clone())
-                .app_data(registry.clone())
-                .app_data(openapi.clone())
-                .service(get("/admin/openapi.json", web::get().to(openapi_json)))
-                .service(get(
-                    "/admin/",
-                    web::get().to(crate::routes::dashboard::index),
-                ))
-                .service(get(
-                    "/admin",
-                    web::get().to(crate::routes::dashboard::redirect),
-                ))
-                .service(get(
-                    "/admin/assets/{file}",
-                    web::get().to(crate::routes::dashboard::asset),
-                ))
-                .service(
-                    web::scope("/admin/audit")
-                        .wrap_fn(move |req, srv| {
-                            let served = match recorded_metadata(
-                                req.path(),
-                                req.query_string(),
-                                &redactor,
-                            ) {
-                                Ok(metadata) => {
-                                    if !metadata.is_empty() {
-                                        req.extensions_mut().insert(AuditMetadata(metadata));
-                                    }
-                                    Ok(srv.call(req))
-                                }
-                                Err(refused) => Err(refused),
-                            };
-                            async move {
-                                match served {
-                                    Ok(call) => call.await,
-                                    Err(refused) => Err(refused.into()),
-                                }
-                            }
-                        })
-                        .wrap(audit.clone())
-                        .service(get("/logs", web::get().to(search::search)))
-                        .service(get("/logs/{event_id}", web::get().to(search::event)))
-                        .service(get("/users", web::get().to(users::users)))
-                        .service(get("/users/{user_id}", web::get().to(users::user)))
-                        .service(get("/metrics", web::get().to(realtime::metrics)))
-                        .service(get("/export", web::get().to(export::export)))
-                        .service(methods(
-                            "/exports",
-                            "GET, POST",
-                            vec![web::get().to(jobs::list), web::post().to(jobs::create)],
-                        ))
-                        .service(methods(
-                            "/exports/{id}",
-                            "GET, DELETE",
-                            vec![web::get().to(jobs::show), web::delete().to(jobs::cancel)],
-                        ))
-                        .service(get("/exports/{id}/download", web::get().to(jobs::download)))
-                        .service(methods(
-                            "/export-schedules",
-                            "GET, POST",
-                            vec![
-                                web::get().to(schedules::list),
-                                web::post().to(schedules::create),
-                            ],
-                        ))
-                        .service(methods(
-                            "/export-schedules/{id}",
-                            "GET, DELETE",
-                            vec![
-                                web::get().to(schedules::show),
-                                web::delete().to(schedules::delete),
-                            ],
-                        ))
-                        .service(methods(
-                            "/stream/ticket",
-                            "POST",
-                            vec![web::post().to(live::ticket)],
-                        ))
-                        .service(get("/stream", web::get().to(live::stream)))
-                        .service(get(
-                            "/verify",
-                            web::get().to(crate::routes::integrity::handler),
-                        ))
-                        .default_service(web::to(not_found)),
-                )
-                .service(get("/metrics", web::get().to(metrics_handler)))
-                .service(get("/healthz", web::get().to(healthz)))
-                .service(get("/readyz", web::get().to(readyz)))
-                .default_service(web::to(not_found))
-        })
-        .disable_signals()
-        .listen(listener)?
-        .run();
-        let mut background = vec![
-            ("export job runner", runner),
-            ("live stream consumer", live),
-            ("stream token watch", token_watch),
-        ];
-        background.extend(checkpoints.map(|task| ("checkpointer", task)));
-        background.extend(retention.map(|task| ("retention", task)));
+        let server = serve(listener, state, registry, redactor, audit.clone())?;
         Ok(Self {
             port,
             server,
             workers: background,
             stop,
-            audit: audit_handle,
+            audit,
         })
     }
 
@@ -325,9 +141,177 @@ impl Application {
     }
 }
 
-/// A GET-only resource: other methods get a 405 with `Allow: GET`.
-fn get(path: &str, route: actix_web::Route) -> actix_web::Resource {
-    single_method(path, "GET", route)
+/// The admin service's own requests are audit events, published like any
+/// app's; they spool beside the gateway's spool while the broker is away.
+/// Answers the middleware, a publisher for the events that are not requests
+/// (stream subscriptions) and the redaction rule.
+fn self_audit(
+    settings: &Settings,
+    registry: &Registry,
+) -> anyhow::Result<(AuditMiddleware, Publisher, Redactor)> {
+    let publisher = Publisher::new(&settings.client(), "auditline-admin");
+    publisher.register_metrics(registry)?;
+    let spool = Arc::new(Spool::open(
+        format!("{}-admin", settings.ingest.spool_dir.trim_end_matches('/')),
+        settings.ingest.spool_max_bytes,
+    )?);
+    let redactor = Redactor::new(&settings.audit.redact_params);
+    let mut audit_config = AuditConfig::new("auditline-admin");
+    audit_config.redact = redactor.clone();
+    let recorder = publisher.clone();
+    let audit = AuditMiddleware::start(audit_config, publisher, spool)?;
+    Ok((audit, recorder, redactor))
+}
+
+/// Refuses to start with a checkpoint or archive destination that is not
+/// configured.
+fn check_destinations(
+    settings: &Settings,
+    storage: &auditline_integrity::storage::Storage,
+) -> anyhow::Result<()> {
+    storage
+        .check(&settings.integrity.checkpoint_destination)
+        .map_err(|e| anyhow::anyhow!("integrity.checkpoint_destination: {e}"))?;
+    if settings.partitions.retention_days.is_some() {
+        storage
+            .check(&settings.partitions.archive_destination)
+            .map_err(|e| anyhow::anyhow!("partitions.archive_destination: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Starts the background workers, each stopping when `stop` is cancelled.
+fn start_workers(
+    settings: &Settings,
+    registry: &Registry,
+    state: &State,
+    stop: &CancellationToken,
+) -> anyhow::Result<Vec<(&'static str, tokio::task::JoinHandle<()>)>> {
+    let runner = workers::jobs::Runner {
+        pool: state.pool.clone(),
+        storage: state.storage.clone(),
+        settings: settings.exports.clone(),
+        instance: format!(
+            "{}-{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "admin".into()),
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ),
+        metrics: workers::jobs::JobMetrics::register(registry)?,
+        wake: state.jobs_waiting.clone(),
+        checkpoint_destination: settings.integrity.checkpoint_destination.clone(),
+    };
+    let mut started = vec![
+        ("export job runner", tokio::spawn(runner.run(stop.clone()))),
+        (
+            "live stream consumer",
+            tokio::spawn(workers::live::consume(
+                settings.amqp_url.clone(),
+                auditline_shared::amqp::Topology::new(&settings.namespace).live_exchange,
+                state.hub.clone(),
+                stop.clone(),
+            )),
+        ),
+        (
+            "stream token watch",
+            tokio::spawn(workers::live::watch_tokens(
+                state.pool.clone(),
+                state.hub.clone(),
+                stop.clone(),
+            )),
+        ),
+    ];
+    let checkpoint_metrics = auditline_integrity::checkpointer::Metrics::register(registry)?;
+    if settings.integrity.checkpoint_interval_secs > 0 {
+        started.push((
+            "checkpointer",
+            tokio::spawn(auditline_integrity::checkpointer::run(
+                state.pool.clone(),
+                state.storage.clone(),
+                settings.integrity.checkpoint_destination.clone(),
+                state.keys.clone(),
+                Duration::from_secs(settings.integrity.checkpoint_interval_secs),
+                checkpoint_metrics,
+                stop.clone(),
+            )),
+        ));
+    }
+    if let Some(days) = settings.partitions.retention_days {
+        started.push((
+            "retention",
+            tokio::spawn(auditline_integrity::retention::run(
+                state.pool.clone(),
+                state.storage.clone(),
+                settings.partitions.archive_destination.clone(),
+                state.keys.clone(),
+                days,
+                Duration::from_secs(3600),
+                stop.clone(),
+            )),
+        ));
+    }
+    Ok(started)
+}
+
+/// The HTTP server: the OpenAPI document, the dashboard, the audited
+/// `/admin/audit` scope (every call recorded whole, or refused), `/metrics`
+/// and the health checks.
+fn serve(
+    listener: TcpListener,
+    state: State,
+    registry: Registry,
+    redactor: Redactor,
+    audit: AuditMiddleware,
+) -> anyhow::Result<Server> {
+    let tokens = web::Data::new(TokenStore(state.pool.clone()));
+    let state = web::Data::new(state);
+    let registry = web::Data::new(registry);
+    let openapi = web::Data::new(
+        ApiDoc::openapi()
+            .to_pretty_json()
+            .context("cannot render the OpenAPI document")?,
+    );
+    Ok(HttpServer::new(move || {
+        let redactor = redactor.clone();
+        App::new()
+            .app_data(state.clone())
+            .app_data(tokens.clone())
+            .app_data(registry.clone())
+            .app_data(openapi.clone())
+            .service(get("/admin/openapi.json", web::get().to(openapi_json)))
+            .configure(routes::dashboard::configure)
+            .service(
+                web::scope("/admin/audit")
+                    .wrap_fn(move |req, srv| {
+                        let served =
+                            match recorded_metadata(req.path(), req.query_string(), &redactor) {
+                                Ok(metadata) => {
+                                    if !metadata.is_empty() {
+                                        req.extensions_mut().insert(AuditMetadata(metadata));
+                                    }
+                                    Ok(srv.call(req))
+                                }
+                                Err(refused) => Err(refused),
+                            };
+                        async move {
+                            match served {
+                                Ok(call) => call.await,
+                                Err(refused) => Err(refused.into()),
+                            }
+                        }
+                    })
+                    .wrap(audit.clone())
+                    .configure(routes::configure)
+                    .default_service(web::to(not_found)),
+            )
+            .service(get("/metrics", web::get().to(metrics_handler)))
+            .service(get("/healthz", web::get().to(healthz)))
+            .service(get("/readyz", web::get().to(readyz)))
+            .default_service(web::to(not_found))
+    })
+    .disable_signals()
+    .listen(listener)?
+    .run())
 }
 
 async fn openapi_json(doc: web::Data<String>) -> HttpResponse {

@@ -75,3 +75,12 @@ pub async fn asset(req: HttpRequest, name: web::Path<String>) -> Result<HttpResp
         HttpResponse::Ok().content_type(*content_type).body(*body),
     ))
 }
+
+/// Registers `/admin/`, `/admin` and `/admin/assets/{file}` (outside the
+/// audited scope: the page itself reads nothing).
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    use super::get;
+    cfg.service(get("/admin/", web::get().to(index)))
+        .service(get("/admin", web::get().to(redirect)))
+        .service(get("/admin/assets/{file}", web::get().to(asset)));
+}

@@ -148,3 +148,10 @@ async fn stream_rows(
     }
     Ok(())
 }
+
+/// Registers `/admin/audit/export` (inside the `/admin/audit` scope).
+pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
+    use super::get;
+    use actix_web::web;
+    cfg.service(get("/export", web::get().to(export)));
+}

@@ -39,3 +39,10 @@ pub async fn handler(
     .await?;
     Ok(actix_web::HttpResponse::Ok().json(report))
 }
+
+/// Registers `/admin/audit/verify` (inside the `/admin/audit` scope).
+pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
+    use super::get;
+    use actix_web::web;
+    cfg.service(get("/verify", web::get().to(handler)));
+}

@@ -324,3 +324,21 @@ pub async fn download(
         .no_chunking(size)
         .streaming(body))
 }
+
+/// Registers `/admin/audit/exports[/{id}[/download]]` (inside the `/admin/audit` scope).
+pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
+    use super::get;
+    use actix_web::web;
+    use auditline_shared::error::methods;
+    cfg.service(methods(
+        "/exports",
+        "GET, POST",
+        vec![web::get().to(list), web::post().to(create)],
+    ))
+    .service(methods(
+        "/exports/{id}",
+        "GET, DELETE",
+        vec![web::get().to(show), web::delete().to(cancel)],
+    ))
+    .service(get("/exports/{id}/download", web::get().to(download)));
+}

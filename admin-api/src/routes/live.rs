@@ -646,3 +646,16 @@ impl From<sqlx::Error> for ReplayError {
         Self::Database(e)
     }
 }
+
+/// Registers `/admin/audit/stream[/ticket]` (inside the `/admin/audit` scope).
+pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
+    use super::get;
+    use actix_web::web;
+    use auditline_shared::error::methods;
+    cfg.service(methods(
+        "/stream/ticket",
+        "POST",
+        vec![web::post().to(ticket)],
+    ))
+    .service(get("/stream", web::get().to(stream)));
+}

@@ -147,3 +147,10 @@ async fn ranked(
         .map(|(name, events)| Ranked { name, events })
         .collect())
 }
+
+/// Registers `/admin/audit/metrics` (inside the `/admin/audit` scope).
+pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
+    use super::get;
+    use actix_web::web;
+    cfg.service(get("/metrics", web::get().to(metrics)));
+}

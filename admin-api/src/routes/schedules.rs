@@ -268,3 +268,19 @@ pub async fn delete(
     );
     answer_one(&req, &path, &state, &viewer, sql).await
 }
+
+/// Registers `/admin/audit/export-schedules[/{id}]` (inside the `/admin/audit` scope).
+pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
+    use actix_web::web;
+    use auditline_shared::error::methods;
+    cfg.service(methods(
+        "/export-schedules",
+        "GET, POST",
+        vec![web::get().to(list), web::post().to(create)],
+    ))
+    .service(methods(
+        "/export-schedules/{id}",
+        "GET, DELETE",
+        vec![web::get().to(show), web::delete().to(delete)],
+    ));
+}

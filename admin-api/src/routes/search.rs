@@ -78,3 +78,11 @@ pub async fn event(
         None => Err(ApiError::NotFound(format!("no event with id {id}"))),
     }
 }
+
+/// Registers `/admin/audit/logs[/{event_id}]` (inside the `/admin/audit` scope).
+pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
+    use super::get;
+    use actix_web::web;
+    cfg.service(get("/logs", web::get().to(search)))
+        .service(get("/logs/{event_id}", web::get().to(event)));
+}

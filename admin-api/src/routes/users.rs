@@ -426,3 +426,11 @@ pub async fn user(
         timeline,
     }))
 }
+
+/// Registers `/admin/audit/users[/{user_id}]` (inside the `/admin/audit` scope).
+pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
+    use super::get;
+    use actix_web::web;
+    cfg.service(get("/users", web::get().to(users)))
+        .service(get("/users/{user_id}", web::get().to(user)));
+}
