@@ -100,7 +100,7 @@ impl Application {
                 "no integrity.writer_key: seals are unsigned, so a database superuser can forge them"
             ),
         }
-        let metrics = WriterMetrics::new(&registry);
+        let metrics = WriterMetrics::new(&registry)?;
         let pool = db::pool(&settings.database_url, 3)?;
         PartitionKeeper::ensure_runway(&pool, &settings.partitions, &metrics)
             .await
