@@ -36,6 +36,7 @@ pub enum PublishError {
 
 /// Checks the database against the newest checkpoint, then builds, signs
 /// and stores the next one (see the module doc).
+#[tracing::instrument(skip_all, fields(%destination))]
 pub async fn publish(
     pool: &PgPool,
     storage: &Storage,

@@ -115,6 +115,7 @@ async fn partition_exists(pool: &PgPool, day: NaiveDate) -> sqlx::Result<bool> {
 }
 
 /// Archives one day's partition and verifies the archive.
+#[tracing::instrument(skip_all, fields(%day, %destination))]
 pub async fn archive(
     pool: &PgPool,
     storage: &Storage,
@@ -300,6 +301,7 @@ async fn check_archive(
 
 /// Archives `day`, verifies the archive, then detaches and drops the partition
 /// and records the drop (signed). Refused while another instance is at it.
+#[tracing::instrument(skip_all, fields(%day, %destination))]
 pub async fn drop_day(
     pool: &PgPool,
     storage: &Storage,

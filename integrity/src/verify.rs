@@ -364,6 +364,7 @@ impl StoredRow {
 /// Verifies the seals, the chains against the checkpoint history in
 /// `destination` (from the file `start` when given), and the rows that
 /// occurred in `[from, to)` (everything when unbounded).
+#[tracing::instrument(skip_all, fields(from = ?range.0, to = ?range.1, start = ?start))]
 pub async fn verify(
     pool: &PgPool,
     storage: &Storage,

@@ -348,6 +348,7 @@ impl Runner {
         Ok(job.map(ExportJob::complete))
     }
 
+    #[tracing::instrument(skip_all, fields(job = %job.id, format = job.format.as_str()))]
     async fn run_job(&self, job: ExportJob) {
         let started = Instant::now();
         let file = format!(

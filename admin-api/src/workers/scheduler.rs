@@ -90,6 +90,7 @@ pub(crate) fn next_fire(cron: &Cron, t: DateTime<Utc>) -> Option<DateTime<Utc>> 
 /// Queues a job for every fire time that has come by `now`; returns how
 /// many. The clock is the caller's (the job runner passes `Utc::now()`), so
 /// firing can be driven through any time line.
+#[tracing::instrument(skip(pool))]
 pub async fn fire_due(pool: &PgPool, now: DateTime<Utc>) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await?;
     let due: Vec<Schedule> = sqlx::query_as(concat!(
