@@ -130,20 +130,60 @@ pub async fn archive(
     if !partition_exists(pool, day).await? {
         bail!("there is no partition for {day}");
     }
-    let (from, to) = bounds(day);
     // Only drop records the keys accept excuse missing rows, as in verify.
     let dropped = verify::accepted_drops(pool, keys, None).await?;
+    let file = format!("archive-events-{}.ndjson.zst", day.format("%Y%m%d"));
+    let (count, sha256) = write_verified(pool, storage, destination, day, &file, &dropped).await?;
+    let manifest_file = write_manifest(
+        pool,
+        storage,
+        destination,
+        keys,
+        day,
+        (&file, &sha256, count),
+    )
+    .await?;
+    check_archive(
+        pool,
+        storage,
+        destination,
+        day,
+        &file,
+        &sha256,
+        count,
+        &dropped,
+    )
+    .await?;
+    Ok(Archived {
+        day,
+        file,
+        manifest: manifest_file,
+        rows: count,
+        sha256,
+    })
+}
 
+/// Streams the day's rows into `file` (NDJSON, zstd) while checking each
+/// against its seal; the upload is abandoned unless every row verified.
+/// Answers the rows written and the file's SHA-256.
+async fn write_verified(
+    pool: &PgPool,
+    storage: &Storage,
+    destination: &str,
+    day: NaiveDate,
+    file: &str,
+    dropped: &HashMap<NaiveDate, DateTime<Utc>>,
+) -> anyhow::Result<(u64, String)> {
+    let (from, to) = bounds(day);
     // The partition must verify before its rows are archived as genuine.
     let mut report = Report::new(Some(from), Some(to));
-    let mut expected = Expected::load(pool, Some(from), Some(to), &dropped).await?;
+    let mut expected = Expected::load(pool, Some(from), Some(to), dropped).await?;
     let mut rows = sqlx::query_as::<_, StoredRow>(sqlx::AssertSqlSafe(format!(
         "SELECT {ROW_COLUMNS} FROM auditline.{} ORDER BY occurred_at, event_id",
         table(day)
     )))
     .fetch(pool);
-    let file = format!("archive-events-{}.ndjson.zst", day.format("%Y%m%d"));
-    let mut upload = storage.create(destination, &file, 1).await?;
+    let mut upload = storage.create(destination, file, 1).await?;
     let mut encoder = zstd::stream::write::Encoder::new(Vec::with_capacity(2 * CHUNK), 3)?;
     let mut hash = Sha256::new();
     let mut count = 0u64;
@@ -193,6 +233,20 @@ pub async fn archive(
     upload.complete().await?;
     let sha256 = auditline_shared::auth::hex(&hash.finalize());
 
+    Ok((count, sha256))
+}
+
+/// Writes the signed manifest of an archive: its rows, hash, the seals that
+/// cover the day and the newest checkpoint. Answers the manifest's name.
+async fn write_manifest(
+    pool: &PgPool,
+    storage: &Storage,
+    destination: &str,
+    keys: &Keys,
+    day: NaiveDate,
+    (file, sha256, count): (&str, &str, u64),
+) -> anyhow::Result<String> {
+    let (from, to) = bounds(day);
     let seals: Vec<SealCover> = sqlx::query_as(
         "SELECT chain, seq, encode(seal_hash, 'hex') AS seal_hash, batch_id FROM auditline.batches \
          WHERE chain IS NOT NULL AND inserted_count > 0 AND occurred_max >= $1 AND occurred_min < $2 \
@@ -207,8 +261,8 @@ pub async fn archive(
         version: 1,
         day,
         rows: count,
-        file: file.clone(),
-        sha256: sha256.clone(),
+        file: file.to_owned(),
+        sha256: sha256.to_owned(),
         format: "ndjson".into(),
         compression: "zstd".into(),
         seals,
@@ -233,24 +287,7 @@ pub async fn archive(
         )
         .await?;
 
-    check_archive(
-        pool,
-        storage,
-        destination,
-        day,
-        &file,
-        &sha256,
-        count,
-        &dropped,
-    )
-    .await?;
-    Ok(Archived {
-        day,
-        file,
-        manifest: manifest_file,
-        rows: count,
-        sha256,
-    })
+    Ok(manifest_file)
 }
 
 /// Reads an archive back from storage: its SHA-256 must match and every
