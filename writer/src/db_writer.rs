@@ -214,6 +214,30 @@ impl Handler<Batch> for DbWriter {
     }
 }
 
+/// The newest seal of `chain` (sequence number and hash), or the genesis
+/// when the chain has none yet.
+async fn chain_tip(
+    conn: &mut sqlx::PgConnection,
+    chain: &str,
+) -> Result<(i64, [u8; 32]), WriteError> {
+    let tip: Option<(i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT seq, seal_hash FROM auditline.batches WHERE chain = $1 \
+         ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(chain)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match tip {
+        Some((seq, hash)) => Ok((
+            seq,
+            hash.try_into().map_err(|_| {
+                WriteError::Refused("the chain's newest seal hash is not 32 bytes".into())
+            })?,
+        )),
+        None => Ok((0, seal::GENESIS)),
+    }
+}
+
 /// The events a commit stored, with the time their message was received;
 /// `stored`, on the dedup path, names the events that were new (taking each
 /// out also skips a second copy of the same event within the batch).
@@ -449,15 +473,7 @@ impl Core {
         dedup: bool,
     ) -> Result<u64, WriteError> {
         let batch_id = Uuid::now_v7();
-        self.buffer.clear();
-        self.entries.clear();
-        for message in messages {
-            for event in &message.events {
-                copy_row::encode(&mut self.buffer, event, message.received_at, batch_id);
-                self.entries
-                    .push(seal::Entry::of(event, message.received_at, batch_id));
-            }
-        }
+        self.encode(messages, batch_id);
         let events = self.entries.len();
         let first = messages
             .iter()
@@ -480,26 +496,7 @@ impl Core {
         let mut tx = conn.begin().await?;
         let (prev_seq, prev_hash) = match self.tip {
             Some(tip) => tip,
-            None => {
-                let tip: Option<(i64, Vec<u8>)> = sqlx::query_as(
-                    "SELECT seq, seal_hash FROM auditline.batches WHERE chain = $1 \
-                     ORDER BY seq DESC LIMIT 1",
-                )
-                .bind(&self.config.chain)
-                .fetch_optional(&mut *tx)
-                .await?;
-                match tip {
-                    Some((seq, hash)) => (
-                        seq,
-                        hash.try_into().map_err(|_| {
-                            WriteError::Refused(
-                                "the chain's newest seal hash is not 32 bytes".into(),
-                            )
-                        })?,
-                    ),
-                    None => (0, seal::GENESIS),
-                }
-            }
+            None => chain_tip(&mut tx, &self.config.chain).await?,
         };
         let statement = if dedup {
             &self.staging_copy
@@ -594,6 +591,33 @@ impl Core {
         .await?;
         tx.commit().await?;
         self.tip = Some((seq, seal_hash));
+        self.committed(messages, events, inserted, stored).await;
+        Ok(inserted)
+    }
+
+    /// Encodes the batch's rows for COPY and their seal entries.
+    fn encode(&mut self, messages: &[Incoming], batch_id: Uuid) {
+        self.buffer.clear();
+        self.entries.clear();
+        for message in messages {
+            for event in &message.events {
+                copy_row::encode(&mut self.buffer, event, message.received_at, batch_id);
+                self.entries
+                    .push(seal::Entry::of(event, message.received_at, batch_id));
+            }
+        }
+    }
+
+    /// After a commit: the audit metrics and the live stream get the events
+    /// it stored (`stored`: those of the dedup path; all, on the direct one),
+    /// and the batch is counted.
+    async fn committed(
+        &mut self,
+        messages: &[Incoming],
+        events: usize,
+        inserted: u64,
+        stored: Option<HashSet<Uuid>>,
+    ) {
         if inserted > 0 {
             let stored = new_events(messages, stored);
             self.config
@@ -604,14 +628,12 @@ impl Core {
                 .observe(stored.iter().map(|(event, _)| *event));
             self.publish_live(&stored).await;
         }
-
         let m = &self.config.metrics;
         m.batches.inc();
         m.batch_events.observe(events as f64);
         m.rows_written.inc_by(inserted);
         m.duplicates
             .inc_by(events as u64 - inserted.min(events as u64));
-        Ok(inserted)
     }
 
     /// Announces committed events on `<ns>.live`: the stored events as
