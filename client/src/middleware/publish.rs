@@ -120,35 +120,9 @@ pub(super) async fn publish_loop(
             return;
         };
         let (publisher, spiller) = (publisher.clone(), spiller.clone());
-        let mut hurry = signals.hurry.subscribe();
+        let hurry = signals.hurry.subscribe();
         tokio::spawn(async move {
-            // New events do not wait behind spooled ones: the spool is
-            // replayed alongside. Sending everything through the spool while
-            // it is not empty would make it the path of every event under
-            // load (an fsync, a read and a re-parse each), and the app could
-            // never catch up again. Order in the queue carries no meaning:
-            // every event has its `occurred_at`.
-            //
-            // Past shutdown's grace, an unconfirmed publish gives up and
-            // its events are spooled.
-            let published = tokio::select! {
-                published = publisher.send_prepared(&messages) => published.is_ok(),
-                _ = hurry.wait_for(|h| *h) => false,
-            };
-            if !published {
-                spiller.spill(messages.ndjson().into_iter().filter_map(|body| match body {
-                    Ok(body) => Some(Lines {
-                        count: body.iter().filter(|b| **b == b'\n').count(),
-                        body,
-                        action: Action::None,
-                    }),
-                    Err(e) => {
-                        // Compressed here a moment ago: not expected.
-                        tracing::error!(error = %e, "audit events could not be decoded for the spool");
-                        None
-                    }
-                }));
-            }
+            publish_or_spill(&publisher, &spiller, &messages, hurry).await;
             drop((held, permit));
         });
     };
@@ -194,22 +168,7 @@ pub(super) async fn publish_loop(
                 }
             }
         }
-        let messages = group(handoffs.drain(..), config.events_per_message);
-        // Compressed now, so that what waits for the broker is small and
-        // the workers' buffers go round again at once.
-        let prepared = {
-            let bodies: Vec<(String, Vec<&[u8]>)> = messages
-                .iter()
-                .map(|parts| {
-                    let key = routing_key(parts, &config);
-                    (key, parts.iter().map(|l| l.body.as_slice()).collect())
-                })
-                .collect();
-            publisher.prepare_ndjson(&bodies)
-        };
-        for lines in messages.into_iter().flatten() {
-            spiller.buffers.give_back(lines.body);
-        }
+        let prepared = prepare(&mut handoffs, &config, &publisher, &spiller);
         // Over the budget, the loop waits (and the queue fills), sending the
         // outbox whenever a publish is free: its share is freed only then.
         let kib = (prepared.bytes() / 1024 + 1).min(HELD_KIB) as u32;
@@ -239,4 +198,64 @@ pub(super) async fn publish_loop(
     // waits for that too).
     let _ = in_flight.acquire_many(IN_FLIGHT as u32).await;
     signals.drained.send_replace(true);
+}
+
+/// Publishes `messages`; should the broker refuse them, or shutdown's grace
+/// run out (`hurry`) before it confirms, their events go to the spool.
+///
+/// New events do not wait behind spooled ones: the spool is replayed
+/// alongside. Sending everything through the spool while it is not empty
+/// would make it the path of every event under load (an fsync, a read and a
+/// re-parse each), and the app could never catch up again. Order in the
+/// queue carries no meaning: every event has its `occurred_at`.
+async fn publish_or_spill(
+    publisher: &Publisher,
+    spiller: &Arc<Spiller>,
+    messages: &crate::publisher::Prepared,
+    mut hurry: watch::Receiver<bool>,
+) {
+    let published = tokio::select! {
+        published = publisher.send_prepared(messages) => published.is_ok(),
+        _ = hurry.wait_for(|h| *h) => false,
+    };
+    if !published {
+        spiller.spill(messages.ndjson().into_iter().filter_map(|body| match body {
+            Ok(body) => Some(Lines {
+                count: body.iter().filter(|b| **b == b'\n').count(),
+                body,
+                action: Action::None,
+            }),
+            Err(e) => {
+                // Compressed here a moment ago: not expected.
+                tracing::error!(error = %e, "audit events could not be decoded for the spool");
+                None
+            }
+        }));
+    }
+}
+
+/// Groups the hand-offs into messages and compresses them now, so that what
+/// waits for the broker is small and the workers' buffers go round again at
+/// once.
+fn prepare(
+    handoffs: &mut Vec<Lines>,
+    config: &AuditConfig,
+    publisher: &Publisher,
+    spiller: &Spiller,
+) -> crate::publisher::Prepared {
+    let messages = group(handoffs.drain(..), config.events_per_message);
+    let prepared = {
+        let bodies: Vec<(String, Vec<&[u8]>)> = messages
+            .iter()
+            .map(|parts| {
+                let key = routing_key(parts, config);
+                (key, parts.iter().map(|l| l.body.as_slice()).collect())
+            })
+            .collect();
+        publisher.prepare_ndjson(&bodies)
+    };
+    for lines in messages.into_iter().flatten() {
+        spiller.buffers.give_back(lines.body);
+    }
+    prepared
 }
