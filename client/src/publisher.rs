@@ -165,11 +165,14 @@ impl Counter {
 impl PublisherMetrics {
     #[cfg(feature = "metrics")]
     fn new(name: &str) -> Self {
+        // Only a malformed metric or label name fails here, and these are
+        // constants (a label's value, the publisher's name, may be anything).
+        #[allow(clippy::expect_used)]
         let counter = |metric: &str, help: &str| {
             prometheus::IntCounter::with_opts(
                 prometheus::Opts::new(metric, help).const_label("publisher", name),
             )
-            .unwrap_or_else(|e| panic!("{e}"))
+            .expect("constant metric and label names are valid")
         };
         Self {
             published: counter(
@@ -528,5 +531,18 @@ fn ndjson_message(routing_key: String, parts: &[&[u8]], compress: bool) -> Messa
         routing_key,
         body,
         properties,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_publisher_name_makes_a_publisher() {
+        for name in ["", "files-api", "odd \"name\"\nwith a newline", "ünïcödé"] {
+            let publisher = Publisher::new(&ClientConfig::default(), name);
+            assert!(!publisher.is_link_up(), "nothing connects before first use");
+        }
     }
 }
