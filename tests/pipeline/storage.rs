@@ -505,6 +505,37 @@ async fn on_demand_partitions_are_capped_per_hour() {
     .await
     .expect("days");
     assert_eq!(created, 3);
+    // A message whose every event is on a refused day stores nothing: its
+    // events are dead-lettered, and no empty batch (nor seal) is written.
+    let batches_before: i64 = sqlx::query_scalar("SELECT count(*) FROM auditline.batches")
+        .fetch_one(&env.pool)
+        .await
+        .expect("batches");
+    let only_refused: Vec<_> = (20..22)
+        .map(|back| {
+            let mut event =
+                crate::helpers::event_at("tests", now - chrono::Duration::days(back), 0);
+            event.occurred_at = now - chrono::Duration::days(back);
+            event
+        })
+        .collect();
+    env.publish_raw(&[(
+        "application/x-ndjson",
+        auditline_shared::event::to_ndjson(&only_refused),
+    )])
+    .await;
+    let dead = env.wait_dead_letters(1).await;
+    assert_eq!(dead.len(), 1, "the refused message's events, dead-lettered");
+    // The ack follows the dead letter; give the writer a moment to finish.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (batches_after, empty): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE event_count = 0) FROM auditline.batches",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .expect("batches");
+    assert_eq!(empty, 0, "no empty batch row");
+    assert_eq!(batches_after, batches_before, "nothing committed for it");
     writer.stop().await;
     env.cleanup().await;
 }

@@ -329,6 +329,11 @@ impl Core {
                     }
                     continue;
                 }
+                if batch.events == 0 {
+                    // Every event was on a refused day and is dead-lettered:
+                    // nothing left to store (no empty batch row or seal).
+                    break;
+                }
                 let error = match self.write(&batch.messages).await {
                     Ok(_) => break,
                     Err(e) => e,
