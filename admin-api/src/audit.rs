@@ -35,8 +35,8 @@ fn query_metadata(query: &str, redact: &Redactor) -> Map<String, Value> {
     metadata
 }
 
-/// The longest path an admin event records whole (its `endpoint` field).
-const MAX_RECORDED_PATH: usize = 255;
+/// The longest path an admin event records whole: its `endpoint` field.
+const MAX_RECORDED_PATH: usize = auditline_shared::event::MAX_ENDPOINT_LEN;
 
 /// The audit metadata of an admin request, or the refusal of a request
 /// whose record would not fit: an admin read is recorded whole (its path and

@@ -119,7 +119,7 @@ impl Application {
             () = shutdown => { handle.stop(true).await; Ok(()) }
         };
         // The events of the last calls are published or spooled (once the
-        // workers, stopping, have handed them over).
+        // HTTP server's workers, stopping, have handed them over).
         self.audit
             .shutdown(auditline_ingest::middleware::SHUTDOWN_GRACE)
             .await;
@@ -127,8 +127,10 @@ impl Application {
         // queued again for another instance, a checkpoint or a retention
         // drop in progress completes (and releases its advisory lock).
         self.stop.cancel();
+        // One deadline for all of them, not a grace each.
+        let deadline = tokio::time::Instant::now() + WORKERS_GRACE;
         for (name, mut task) in self.workers {
-            match tokio::time::timeout(WORKERS_GRACE, &mut task).await {
+            match tokio::time::timeout_at(deadline, &mut task).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::error!(worker = name, error = %e, "admin worker failed"),
                 Err(_) => {

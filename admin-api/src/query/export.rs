@@ -12,14 +12,6 @@
 //! a formula (starting with `=`, `+`, `-`, `@`, tab or carriage return) is
 //! prefixed with `'`, as OWASP advises. JSON is one array, NDJSON one event a
 //! line, each event the same object `GET /admin/audit/logs` returns.
-//!
-//! A streamed export holds a pooled connection and a snapshot while it
-//! runs, so an instance serves at most `exports.max_streams` at once (then
-//! 503 with `Retry-After`), a reader that takes nothing for
-//! `exports.stream_send_timeout_secs` is cut (the transfer ends unfinished,
-//! the snapshot is rolled back, the connection returns to the pool), and
-//! PostgreSQL itself ends the snapshot's session should it sit idle much
-//! longer than that (`idle_in_transaction_session_timeout`).
 
 use auditline_shared::event::rfc3339_text as time;
 use chrono::{DateTime, TimeDelta, Utc};

@@ -1,4 +1,12 @@
 //! `GET /admin/audit/export`: a streamed export (see [`crate::query::export`]).
+//!
+//! A streamed export holds a pooled connection and a snapshot while it
+//! runs, so an instance serves at most `exports.max_streams` at once (then
+//! 503 with `Retry-After`), a reader that takes nothing for
+//! `exports.stream_send_timeout_secs` is cut (the transfer ends unfinished,
+//! the snapshot is rolled back, the connection returns to the pool), and
+//! PostgreSQL itself ends the snapshot's session should it sit idle much
+//! longer than that (`idle_in_transaction_session_timeout`).
 
 use actix_web::{
     HttpRequest, HttpResponse,

@@ -1,5 +1,13 @@
 //! Export jobs over HTTP: `POST/GET /admin/audit/exports[/{id}[/download]]`,
 //! `DELETE /admin/audit/exports/{id}` (the work is [`crate::workers::jobs`]).
+//!
+//! A job belongs to the token that created it (a scheduled job to the
+//! schedule's): an `export` token lists, shows, downloads and cancels only
+//! its own, and another's id answers 404 as an unknown one does; an `admin`
+//! token sees every job, including those from before owners were recorded.
+//! Jobs a schedule fired (the scheduled archives) are deleted by `admin`
+//! tokens only. A token may have `exports.max_queued_per_token` jobs queued
+//! or running at once; one more is a 429 with `Retry-After`.
 
 use actix_web::{
     HttpRequest, HttpResponse,

@@ -1,13 +1,8 @@
 //! The live stream: `POST /admin/audit/stream/ticket`, then
 //! `GET /admin/audit/stream?ticket=…` (a websocket).
 //!
-//! The writers publish every commit's new events to `<ns>.live`. Each admin
-//! instance binds its own bounded, auto-deleting queue there and hands every
-//! commit's events to the [`Hub`], which applies each client's filter and
-//! puts the matching events, as one entry, into that client's queue, bounded
-//! at `stream.client_queue` events. A commit's events that do not fit are
-//! dropped for that client only (the others are never delayed), and it is
-//! told so: `{"type": "lagged", "dropped": N}` before its next events.
+//! The events come from the instance's consumer of `<ns>.live` through the
+//! hub, which keeps each client's queue ([`crate::workers::live`]).
 //!
 //! Client → server: `{"type": "subscribe", "filter": {…}, "since": "<cursor>"}`
 //! (again to change the filter). With `since` (a search cursor), the stored
@@ -20,7 +15,7 @@
 //! A connection lives no longer than its token: a ticket names the token it
 //! was issued to and is refused once that token is revoked or expired; any
 //! use of a ticket spends it, refused or not. One task per instance
-//! ([`watch_tokens`]) checks the tokens of every open connection every
+//! ([`crate::workers::live::watch_tokens`]) checks the tokens of every open connection every
 //! `stream.token_check_secs` in one query, and closes those whose token was
 //! revoked or has expired with close code 1008 (policy violation) and the
 //! reason; a `since` replay checks the token before it reads the table.

@@ -1,16 +1,6 @@
-//! Export schedules: `POST/GET /admin/audit/export-schedules`,
-//! `GET/DELETE /admin/audit/export-schedules/{id}`, and the firing of their
-//! jobs.
-//!
-//! A schedule has a cron expression (five fields, UTC; a sixth, leading
-//! seconds field is accepted, but no schedule fires more often than once a
-//! minute) and a window unit: each fire time `t` queues
-//! one export job over the window that ends at `t` truncated to the unit and
-//! starts where the previous job's window ended, so consecutive files never
-//! overlap and never leave a gap. Fire times missed while no admin instance
-//! ran are caught up, one job each. The job is queued and the schedule
-//! advanced in one transaction (the schedule row locked with `FOR UPDATE SKIP
-//! LOCKED`), so each window is handed out once however many instances run.
+//! Export schedules over HTTP: `POST/GET /admin/audit/export-schedules`,
+//! `GET/DELETE /admin/audit/export-schedules/{id}` (their firing is
+//! [`crate::workers::scheduler`]).
 //!
 //! A schedule belongs to the token that created it, and so do the jobs it
 //! fires: an `export` token lists, shows and deletes only its own schedules

@@ -1,5 +1,4 @@
-//! Export jobs: `POST/GET /admin/audit/exports[/{id}[/download]]`,
-//! `DELETE /admin/audit/exports/{id}`, and the runner that does the work.
+//! The export job runner (the HTTP side is [`crate::routes::jobs`]).
 //!
 //! Jobs live in `auditline.export_jobs`. Every admin instance runs a
 //! [`Runner`] that claims queued jobs with `FOR UPDATE SKIP LOCKED`, so
@@ -10,14 +9,6 @@
 //! name, fsync'd and renamed only when whole, with its manifest beside it, so
 //! no partial file is ever offered as complete. Finished files expire after
 //! `exports.retention_hours`.
-//!
-//! A job belongs to the token that created it (a scheduled job to the
-//! schedule's): an `export` token lists, shows, downloads and cancels only
-//! its own, and another's id answers 404 as an unknown one does; an `admin`
-//! token sees every job, including those from before owners were recorded.
-//! Jobs a schedule fired (the scheduled archives) are deleted by `admin`
-//! tokens only. A token may have `exports.max_queued_per_token` jobs queued
-//! or running at once; one more is a 429 with `Retry-After`.
 
 use auditline_shared::{db, settings::ExportSettings};
 use chrono::{DateTime, Utc};

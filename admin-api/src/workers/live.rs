@@ -2,6 +2,14 @@
 //! [`Hub`] that fans each commit out to the clients' queues, and the watch
 //! that closes connections whose token was revoked or expired (see
 //! [`crate::routes::live`]).
+//!
+//! The writers publish every commit's new events to `<ns>.live`. Each admin
+//! instance binds its own bounded, auto-deleting queue there and hands every
+//! commit's events to the [`Hub`], which applies each client's filter and
+//! puts the matching events, as one entry, into that client's queue, bounded
+//! at `stream.client_queue` events. A commit's events that do not fit are
+//! dropped for that client only (the others are never delayed), and it is
+//! told so: `{"type": "lagged", "dropped": N}` before its next events.
 
 use auditline_shared::{
     amqp,
@@ -371,7 +379,7 @@ pub(crate) const REVOKED: &str = "token revoked";
 pub(crate) const EXPIRED: &str = "token expired";
 
 /// Closes the connections whose token was revoked or has expired, every
-/// `stream.token_check_secs`, for as long as the process runs: one query
+/// `stream.token_check_secs`, until `stop` is cancelled: one query
 /// per check for all of this instance's connections. An expiry known from
 /// the handshake is enforced even while the database is unreachable.
 pub async fn watch_tokens(pool: PgPool, hub: Arc<Hub>, stop: CancellationToken) {

@@ -1,5 +1,14 @@
-//! Firing export schedules: each fire time that has come queues one job
-//! over the window that ends there (see [`crate::routes::schedules`]).
+//! Firing export schedules (the HTTP side is [`crate::routes::schedules`]).
+//!
+//! A schedule has a cron expression (five fields, UTC; a sixth, leading
+//! seconds field is accepted, but no schedule fires more often than once a
+//! minute) and a window unit: each fire time `t` queues
+//! one export job over the window that ends at `t` truncated to the unit and
+//! starts where the previous job's window ended, so consecutive files never
+//! overlap and never leave a gap. Fire times missed while no admin instance
+//! ran are caught up, one job each. The job is queued and the schedule
+//! advanced in one transaction (the schedule row locked with `FOR UPDATE SKIP
+//! LOCKED`), so each window is handed out once however many instances run.
 
 use chrono::{DateTime, DurationRound, SubsecRound, TimeDelta, Utc};
 use croner::{Cron, parser::CronParser};
