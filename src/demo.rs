@@ -7,7 +7,7 @@
 
 use actix_web::{App, HttpMessage, HttpRequest, HttpResponse, HttpServer, dev::Service, web};
 use anyhow::Context;
-use auditline_ingest::{
+use auditline_client::{
     AuditConfig, AuditMiddleware, AuditResources, AuditUser, Publisher, spool::Spool,
 };
 use auditline_shared::Settings;
@@ -189,7 +189,7 @@ pub async fn run(
     // first waits for the server's workers to hand over what they hold).
     if let Some(audit) = audit {
         audit
-            .shutdown(auditline_ingest::middleware::SHUTDOWN_GRACE)
+            .shutdown(auditline_client::middleware::SHUTDOWN_GRACE)
             .await;
         tracing::info!(
             spilled = audit.spilled(),

@@ -9,7 +9,7 @@
 //! actors, no staging table, no dedup and no batch records.
 
 use anyhow::{Context, bail};
-use auditline_ingest::Publisher;
+use auditline_client::Publisher;
 use auditline_shared::{
     AuditEvent, Settings,
     amqp::{self, Topology},

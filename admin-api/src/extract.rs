@@ -4,7 +4,7 @@
 //! checked, so refusals are attributed too.
 
 use actix_web::{FromRequest, HttpMessage, HttpRequest, dev::Payload};
-use auditline_ingest::AuditUser;
+use auditline_client::AuditUser;
 use auditline_shared::auth::{Caller, Scope, TokenInfo};
 use futures_util::future::LocalBoxFuture;
 

@@ -162,7 +162,7 @@ impl Modify for TooLongToRecord {
     }
 }
 
-/// Adds the event's JSON Schema (the one shipped in `shared/schema`) as the
+/// Adds the event's JSON Schema (the one shipped in `event/schema`) as the
 /// `WireEvent` component.
 struct EventSchema;
 

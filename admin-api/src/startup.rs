@@ -7,7 +7,7 @@ use actix_web::{
     web,
 };
 use anyhow::Context;
-use auditline_ingest::{AuditConfig, AuditMetadata, AuditMiddleware, Publisher, spool::Spool};
+use auditline_client::{AuditConfig, AuditMetadata, AuditMiddleware, Publisher, spool::Spool};
 use auditline_shared::{
     Settings, auth::TokenStore, db, error::ErrorBody, metrics::metrics_handler, redact::Redactor,
 };
@@ -121,7 +121,7 @@ impl Application {
         // The events of the last calls are published or spooled (once the
         // HTTP server's workers, stopping, have handed them over).
         self.audit
-            .shutdown(auditline_ingest::middleware::SHUTDOWN_GRACE)
+            .shutdown(auditline_client::middleware::SHUTDOWN_GRACE)
             .await;
         // The workers finish their step and stop: a running export job is
         // queued again for another instance, a checkpoint or a retention

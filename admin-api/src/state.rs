@@ -1,6 +1,6 @@
 //! What every handler shares: the pool, keys, storage, the live hub, quotas.
 
-use auditline_ingest::Publisher;
+use auditline_client::Publisher;
 use sqlx::PgPool;
 use std::sync::Arc;
 

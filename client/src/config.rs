@@ -28,10 +28,15 @@ impl ClientConfig {
     }
 }
 
+/// The broker a default installation reaches: the local one, as `guest`.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// The default prefix of every exchange and queue.
+pub const DEFAULT_NAMESPACE: &str = "auditline";
+
 impl Default for ClientConfig {
-    /// The local broker (`guest`) and the namespace `auditline`.
+    /// [`DEFAULT_AMQP_URL`] and [`DEFAULT_NAMESPACE`].
     fn default() -> Self {
-        Self::new("amqp://guest:guest@127.0.0.1:5672/%2f", "auditline")
+        Self::new(DEFAULT_AMQP_URL, DEFAULT_NAMESPACE)
     }
 }
 

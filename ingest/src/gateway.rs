@@ -8,10 +8,6 @@
 //! NDJSON) and field, and nothing is published. 202 means the broker confirmed
 //! every event.
 
-use crate::{
-    publisher::{PublishError, Publisher},
-    spool::{GroupCommit, Spool, SpoolError},
-};
 use actix_web::{
     App, HttpRequest, HttpResponse, HttpServer, ResponseError,
     dev::Server,
@@ -19,6 +15,10 @@ use actix_web::{
     web,
 };
 use anyhow::Context;
+use auditline_client::{
+    publisher::{PublishError, Publisher},
+    spool::{GroupCommit, Spool, SpoolError},
+};
 use auditline_shared::{
     AuditEvent, FieldError, Settings,
     auth::{AuthError, Caller, Scope, TokenStore},

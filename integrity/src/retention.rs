@@ -55,7 +55,7 @@ pub async fn list(pool: &PgPool) -> sqlx::Result<(Vec<Partition>, Vec<Dropped>)>
 }
 
 fn table(day: NaiveDate) -> String {
-    format!("events_{}", day.format("%Y%m%d"))
+    auditline_shared::db::partition_name(day)
 }
 
 fn bounds(day: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
@@ -107,13 +107,6 @@ pub struct Archived {
     pub sha256: String,
 }
 
-async fn partition_exists(pool: &PgPool, day: NaiveDate) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT to_regclass(format('auditline.%I', $1::text)) IS NOT NULL")
-        .bind(table(day))
-        .fetch_one(pool)
-        .await
-}
-
 /// Archives one day's partition and verifies the archive.
 #[tracing::instrument(skip_all, fields(%day, %destination))]
 pub async fn archive(
@@ -127,7 +120,7 @@ pub async fn archive(
     if day >= today {
         bail!("{day} is not over yet: only past days can be archived");
     }
-    if !partition_exists(pool, day).await? {
+    if !auditline_shared::db::partition_exists(pool, day).await? {
         bail!("there is no partition for {day}");
     }
     // Only drop records the keys accept excuse missing rows, as in verify.

@@ -77,10 +77,15 @@ where
         .await
 }
 
-/// Whether the partition of `day` exists.
+/// The name of `day`'s partition of `auditline.events` (schema left out).
+pub fn partition_name(day: NaiveDate) -> String {
+    format!("events_{}", day.format("%Y%m%d"))
+}
+
+/// Whether `day`'s partition exists.
 pub async fn partition_exists(pool: &PgPool, day: NaiveDate) -> sqlx::Result<bool> {
     sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-        .bind(format!("auditline.events_{}", day.format("%Y%m%d")))
+        .bind(format!("auditline.{}", partition_name(day)))
         .fetch_one(pool)
         .await
 }

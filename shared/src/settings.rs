@@ -44,7 +44,7 @@ pub struct Settings {
     /// Time-partition upkeep.
     #[serde(default)]
     pub partitions: PartitionSettings,
-    /// Settings of the library publisher (`ingest::Publisher`) and `loadgen`.
+    /// Settings of the library publisher (`auditline_client::Publisher`) and `loadgen`.
     #[serde(default)]
     pub publisher: PublisherSettings,
     /// The HTTP ingest gateway.
@@ -470,10 +470,10 @@ fn default_database_url() -> SecretUrl {
     SecretUrl::new("postgres://postgres@127.0.0.1:5432/auditline")
 }
 fn default_amqp_url() -> SecretUrl {
-    SecretUrl::new("amqp://guest:guest@127.0.0.1:5672/%2f")
+    SecretUrl::new(auditline_client::config::DEFAULT_AMQP_URL)
 }
 fn default_namespace() -> String {
-    "auditline".into()
+    auditline_client::config::DEFAULT_NAMESPACE.into()
 }
 fn default_admin_listen() -> String {
     "127.0.0.1:8080".into()
@@ -496,7 +496,7 @@ fn default_consumers() -> usize {
 fn default_prefetch_count() -> u16 {
     // Single-event messages make batches no larger than the prefetch; large
     // messages wait in the client, still encoded, while a pipeline holds
-    // four batches' worth of parsed events; see the README.
+    // four batches' worth of parsed events; see docs/configuration.md.
     500
 }
 fn default_batch_max_events() -> usize {

@@ -43,7 +43,7 @@ async fn port_open(port: u16) -> bool {
 fn stream(env: &TestEnv) -> tokio::task::JoinHandle<(Vec<Uuid>, HashSet<Uuid>)> {
     let settings = env.settings.clone();
     tokio::spawn(async move {
-        let publisher = auditline_ingest::Publisher::connect(&settings.client(), "drill")
+        let publisher = auditline_client::Publisher::connect(&settings.client(), "drill")
             .await
             .expect("publisher");
         let mut confirmed = Vec::new();

@@ -6,7 +6,7 @@
 use crate::helpers::{
     InProcessAdmin, Process, TestEnv, event_at, events, free_port, http_get, wait_until,
 };
-use auditline_ingest::Publisher;
+use auditline_client::Publisher;
 use auditline_shared::auth::Scope;
 use chrono::Utc;
 use serde_json::{Value, json};

@@ -1,7 +1,7 @@
 use crate::helpers::{
     ADMIN_URL, InProcessWriter, Process, Proxy, TestEnv, events, http_get, wait_until,
 };
-use auditline_ingest::Publisher;
+use auditline_client::Publisher;
 use auditline_shared::settings::SecretUrl;
 use sqlx::PgPool;
 use std::time::Duration;
@@ -146,7 +146,7 @@ async fn broker_connections_cut_mid_stream_lose_and_duplicate_nothing() {
     through_proxy.amqp_url =
         SecretUrl::new(format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port));
     let writer = InProcessWriter::start_with(through_proxy.clone()).await;
-    let publisher = auditline_ingest::Publisher::connect(&through_proxy.client(), "test-publisher")
+    let publisher = auditline_client::Publisher::connect(&through_proxy.client(), "test-publisher")
         .await
         .expect("publisher connects through the proxy");
     let stream = publish_stream(publisher, 25, Duration::from_millis(150));

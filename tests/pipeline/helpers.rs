@@ -1,7 +1,7 @@
 //! Test harness: each test gets its own PostgreSQL database and its own
 //! broker namespace, so tests run in parallel against the real servers.
 
-use auditline_ingest::Publisher;
+use auditline_client::Publisher;
 use auditline_shared::{
     AuditEvent, Settings, amqp, db,
     settings::{Secret, SecretUrl},

@@ -601,7 +601,7 @@ fn token_id(token: &str) -> &str {
 
 /// Publishes an event of `service` every 100 ms until stopped.
 fn keep_publishing(
-    publisher: auditline_ingest::Publisher,
+    publisher: auditline_client::Publisher,
     service: &'static str,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {

@@ -4,7 +4,7 @@
 use crate::helpers::{InProcessWriter, TestEnv};
 use actix_web::{App, dev::Service, test};
 use auditline::demo;
-use auditline_ingest::{AuditConfig, AuditMiddleware, middleware::Cidr, spool::Spool};
+use auditline_client::{AuditConfig, AuditMiddleware, middleware::Cidr, spool::Spool};
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 struct Expected {
@@ -297,7 +297,7 @@ async fn a_full_queue_and_an_absent_broker_lose_nothing() {
     let spool = test_spool(&env);
     let mut config = AuditConfig::new("demo-app");
     config.queue_capacity = 1;
-    let publisher = auditline_ingest::Publisher::new(&through_proxy.client(), "test-mw");
+    let publisher = auditline_client::Publisher::new(&through_proxy.client(), "test-mw");
     let audit = AuditMiddleware::start(config, publisher, spool).expect("middleware");
     let app = test::init_service(App::new().wrap(audit.clone()).configure(demo::routes)).await;
     for i in 0..300 {
@@ -359,7 +359,7 @@ async fn a_broker_slow_to_confirm_is_waited_for_not_spooled() {
     config.queue_capacity = 64;
     config.linger = Duration::from_millis(5);
     config.events_per_message = 64;
-    let publisher = auditline_ingest::Publisher::new(&through_proxy.client(), "test-mw");
+    let publisher = auditline_client::Publisher::new(&through_proxy.client(), "test-mw");
     let audit = AuditMiddleware::start(config, publisher, spool).expect("middleware");
     let app = test::init_service(App::new().wrap(audit.clone()).configure(demo::routes)).await;
     // One request through, so the publisher is connected before the stall.
@@ -495,7 +495,7 @@ async fn shutdown_with_the_broker_away_spools_everything() {
     proxy.set_up(false);
     let spool_dir = format!("{}-mw", env.settings.ingest.spool_dir);
     let spool = Arc::new(Spool::open(&spool_dir, 1 << 30).expect("spool"));
-    let publisher = auditline_ingest::Publisher::new(&through_proxy.client(), "test-mw");
+    let publisher = auditline_client::Publisher::new(&through_proxy.client(), "test-mw");
     let audit =
         AuditMiddleware::start(AuditConfig::new("demo-app"), publisher, spool).expect("middleware");
     let app = test::init_service(App::new().wrap(audit.clone()).configure(demo::routes)).await;
@@ -522,7 +522,7 @@ async fn shutdown_with_the_broker_away_spools_everything() {
     // Back up: a new middleware on the same spool replays it.
     proxy.set_up(true);
     let spool = Arc::new(Spool::open(&spool_dir, 1 << 30).expect("spool"));
-    let publisher = auditline_ingest::Publisher::new(&through_proxy.client(), "test-mw-2");
+    let publisher = auditline_client::Publisher::new(&through_proxy.client(), "test-mw-2");
     let _again =
         AuditMiddleware::start(AuditConfig::new("demo-app"), publisher, spool).expect("middleware");
     env.wait_for_rows(200, Duration::from_secs(60)).await;

@@ -8,9 +8,7 @@ use sha2::{Digest, Sha256};
 use std::{io::BufRead, time::Duration};
 
 async fn partition_exists(env: &TestEnv, day: NaiveDate) -> bool {
-    sqlx::query_scalar("SELECT to_regclass(format('auditline.events_%s', $1::text)) IS NOT NULL")
-        .bind(day.format("%Y%m%d").to_string())
-        .fetch_one(&env.pool)
+    auditline_shared::db::partition_exists(&env.pool, day)
         .await
         .expect("to_regclass")
 }

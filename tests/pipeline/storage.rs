@@ -387,7 +387,7 @@ async fn an_unroutable_publish_is_an_error_not_a_success() {
         .await
         .expect_err("nobody can receive it");
     assert!(
-        matches!(err, auditline_ingest::PublishError::Unroutable(_)),
+        matches!(err, auditline_client::PublishError::Unroutable(_)),
         "{err}"
     );
     let err = publisher
@@ -395,7 +395,7 @@ async fn an_unroutable_publish_is_an_error_not_a_success() {
         .await
         .expect_err("nobody can receive it");
     assert!(
-        matches!(err, auditline_ingest::PublishError::Unroutable(_)),
+        matches!(err, auditline_client::PublishError::Unroutable(_)),
         "{err}"
     );
     env.cleanup().await;

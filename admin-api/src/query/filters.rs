@@ -2,7 +2,7 @@
 //! and from JSON (live subscriptions, export bodies), turned into SQL, and
 //! matched against one event (the live stream).
 
-use auditline_ingest::middleware::Cidr;
+use auditline_client::middleware::Cidr;
 use auditline_shared::event::check_action_type;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};

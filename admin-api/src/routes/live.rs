@@ -26,7 +26,7 @@ use actix_web::{
     web,
 };
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
-use auditline_ingest::AuditUser;
+use auditline_client::AuditUser;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -287,7 +287,7 @@ async fn redeem(pool: &PgPool, hashes: &[String]) -> Result<Option<Redeemed>, Ap
 
 /// Who a connection's subscriptions are recorded as, and where.
 struct Recorded {
-    publisher: auditline_ingest::Publisher,
+    publisher: auditline_client::Publisher,
     user: String,
     client_ip: Option<std::net::IpAddr>,
     session_id: String,
