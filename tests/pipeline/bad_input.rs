@@ -857,6 +857,26 @@ fn cases() -> Vec<Case> {
         body,
     );
     admin(
+        "export job: an array of fields instead of an object",
+        "POST",
+        "/admin/audit/exports".into(),
+        Tok::Export,
+        b"[null, null]".to_vec(),
+        400,
+        body,
+    );
+    admin(
+        "export job: a filter given twice as an array where one value is allowed",
+        "POST",
+        "/admin/audit/exports".into(),
+        Tok::Export,
+        json!({"filters": {"success": [true, false]}})
+            .to_string()
+            .into_bytes(),
+        400,
+        body,
+    );
+    admin(
         "download: path traversal as job id",
         "GET",
         "/admin/audit/exports/..%2F..%2Fetc%2Fpasswd/download".into(),
@@ -1235,9 +1255,9 @@ async fn every_bad_input_gets_its_4xx_and_changes_nothing() {
     let others_job = uuid::Uuid::now_v7();
     let others_schedule = uuid::Uuid::now_v7();
     sqlx::query(
-        "INSERT INTO auditline.export_jobs (id, state, query, format, compression, window_from, \
+        "INSERT INTO auditline.export_jobs (id, state, format, compression, window_from, \
          window_to, requested_by, owner_token_id, file_name) \
-         VALUES ($1, 'done', '', 'csv', 'none', now() - interval '1 hour', now(), 'others', $2, \
+         VALUES ($1, 'done', 'csv', 'none', now() - interval '1 hour', now(), 'others', $2, \
                  'export-others.csv')",
     )
     .bind(others_job)
@@ -1246,9 +1266,9 @@ async fn every_bad_input_gets_its_4xx_and_changes_nothing() {
     .await
     .expect("another token's job");
     sqlx::query(
-        "INSERT INTO auditline.export_schedules (id, name, cron, window_unit, query, format, \
+        "INSERT INTO auditline.export_schedules (id, name, cron, window_unit, format, \
          compression, created_by, owner_token_id, next_run_at) \
-         VALUES ($1, 'others', '0 0 1 1 *', 'day', '', 'csv', 'none', 'others', $2, \
+         VALUES ($1, 'others', '0 0 1 1 *', 'day', 'csv', 'none', 'others', $2, \
                  now() + interval '300 days')",
     )
     .bind(others_schedule)

@@ -459,6 +459,12 @@ async fn export_jobs_write_a_file_equal_to_the_streamed_export_with_a_true_manif
         (r#"{"filters": [], "x": 1}"#.to_owned(), "filters"),
         (r#"{"destination": "s3"}"#.to_owned(), "destination"),
         ("{not json".to_owned(), "$"),
+        // serde would read a struct from an array of its fields.
+        ("[null, null]".to_owned(), "$"),
+        (
+            r#"{"filters": {"success": "yes"}}"#.to_owned(),
+            "filters.success",
+        ),
     ] {
         let (status, error) = send_json(
             port,
@@ -1053,6 +1059,67 @@ async fn an_s3_destination_gets_whole_files_and_manifests_from_jobs_and_schedule
         .filter(|l| !l.is_empty())
         .count();
     assert_eq!(manifest["rows"], lines as u64);
+    admin.stop().await;
+    env.cleanup().await;
+}
+
+/// Jobs and schedules stored while filters were kept as query strings keep
+/// their filters when the migration turns them into JSON: the same values,
+/// typed, repeated names as arrays, escapes decoded.
+#[actix_web::test]
+async fn filters_stored_as_query_strings_survive_the_move_to_json() {
+    let env = TestEnv::migrated_to(Some(20261203000013)).await;
+    // As the service wrote them (form encoding): a space, an escaped `+`,
+    // `&`, `=` and `%`, non-ASCII text, repeated names, an offset time.
+    let query = "service=web+site&status=5xx&status=404&success=false&min_response_time_ms=2.5\
+                 &q=%C3%9Cn%C3%AFcode%2B%26%3D%25&order=desc&from=2026-12-03T10%3A00%3A00%2B01%3A00";
+    let job = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO auditline.export_jobs (id, state, query, format, compression, window_from, \
+         window_to, requested_by) VALUES ($1, 'cancelled', $2, 'csv', 'none', now(), now(), 'old')",
+    )
+    .bind(job)
+    .bind(query)
+    .execute(&env.pool)
+    .await
+    .expect("old job");
+    let schedule = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO auditline.export_schedules (id, name, cron, window_unit, query, format, \
+         compression, created_by, next_run_at) \
+         VALUES ($1, 'old', '0 0 1 1 *', 'day', 'user_id=alice&user_id=bob', 'csv', 'none', \
+                 'old', now() + interval '300 days')",
+    )
+    .bind(schedule)
+    .execute(&env.pool)
+    .await
+    .expect("old schedule");
+    auditline_shared::db::migrate(&env.pool)
+        .await
+        .expect("the migration runs on the old rows");
+
+    let admin = crate::helpers::InProcessAdmin::start(&env).await;
+    let token = env.named_token("auditor", &[Scope::Admin]).await;
+    let (status, shown) = admin
+        .get_json(Some(&token), &format!("/admin/audit/exports/{job}"))
+        .await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(
+        shown["filters"],
+        json!({
+            "service": "web site", "status": ["5xx", "404"], "success": false,
+            "min_response_time_ms": 2.5, "q": "Ünïcode+&=%", "order": "desc",
+            "from": "2026-12-03T09:00:00Z",
+        })
+    );
+    let (status, shown) = admin
+        .get_json(
+            Some(&token),
+            &format!("/admin/audit/export-schedules/{schedule}"),
+        )
+        .await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["filters"], json!({"user_id": ["alice", "bob"]}));
     admin.stop().await;
     env.cleanup().await;
 }

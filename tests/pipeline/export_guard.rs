@@ -125,8 +125,8 @@ async fn another_tokens_jobs_and_schedules_are_404_and_an_admin_sees_them_all() 
     // A job from before owners were recorded: the admin's only.
     let legacy = uuid::Uuid::now_v7();
     sqlx::query(
-        "INSERT INTO auditline.export_jobs (id, state, query, format, compression, window_from, \
-         window_to, requested_by) VALUES ($1, 'cancelled', '', 'csv', 'none', now(), now(), 'old')",
+        "INSERT INTO auditline.export_jobs (id, state, format, compression, window_from, \
+         window_to, requested_by) VALUES ($1, 'cancelled', 'csv', 'none', now(), now(), 'old')",
     )
     .bind(legacy)
     .execute(&env.pool)

@@ -42,6 +42,13 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub async fn new() -> Self {
+        Self::migrated_to(None).await
+    }
+
+    /// A fresh environment whose database has the migrations up to
+    /// `version` only (all with `None`): for testing a migration on data
+    /// stored before it.
+    pub async fn migrated_to(version: Option<i64>) -> Self {
         if std::env::var_os("TEST_LOG").is_some() {
             telemetry::init(auditline_shared::settings::LogFormat::Text);
         }
@@ -83,7 +90,13 @@ impl TestEnv {
         settings.integrity.signing_key = Some(Secret::new(checkpoint_key));
         settings.integrity.writer_key = Some(Secret::new(writer_key));
         let pool = db::pool(&settings.database_url, 4).expect("pool");
-        db::migrate(&pool).await.expect("migrations run");
+        match version {
+            None => db::migrate(&pool).await.expect("migrations run"),
+            Some(version) => db::MIGRATOR
+                .run_to(version, &pool)
+                .await
+                .expect("migrations run"),
+        }
         db::ensure_runway(&pool, settings.partitions.ahead_days)
             .await
             .expect("partitions");

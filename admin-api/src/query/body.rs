@@ -1,58 +1,10 @@
-//! JSON request bodies: strict JSON, unknown fields refused naming them, and
-//! the filters a body carries turned into (and back from) a query string.
+//! JSON request bodies: strict JSON (a repeated key is refused, not read as
+//! its last value), read into the route's own `Deserialize` type with
+//! unknown fields refused, every error naming the field.
 
-use auditline_integrity::storage::Storage;
-use serde_json::{Map, Value};
+use serde::de::DeserializeOwned;
 
-use crate::{
-    error::ApiError,
-    query::export::{Compression, Format},
-};
-
-/// A stored query string as a filters object (repeated names become arrays).
-pub(crate) fn query_filters(query: &str) -> Map<String, Value> {
-    let mut filters = Map::new();
-    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-        let value = Value::String(value.into_owned());
-        match filters.get_mut(name.as_ref()) {
-            Some(Value::Array(values)) => values.push(value),
-            Some(first) => *first = Value::Array(vec![first.take(), value]),
-            None => {
-                filters.insert(name.into_owned(), value);
-            }
-        }
-    }
-    filters
-}
-
-/// A filters object (the body field `field`) as a query string, for the
-/// search's own parser.
-pub(crate) fn filters_query(field: &str, filters: &Map<String, Value>) -> Result<String, ApiError> {
-    let mut query = form_urlencoded::Serializer::new(String::new());
-    for (name, value) in filters {
-        let field = format!("{field}.{name}");
-        let scalar = |v: &Value| match v {
-            Value::String(s) => Ok(s.clone()),
-            Value::Number(n) => Ok(n.to_string()),
-            Value::Bool(b) => Ok(b.to_string()),
-            _ => Err(ApiError::body(
-                &field,
-                "must be a string, a number, a boolean or an array of them",
-            )),
-        };
-        match value {
-            Value::Array(values) => {
-                for v in values {
-                    query.append_pair(name, &scalar(v)?);
-                }
-            }
-            v => {
-                query.append_pair(name, &scalar(v)?);
-            }
-        }
-    }
-    Ok(query.finish())
-}
+use crate::error::ApiError;
 
 /// Refuses a request body or frame with a duplicate key (which `serde_json`
 /// would read as its last value), naming the key's path.
@@ -61,79 +13,33 @@ pub(crate) fn strict(body: &[u8]) -> Result<(), ApiError> {
         .map_err(|e| ApiError::body(&e.path_text(), e.message))
 }
 
-/// A JSON object body, taken apart field by field with errors that name the field.
-pub(crate) struct Body(Map<String, Value>);
-
-impl Body {
-    pub(crate) fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        strict(body)?;
-        match serde_json::from_slice(body) {
-            Ok(Value::Object(map)) => Ok(Self(map)),
-            Ok(_) => Err(ApiError::body("$", "must be a JSON object")),
-            Err(e) => Err(ApiError::body("$", format!("malformed JSON: {e}"))),
-        }
+/// A JSON object body as `T`; an error names the field (`$` for the whole
+/// body). Only an object is taken: serde would also read a struct from an
+/// array of its fields in order (`[null, null]`).
+pub(crate) fn read<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    strict(body)?;
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::body("$", "must be a JSON object"));
     }
-
-    /// A string field (absent: `None`; null or another type: an error).
-    pub(crate) fn text(&mut self, name: &str) -> Result<Option<String>, ApiError> {
-        match self.0.remove(name) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(ApiError::body(name, "must be a string")),
-        }
-    }
-
-    pub(crate) fn format(&mut self) -> Result<Format, ApiError> {
-        match self.text("format")? {
-            None => Ok(Format::Csv),
-            Some(text) => Format::parse(&text).ok_or_else(|| {
-                ApiError::body(
-                    "format",
-                    format!("{text:?} is not one of csv, json, ndjson"),
-                )
-            }),
-        }
-    }
-
-    pub(crate) fn compression(&mut self) -> Result<Compression, ApiError> {
-        match self.text("compression")? {
-            None => Ok(Compression::None),
-            Some(text) => Compression::parse(&text).ok_or_else(|| {
-                ApiError::body("compression", format!("{text:?} is not one of none, zstd"))
-            }),
-        }
-    }
-
-    /// `destination`: `local` when absent, else a configured one.
-    pub(crate) fn destination(&mut self, storage: &Storage) -> Result<String, ApiError> {
-        let destination = self
-            .text("destination")?
-            .unwrap_or_else(|| auditline_integrity::storage::LOCAL.into());
-        storage
-            .check(&destination)
-            .map_err(|message| ApiError::body("destination", message))?;
-        Ok(destination)
-    }
-
-    /// The `filters` object as a query string.
-    pub(crate) fn filters(&mut self) -> Result<String, ApiError> {
-        match self.0.remove("filters") {
-            None => Ok(String::new()),
-            Some(Value::Object(filters)) => filters_query("filters", &filters),
-            Some(_) => Err(ApiError::body("filters", "must be an object")),
-        }
-    }
-
-    /// Refuses any field not taken.
-    pub(crate) fn finish(self, known: &str) -> Result<(), ApiError> {
-        match self.0.keys().next() {
-            Some(unknown) => Err(ApiError::body(
-                unknown,
-                format!("unknown field; known: {known}"),
-            )),
-            None => Ok(()),
-        }
-    }
+    let mut json = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let field = if path == "." || inner.is_syntax() || inner.is_eof() {
+            "$"
+        } else {
+            path.as_str()
+        };
+        let message = if inner.is_syntax() || inner.is_eof() {
+            format!("malformed JSON: {inner}")
+        } else {
+            inner.to_string()
+        };
+        ApiError::body(field, message)
+    })?;
+    json.end()
+        .map_err(|e| ApiError::body("$", format!("malformed JSON: {e}")))?;
+    Ok(value)
 }
 
 /// Names a parameter error about a filters object as the body field

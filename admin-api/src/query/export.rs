@@ -25,8 +25,8 @@ use uuid::Uuid;
 use crate::{
     error::ApiError,
     query::{
-        filters::{Filters, MATCH_PARAMS, WINDOW_PARAMS},
-        params::{Params, time_range},
+        filters::{FILTER_NAMES, Filters},
+        params::{Params, window},
     },
 };
 
@@ -39,15 +39,8 @@ const ZSTD_LEVEL: i32 = 1;
 /// Encoded bytes gathered before they are handed on (a response chunk, a write).
 const FLUSH_BYTES: usize = 256 * 1024;
 
-/// The filters of a search, as an export job takes them.
-pub const FILTER_PARAMS: &[&[&str]] = &[MATCH_PARAMS, WINDOW_PARAMS, &["order"]];
-
 /// Parameters of `GET /admin/audit/export`.
-pub const EXPORT_PARAMS: &[&[&str]] = &[
-    MATCH_PARAMS,
-    WINDOW_PARAMS,
-    &["order", "format", "compression"],
-];
+pub const EXPORT_PARAMS: &[&[&str]] = &[FILTER_NAMES, &["format", "compression"]];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -113,9 +106,6 @@ impl Compression {
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub struct ExportParams {
-    /// `asc` (oldest first, default) or `desc`.
-    #[param(pattern = "^(asc|desc)$")]
-    order: Option<String>,
     /// `csv` (default), `json` or `ndjson`.
     #[param(pattern = "^(csv|json|ndjson)$")]
     format: Option<String>,
@@ -136,12 +126,13 @@ pub struct Export {
 }
 
 impl Export {
-    /// Parses the filters (and `from`, `to`, `order`); `format` and
-    /// `compression` are taken from the query when present.
+    /// Parses the filters (with `from`, `to` and `order`: oldest first
+    /// unless told); `format` and `compression` are taken from the query
+    /// when present.
     pub fn parse(params: &Params) -> Result<Self, ApiError> {
-        let filters = Filters::parse(params)?;
-        let (from, to) = time_range(params, TimeDelta::hours(24))?;
-        let descending = params.descending_or("order", false)?;
+        let filters = params.filters()?;
+        let (from, to) = window(filters.from, filters.to, TimeDelta::hours(24))?;
+        let descending = filters.descending_or(false);
         let format = match params.one("format")? {
             None => Format::Csv,
             Some(text) => Format::parse(text).ok_or_else(|| {

@@ -1,80 +1,127 @@
-//! The search filters: read from query strings (search, export, schedules)
-//! and from JSON (live subscriptions, export bodies), turned into SQL, and
-//! matched against one event (the live stream).
+//! The search filters: one type, [`Filters`], read from query strings
+//! (search, export) and from JSON (export jobs, schedules, live
+//! subscriptions) through the same deserializer and the same checks,
+//! described in the OpenAPI document by its own derive, stored as JSONB by
+//! export jobs and schedules, turned into SQL, and matched against one
+//! event (the live stream).
+//!
+//! Each route takes the names that make sense for it ([`FILTER_NAMES`] or
+//! a subset) and refuses the others by name before anything is read.
 
 use auditline_client::middleware::Cidr;
 use auditline_shared::event::check_action_type;
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use sqlx::{Postgres, QueryBuilder};
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::{
     error::ApiError,
-    query::params::{Params, Text},
+    query::{
+        params::{Text, check_len},
+        scalar::{Scalar, many, one},
+    },
 };
 use auditline_shared::stored::StoredEvent;
 
-/// The filters of a search, shared by the export routes (documentation of
-/// the query string; the handlers parse it themselves so that every error
-/// names its parameter).
-#[derive(Debug, IntoParams)]
+/// The search filters, and the window and order they apply over.
+///
+/// In a query string a repeatable filter is given once per value
+/// (`status=404&status=5xx`); in JSON as one value or an array
+/// (`"status": ["404", "5xx"]`), and numbers and booleans may be JSON's own
+/// or text. Stored and shown the same way: one value alone, several as an
+/// array.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema, IntoParams)]
+#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
-pub struct FilterParams {
+pub struct Filters {
     /// Any of these users (repeatable).
+    #[serde(default, with = "many", skip_serializing_if = "Vec::is_empty")]
     #[param(value_type = Option<Vec<Text>>)]
-    user_id: Option<Vec<String>>,
+    #[schema(value_type = Option<Vec<Text>>)]
+    pub user_id: Vec<String>,
     /// Any of these sessions (repeatable).
+    #[serde(default, with = "many", skip_serializing_if = "Vec::is_empty")]
     #[param(value_type = Option<Vec<Text>>)]
-    session_id: Option<Vec<String>>,
+    #[schema(value_type = Option<Vec<Text>>)]
+    pub session_id: Vec<String>,
     /// Any of these services (repeatable).
+    #[serde(default, with = "many", skip_serializing_if = "Vec::is_empty")]
     #[param(value_type = Option<Vec<Text>>)]
-    service: Option<Vec<String>>,
+    #[schema(value_type = Option<Vec<Text>>)]
+    pub service: Vec<String>,
     /// Any of these action types (repeatable), e.g. `file`, `code_exec`.
+    #[serde(default, with = "many", skip_serializing_if = "Vec::is_empty")]
     #[param(value_type = Option<Vec<Text>>)]
-    action_type: Option<Vec<String>>,
+    #[schema(value_type = Option<Vec<Text>>)]
+    pub action_type: Vec<String>,
     /// Endpoint prefix, e.g. `/files/`.
-    #[param(min_length = 1)]
-    endpoint: Option<String>,
+    #[serde(default, with = "one", skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<Text>)]
+    #[schema(value_type = Option<Text>)]
+    pub endpoint: Option<String>,
     /// Any of these methods (repeatable), e.g. `GET`.
+    #[serde(default, with = "many", skip_serializing_if = "Vec::is_empty")]
     #[param(value_type = Option<Vec<Text>>)]
-    http_method: Option<Vec<String>>,
+    #[schema(value_type = Option<Vec<Text>>)]
+    pub http_method: Vec<String>,
     /// Any of these statuses (repeatable): a code (`404`) or a class (`5xx`).
+    #[serde(default, with = "many", skip_serializing_if = "Vec::is_empty")]
     #[param(value_type = Option<Vec<Text>>)]
-    status: Option<Vec<String>>,
-    success: Option<bool>,
+    #[schema(value_type = Option<Vec<Text>>)]
+    pub status: Vec<Status>,
+    #[serde(default, with = "one", skip_serializing_if = "Option::is_none")]
+    pub success: Option<bool>,
     /// An address or a CIDR network, e.g. `10.0.0.0/8`.
-    #[param(min_length = 1)]
-    client_ip: Option<String>,
-    /// Start of the window (inclusive); default `to` minus 24 hours.
-    from: Option<DateTime<Utc>>,
+    #[serde(default, with = "one", skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<Text>)]
+    #[schema(value_type = Option<Text>)]
+    pub client_ip: Option<Network>,
+    /// Start of the window (inclusive); default `to` minus 24 hours. Not in
+    /// schedules (each run's window is the schedule's) or live filters.
+    #[serde(default, with = "one", skip_serializing_if = "Option::is_none")]
+    pub from: Option<DateTime<Utc>>,
     /// End of the window (exclusive); default now.
-    to: Option<DateTime<Utc>>,
+    #[serde(default, with = "one", skip_serializing_if = "Option::is_none")]
+    pub to: Option<DateTime<Utc>>,
+    #[serde(default, with = "one", skip_serializing_if = "Option::is_none")]
     #[param(minimum = 0)]
-    min_response_time_ms: Option<f64>,
+    #[schema(minimum = 0)]
+    pub min_response_time_ms: Option<f64>,
     /// Free text, case-insensitive, over the endpoint and the metadata.
-    #[param(min_length = 1, max_length = 200)]
-    q: Option<String>,
+    #[serde(default, with = "one", skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<Text>, max_length = 200)]
+    #[schema(value_type = Option<Text>, max_length = 200)]
+    pub q: Option<String>,
+    /// `desc` (newest first) or `asc`; searches default to `desc`, exports
+    /// to `asc`.
+    #[serde(default, with = "one", skip_serializing_if = "Option::is_none")]
+    pub order: Option<Order>,
 }
 
-/// The search's own parameters, after [`FilterParams`] (documentation only).
-#[derive(Debug, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)]
-pub struct SearchParams {
-    /// `desc` (newest first, default) or `asc`.
-    #[param(pattern = "^(asc|desc)$")]
-    order: Option<String>,
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<i64>,
-    /// `next_cursor` of the previous page.
-    #[param(min_length = 1)]
-    cursor: Option<String>,
-}
+/// Every name [`Filters`] reads (a unit test holds it to the struct).
+pub const FILTER_NAMES: &[&str] = &[
+    "user_id",
+    "session_id",
+    "service",
+    "action_type",
+    "endpoint",
+    "http_method",
+    "status",
+    "success",
+    "client_ip",
+    "from",
+    "to",
+    "min_response_time_ms",
+    "q",
+    "order",
+];
 
-/// What an event is matched on: the search's filters without the window.
-pub const MATCH_PARAMS: &[&str] = &[
+/// The filters without the window: what a schedule takes (its runs set
+/// the window).
+pub const UNWINDOWED_NAMES: &[&str] = &[
     "user_id",
     "session_id",
     "service",
@@ -86,137 +133,205 @@ pub const MATCH_PARAMS: &[&str] = &[
     "client_ip",
     "min_response_time_ms",
     "q",
+    "order",
 ];
 
-/// The time window of a search or an export.
-pub const WINDOW_PARAMS: &[&str] = &["from", "to"];
+/// The search's own parameters, after the filters.
+pub const SEARCH_NAMES: &[&[&str]] = &[FILTER_NAMES, &["limit", "cursor"]];
 
-pub const SEARCH_PARAMS: &[&[&str]] = &[MATCH_PARAMS, WINDOW_PARAMS, &["order", "limit", "cursor"]];
-
-/// Validated search filters (everything but the page position).
-#[derive(Debug, Clone, Default)]
-pub struct Filters {
-    pub user_ids: Vec<String>,
-    pub session_ids: Vec<String>,
-    pub services: Vec<String>,
-    pub action_types: Vec<String>,
-    pub endpoint_prefix: Option<String>,
-    pub http_methods: Vec<String>,
-    pub status_codes: Vec<i16>,
-    pub status_classes: Vec<i16>,
-    pub success: Option<bool>,
-    pub client_net: Option<Cidr>,
-    pub min_response_time_ms: Option<f64>,
-    pub q: Option<String>,
+/// A status filter: one code or a class of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// `100`-`599`.
+    Code(i16),
+    /// `1xx`-`5xx`, kept as its first digit.
+    Class(i16),
 }
 
-fn many(params: &Params, name: &str, max_chars: usize) -> Result<Vec<String>, ApiError> {
-    let values = params.all(name)?;
-    if values.len() > 100 {
-        return Err(ApiError::param(name, "at most 100 values"));
+impl Scalar for Status {
+    const EXPECTED: &'static str = "a status code or class";
+    fn from_text(text: &str) -> Result<Self, String> {
+        match text.as_bytes() {
+            [c @ b'1'..=b'5', b'x' | b'X', b'x' | b'X'] => Ok(Self::Class(i16::from(c - b'0'))),
+            [b'1'..=b'5', b'0'..=b'9', b'0'..=b'9'] => {
+                text.parse().map(Self::Code).map_err(|e| e.to_string())
+            }
+            _ => Err(format!(
+                "{text:?} is neither a status code (100-599) nor a class like 5xx"
+            )),
+        }
     }
-    values
-        .into_iter()
-        .map(|v| crate::query::params::check_len(name, v, max_chars).map(|()| v.to_owned()))
-        .collect()
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Code(code) => write!(f, "{code}"),
+            Self::Class(class) => write!(f, "{class}xx"),
+        }
+    }
+}
+
+impl Serialize for Status {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A client-address filter: a network (an address alone is its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network(pub Cidr);
+
+impl Scalar for Network {
+    const EXPECTED: &'static str = "an IP address or a CIDR network";
+    fn from_text(text: &str) -> Result<Self, String> {
+        Cidr::parse(text)
+            .map(Self)
+            .map_err(|e| format!("{e} (e.g. 10.0.0.0/8 or 2001:db8::1)"))
+    }
+}
+
+impl Serialize for Network {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    Asc,
+    Desc,
+}
+
+impl Scalar for Order {
+    const EXPECTED: &'static str = "`asc` or `desc`";
+    fn from_text(text: &str) -> Result<Self, String> {
+        match text {
+            "asc" => Ok(Self::Asc),
+            "desc" => Ok(Self::Desc),
+            _ => Err(format!("{text:?} is not `asc` or `desc`")),
+        }
+    }
 }
 
 impl Filters {
-    pub fn parse(params: &Params) -> Result<Self, ApiError> {
-        let action_types = many(params, "action_type", 50)?;
-        for action in &action_types {
+    /// Reads the filters from a JSON object (a request's, or one stored),
+    /// refusing what the search would refuse; an error names the filter.
+    pub fn from_json(value: Value) -> Result<Self, ApiError> {
+        let filters: Self = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let name = path.split(['.', '[']).next().unwrap_or_default();
+            let name = if name.is_empty() { "$" } else { name };
+            ApiError::param(name, e.into_inner().to_string())
+        })?;
+        filters.check()?;
+        Ok(filters)
+    }
+
+    /// Reads the filters from names and their values (a query string's, in
+    /// order: one value alone, several for a repeated name).
+    pub fn from_values<'a>(
+        values: impl IntoIterator<Item = (&'a str, &'a [String])>,
+    ) -> Result<Self, ApiError> {
+        let object: Map<String, Value> = values
+            .into_iter()
+            .map(|(name, values)| {
+                let value = match values {
+                    [one] => Value::String(one.clone()),
+                    many => Value::Array(many.iter().cloned().map(Value::String).collect()),
+                };
+                (name.to_owned(), value)
+            })
+            .collect();
+        Self::from_json(Value::Object(object))
+    }
+
+    /// The limits the types do not hold: lengths, action type and method
+    /// shapes.
+    fn check(&self) -> Result<(), ApiError> {
+        for (name, values, max_chars) in [
+            ("user_id", &self.user_id, 255),
+            ("session_id", &self.session_id, 64),
+            ("service", &self.service, 64),
+            ("action_type", &self.action_type, 50),
+            ("http_method", &self.http_method, 10),
+        ] {
+            for value in values {
+                check_len(name, value, max_chars)?;
+            }
+        }
+        for action in &self.action_type {
             check_action_type(action)
                 .map_err(|e| ApiError::param("action_type", format!("{action:?} {e}")))?;
         }
-        let http_methods = many(params, "http_method", 10)?;
-        for method in &http_methods {
-            if !method.chars().all(|c| c.is_ascii_uppercase()) {
-                return Err(ApiError::param(
-                    "http_method",
-                    format!("{method:?} is not an upper-case method such as GET"),
-                ));
-            }
+        if let Some(method) = self
+            .http_method
+            .iter()
+            .find(|m| !m.chars().all(|c| c.is_ascii_uppercase()))
+        {
+            return Err(ApiError::param(
+                "http_method",
+                format!("{method:?} is not an upper-case method such as GET"),
+            ));
         }
-        let (mut status_codes, mut status_classes) = (Vec::new(), Vec::new());
-        for status in many(params, "status", 3)? {
-            let bytes = status.as_bytes();
-            match bytes {
-                [c @ b'1'..=b'5', b'x' | b'X', b'x' | b'X'] => {
-                    status_classes.push(i16::from(c - b'0'));
-                }
-                _ => match status.parse::<i16>() {
-                    Ok(code) if (100..=599).contains(&code) && bytes.len() == 3 => {
-                        status_codes.push(code);
-                    }
-                    _ => {
-                        return Err(ApiError::param(
-                            "status",
-                            format!(
-                                "{status:?} is neither a status code (100-599) nor a class like 5xx"
-                            ),
-                        ));
-                    }
-                },
-            }
+        if let Some(endpoint) = &self.endpoint {
+            check_len("endpoint", endpoint, 255)?;
         }
-        let q = params.text("q", 200)?;
-        Ok(Self {
-            user_ids: many(params, "user_id", 255)?,
-            session_ids: many(params, "session_id", 64)?,
-            services: many(params, "service", 64)?,
-            action_types,
-            endpoint_prefix: params.text("endpoint", 255)?,
-            http_methods,
-            status_codes,
-            status_classes,
-            success: params.boolean("success")?,
-            client_net: params
-                .one("client_ip")?
-                .map(|text| {
-                    Cidr::parse(text).map_err(|e| {
-                        ApiError::param(
-                            "client_ip",
-                            format!("{e} (e.g. 10.0.0.0/8 or 2001:db8::1)"),
-                        )
-                    })
-                })
-                .transpose()?,
-            min_response_time_ms: params.number("min_response_time_ms")?,
-            q: q.map(|q| q.to_lowercase()),
-        })
+        if let Some(q) = &self.q {
+            check_len("q", q, 200)?;
+        }
+        if let (Some(from), Some(to)) = (self.from, self.to)
+            && from >= to
+        {
+            return Err(ApiError::param("from", "must be before `to`"));
+        }
+        Ok(())
     }
 
-    /// A digest of the filters, so that a cursor only continues the search it
+    /// `q` in lower case, as it is matched.
+    pub fn text(&self) -> Option<String> {
+        self.q.as_deref().map(str::to_lowercase)
+    }
+
+    /// `order`, or `default_descending` when absent.
+    pub fn descending_or(&self, default_descending: bool) -> bool {
+        self.order.map_or(default_descending, |o| o == Order::Desc)
+    }
+
+    fn status_codes(&self) -> Vec<i16> {
+        let codes = self.status.iter();
+        codes
+            .filter_map(|s| match s {
+                Status::Code(code) => Some(*code),
+                Status::Class(_) => None,
+            })
+            .collect()
+    }
+
+    fn status_classes(&self) -> Vec<i16> {
+        let classes = self.status.iter();
+        classes
+            .filter_map(|s| match s {
+                Status::Class(class) => Some(*class),
+                Status::Code(_) => None,
+            })
+            .collect()
+    }
+
+    /// A digest of what the filters match (not the window or order, which a
+    /// cursor holds itself), so that a cursor only continues the search it
     /// came from.
     pub(crate) fn digest(&self) -> [u8; 8] {
-        let mut h = Sha256::new();
-        let mut put = |name: &str, values: &[String]| {
-            h.update(name.as_bytes());
-            h.update([0]);
-            for v in values {
-                h.update(v.as_bytes());
-                h.update([0]);
-            }
-            h.update([1]);
+        let matching = Self {
+            from: None,
+            to: None,
+            order: None,
+            q: self.text(),
+            ..self.clone()
         };
-        let one = |v: &Option<String>| v.iter().cloned().collect::<Vec<_>>();
-        let num = |v: &[i16]| v.iter().map(i16::to_string).collect::<Vec<_>>();
-        put("user_id", &self.user_ids);
-        put("session_id", &self.session_ids);
-        put("service", &self.services);
-        put("action_type", &self.action_types);
-        put("endpoint", &one(&self.endpoint_prefix));
-        put("http_method", &self.http_methods);
-        put("status_code", &num(&self.status_codes));
-        put("status_class", &num(&self.status_classes));
-        put("success", &one(&self.success.map(|b| b.to_string())));
-        put("client_ip", &one(&self.client_net.map(|c| c.to_string())));
-        put(
-            "min_response_time_ms",
-            &one(&self.min_response_time_ms.map(|v| v.to_string())),
-        );
-        put("q", &one(&self.q));
-        let full = h.finalize();
+        let text = serde_json::to_vec(&matching).unwrap_or_default();
+        let full = Sha256::digest(&text);
         let mut out = [0; 8];
         out.copy_from_slice(&full[..8]);
         out
@@ -224,50 +339,51 @@ impl Filters {
 
     /// Appends ` AND …` conditions (all values bound, never interpolated).
     pub fn push_conditions(&self, qb: &mut QueryBuilder<Postgres>) {
-        if !self.user_ids.is_empty() {
+        if !self.user_id.is_empty() {
             qb.push(" AND user_id = ANY(")
-                .push_bind(self.user_ids.clone())
+                .push_bind(self.user_id.clone())
                 .push(")");
         }
-        if !self.session_ids.is_empty() {
+        if !self.session_id.is_empty() {
             qb.push(" AND session_id = ANY(")
-                .push_bind(self.session_ids.clone())
+                .push_bind(self.session_id.clone())
                 .push(")");
         }
-        if !self.services.is_empty() {
+        if !self.service.is_empty() {
             qb.push(" AND service = ANY(")
-                .push_bind(self.services.clone())
+                .push_bind(self.service.clone())
                 .push(")");
         }
-        if !self.action_types.is_empty() {
+        if !self.action_type.is_empty() {
             qb.push(" AND action_type = ANY(")
-                .push_bind(self.action_types.clone())
+                .push_bind(self.action_type.clone())
                 .push(")");
         }
-        if let Some(prefix) = &self.endpoint_prefix {
+        if let Some(prefix) = &self.endpoint {
             qb.push(" AND starts_with(endpoint, ")
                 .push_bind(prefix.clone())
                 .push(")");
         }
-        if !self.http_methods.is_empty() {
+        if !self.http_method.is_empty() {
             qb.push(" AND http_method = ANY(")
-                .push_bind(self.http_methods.clone())
+                .push_bind(self.http_method.clone())
                 .push(")");
         }
-        if !self.status_codes.is_empty() || !self.status_classes.is_empty() {
+        let (status_codes, status_classes) = (self.status_codes(), self.status_classes());
+        if !self.status.is_empty() {
             // A class is a range of codes: PostgreSQL estimates a range from
             // the column's statistics, while `status_code / 100` has none; it
             // guessed 0.5% for 5xx (really ~5%) and sorted every code_exec
             // row of the day instead of walking the time index (30 ms, not 3).
             qb.push(" AND (");
             let mut first = true;
-            if !self.status_codes.is_empty() {
+            if !status_codes.is_empty() {
                 qb.push("status_code = ANY(")
-                    .push_bind(self.status_codes.clone())
+                    .push_bind(status_codes)
                     .push(")");
                 first = false;
             }
-            for &class in &self.status_classes {
+            for class in status_classes {
                 if !first {
                     qb.push(" OR ");
                 }
@@ -283,7 +399,7 @@ impl Filters {
         if let Some(success) = self.success {
             qb.push(" AND success = ").push_bind(success);
         }
-        if let Some(net) = self.client_net {
+        if let Some(Network(net)) = self.client_ip {
             qb.push(" AND client_ip <<= ")
                 .push_bind(net.to_string())
                 .push("::inet");
@@ -291,7 +407,7 @@ impl Filters {
         if let Some(ms) = self.min_response_time_ms {
             qb.push(" AND response_time_ms >= ").push_bind(ms);
         }
-        if let Some(q) = &self.q {
+        if let Some(q) = self.text() {
             qb.push(" AND (strpos(lower(endpoint), ")
                 .push_bind(q.clone())
                 .push(") > 0 OR strpos(lower(metadata::text), ")
@@ -305,18 +421,21 @@ impl Filters {
 pub fn matches(f: &Filters, e: &StoredEvent) -> bool {
     let any =
         |values: &[String], value: &str| values.is_empty() || values.iter().any(|v| v == value);
-    any(&f.user_ids, e.user_id.as_deref().unwrap_or("\u{0}"))
-        && (f.user_ids.is_empty() || e.user_id.is_some())
-        && any(&f.session_ids, &e.session_id)
-        && any(&f.services, &e.service)
-        && any(&f.action_types, &e.action_type)
-        && any(&f.http_methods, &e.http_method)
-        && f.endpoint_prefix
+    any(&f.user_id, e.user_id.as_deref().unwrap_or("\u{0}"))
+        && (f.user_id.is_empty() || e.user_id.is_some())
+        && any(&f.session_id, &e.session_id)
+        && any(&f.service, &e.service)
+        && any(&f.action_type, &e.action_type)
+        && any(&f.http_method, &e.http_method)
+        && f.endpoint
             .as_deref()
             .is_none_or(|p| e.endpoint.starts_with(p))
-        && ((f.status_codes.is_empty() && f.status_classes.is_empty())
+        && (f.status.is_empty()
             || e.status_code.is_some_and(|code| {
-                f.status_codes.contains(&code) || f.status_classes.contains(&(code / 100))
+                f.status.iter().any(|s| match *s {
+                    Status::Code(c) => c == code,
+                    Status::Class(class) => class == code / 100,
+                })
             }))
         && f.success.is_none_or(|s| s == e.success)
         && f.min_response_time_ms
@@ -328,7 +447,7 @@ mod tests {
     use super::*;
 
     fn filters(query: &str) -> Result<Filters, ApiError> {
-        Filters::parse(&Params::parse_from(query, SEARCH_PARAMS)?)
+        crate::query::params::Params::parse_from(query, SEARCH_NAMES)?.filters()
     }
 
     fn event() -> StoredEvent {
@@ -346,9 +465,8 @@ mod tests {
     #[test]
     fn status_codes_classes_and_networks_are_read_as_operators_write_them() {
         let f = filters("status=404&status=5xx&client_ip=10.1.2.3/8").expect("filters");
-        assert_eq!(f.status_codes, [404]);
-        assert_eq!(f.status_classes, [5]);
-        assert_eq!(f.client_net.expect("net").to_string(), "10.0.0.0/8");
+        assert_eq!(f.status, [Status::Code(404), Status::Class(5)]);
+        assert_eq!(f.client_ip.expect("net").0.to_string(), "10.0.0.0/8");
         for bad in [
             "status=6xx",
             "status=99",
@@ -359,7 +477,76 @@ mod tests {
         }
         assert!(filters("http_method=get").is_err(), "lower-case method");
         assert!(filters("action_type=Bad!").is_err());
-        assert_eq!(filters("q=AbC").expect("q").q.as_deref(), Some("abc"));
+        let q = filters("q=AbC").expect("q");
+        assert_eq!(q.text().as_deref(), Some("abc"), "matched in lower case");
+        assert_eq!(q.q.as_deref(), Some("AbC"), "kept as given");
+        assert_eq!(q.digest(), filters("q=abc").expect("q").digest());
+    }
+
+    #[test]
+    fn a_query_string_and_a_json_object_give_the_same_filters_and_store_alike() {
+        let query = filters(
+            "status=404&status=5xx&success=false&min_response_time_ms=2.5&user_id=alice\
+             &from=2026-12-03T10:00:00%2B01:00&order=asc",
+        )
+        .expect("query");
+        let json = Filters::from_json(serde_json::json!({
+            "status": ["404", "5xx"], "success": false, "min_response_time_ms": 2.5,
+            "user_id": ["alice"], "from": "2026-12-03T09:00:00Z", "order": "asc",
+        }))
+        .expect("json");
+        assert_eq!(query, json);
+        let stored = serde_json::to_value(&json).expect("stored");
+        assert_eq!(
+            stored,
+            serde_json::json!({
+                "status": ["404", "5xx"], "success": false, "min_response_time_ms": 2.5,
+                "user_id": "alice", "from": "2026-12-03T09:00:00Z", "order": "asc",
+            })
+        );
+        assert_eq!(Filters::from_json(stored).expect("read back"), json);
+    }
+
+    #[test]
+    fn errors_name_the_filter_whichever_way_it_came() {
+        for (value, name) in [
+            (serde_json::json!({"status": ["404", "9xx"]}), "status"),
+            (serde_json::json!({"success": [true, false]}), "success"),
+            (serde_json::json!({"user_id": {"a": 1}}), "user_id"),
+            (serde_json::json!({"limit": 5}), "limit"),
+            (
+                serde_json::json!({"from": "2026-12-03T10:00:00Z", "to": "2026-12-03T09:00:00Z"}),
+                "from",
+            ),
+        ] {
+            match Filters::from_json(value.clone()) {
+                Err(ApiError::BadParam { param, .. }) => assert_eq!(param, name, "{value}"),
+                other => panic!("{value}: {other:?}"),
+            }
+        }
+        match filters("success=true&success=false") {
+            Err(ApiError::BadParam { param, message }) => {
+                assert_eq!(param, "success");
+                assert!(message.contains("only once"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_name_list_is_the_structs_and_the_openapi_documents() {
+        use utoipa::IntoParams;
+        let documented: Vec<String> = Filters::into_params(|| None)
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(documented, FILTER_NAMES);
+        let windowed: Vec<&str> = FILTER_NAMES
+            .iter()
+            .copied()
+            .filter(|n| !["from", "to"].contains(n))
+            .collect();
+        assert_eq!(windowed, UNWINDOWED_NAMES);
     }
 
     #[test]

@@ -6,4 +6,5 @@ pub mod cursor;
 pub mod export;
 pub mod filters;
 pub mod params;
+pub mod scalar;
 pub mod search;

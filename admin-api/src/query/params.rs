@@ -1,11 +1,17 @@
 //! Query-string parsing shared by the admin routes: unknown or repeated
 //! parameters, NUL characters and malformed values are refused with a 400
-//! that names the parameter, before anything reaches the database.
+//! that names the parameter, before anything reaches the database. A JSON
+//! object of filters (an export job's, a schedule's, a live subscription's)
+//! is taken apart the same way ([`Params::from_object`]).
 
 use chrono::{DateTime, SubsecRound, Utc};
+use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
-use crate::error::ApiError;
+use crate::{
+    error::ApiError,
+    query::{filters::Filters, scalar::Scalar},
+};
 
 /// The parsed query string of one request.
 #[derive(Debug)]
@@ -22,23 +28,71 @@ impl Params {
     /// [`Params::parse`] with the known names given as several lists (e.g.
     /// the search filters, then a route's own).
     pub fn parse_from(query: &str, known: &[&[&str]]) -> Result<Self, ApiError> {
+        Self::from_pairs(form_urlencoded::parse(query.as_bytes()), known)
+    }
+
+    fn from_pairs<N: AsRef<str> + Into<String>, V: AsRef<str> + Into<String>>(
+        pairs: impl IntoIterator<Item = (N, V)>,
+        known: &[&[&str]],
+    ) -> Result<Self, ApiError> {
         let mut values: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        for (name, value) in pairs {
             if !known.iter().any(|list| list.contains(&name.as_ref())) {
                 return Err(ApiError::param(
-                    &name,
+                    name.as_ref(),
                     format!("unknown parameter; known: {}", known.concat().join(", ")),
                 ));
             }
-            if value.contains('\0') {
-                return Err(ApiError::param(&name, "must not contain NUL characters"));
+            if value.as_ref().contains('\0') {
+                return Err(ApiError::param(
+                    name.as_ref(),
+                    "must not contain NUL characters",
+                ));
             }
-            values
-                .entry(name.into_owned())
-                .or_default()
-                .push(value.into_owned());
+            values.entry(name.into()).or_default().push(value.into());
         }
         Ok(Self { values })
+    }
+
+    /// A JSON object of parameters (the body field `field`): a string, a
+    /// number or a boolean each, or an array of them for a repeatable one.
+    /// Refused as [`Params::parse_from`] refuses, with the same names.
+    pub fn from_object(
+        field: &str,
+        object: &Map<String, Value>,
+        known: &[&[&str]],
+    ) -> Result<Self, ApiError> {
+        let text = |name: &str, v: &Value| match v {
+            Value::String(s) => Ok(s.clone()),
+            Value::Number(n) => Ok(n.to_string()),
+            Value::Bool(b) => Ok(b.to_string()),
+            _ => Err(ApiError::body(
+                &format!("{field}.{name}"),
+                "must be a string, a number, a boolean or an array of them",
+            )),
+        };
+        let mut pairs = Vec::new();
+        for (name, value) in object {
+            match value {
+                Value::Array(values) => {
+                    for v in values {
+                        pairs.push((name.as_str(), text(name, v)?));
+                    }
+                }
+                v => pairs.push((name.as_str(), text(name, v)?)),
+            }
+        }
+        Self::from_pairs(pairs, known)
+    }
+
+    /// The search filters among the parameters.
+    pub fn filters(&self) -> Result<Filters, ApiError> {
+        Filters::from_values(
+            self.values
+                .iter()
+                .filter(|(name, _)| crate::query::filters::FILTER_NAMES.contains(&name.as_str()))
+                .map(|(name, values)| (name.as_str(), values.as_slice())),
+        )
     }
 
     /// The value of a parameter that may appear once; empty means absent.
@@ -78,16 +132,7 @@ impl Params {
 
     pub fn time(&self, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
         self.one(name)?
-            .map(|v| {
-                DateTime::parse_from_rfc3339(v)
-                    .map(|t| t.with_timezone(&Utc))
-                    .map_err(|e| {
-                        ApiError::param(
-                            name,
-                            format!("{v:?} is not an RFC 3339 timestamp ({e}), e.g. 2026-11-28T09:00:00Z"),
-                        )
-                    })
-            })
+            .map(|v| DateTime::<Utc>::from_text(v).map_err(|e| ApiError::param(name, e)))
             .transpose()
     }
 
@@ -103,30 +148,6 @@ impl Params {
                             format!("{v:?} is not an integer from {min} to {max}"),
                         )
                     })
-            })
-            .transpose()
-    }
-
-    pub fn number(&self, name: &str) -> Result<Option<f64>, ApiError> {
-        self.one(name)?
-            .map(|v| {
-                v.parse::<f64>()
-                    .ok()
-                    .filter(|n| n.is_finite() && *n >= 0.0)
-                    .ok_or_else(|| ApiError::param(name, format!("{v:?} is not a number ≥ 0")))
-            })
-            .transpose()
-    }
-
-    pub fn boolean(&self, name: &str) -> Result<Option<bool>, ApiError> {
-        self.one(name)?
-            .map(|v| match v {
-                "true" => Ok(true),
-                "false" => Ok(false),
-                _ => Err(ApiError::param(
-                    name,
-                    format!("{v:?} is not `true` or `false`"),
-                )),
             })
             .transpose()
     }
@@ -175,6 +196,16 @@ pub fn time_range(
     default: chrono::TimeDelta,
 ) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
     let (from, to) = open_time_range(params)?;
+    window(from, to, default)
+}
+
+/// `from`/`to` with the defaults filled in: `to` now, `from` the `default`
+/// span before `to`; `from` must be before `to`.
+pub fn window(
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    default: chrono::TimeDelta,
+) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
     let to = to.unwrap_or_else(|| Utc::now().trunc_subsecs(6));
     let from = from.unwrap_or(to - default);
     if from >= to {
@@ -189,8 +220,8 @@ pub type OpenRange = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
 /// `from`/`to` as given, either may be absent (unbounded), in microseconds
 /// (the precision of stored times and of cursors); `from` must be before `to`.
 pub fn open_time_range(params: &Params) -> Result<OpenRange, ApiError> {
-    let to = params.time("to")?.map(|t| t.trunc_subsecs(6));
-    let from = params.time("from")?.map(|t| t.trunc_subsecs(6));
+    let to = params.time("to")?;
+    let from = params.time("from")?;
     if let (Some(from), Some(to)) = (from, to)
         && from >= to
     {
@@ -244,8 +275,8 @@ mod tests {
     #[test]
     fn typed_values_are_checked_and_name_their_parameter() {
         let p = Params::parse(
-            "limit=0&from=yesterday&ok=maybe&ms=fast&n=7",
-            &["limit", "from", "ok", "ms", "n"],
+            "limit=0&from=yesterday&order=up&n=7",
+            &["limit", "from", "order", "n"],
         )
         .expect("parsed");
         assert_eq!(
@@ -253,8 +284,7 @@ mod tests {
             "limit"
         );
         assert_eq!(named(p.time("from").expect_err("time")), "from");
-        assert_eq!(named(p.boolean("ok").expect_err("bool")), "ok");
-        assert_eq!(named(p.number("ms").expect_err("number")), "ms");
+        assert_eq!(named(p.descending("order").expect_err("order")), "order");
         assert_eq!(p.integer("n", 1, 10).expect("n"), Some(7));
         let p = Params::parse("from=2026-12-03T11:00:00%2B01:00", &["from"]).expect("parsed");
         let from = p.time("from").expect("time").expect("some");

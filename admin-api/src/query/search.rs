@@ -13,7 +13,7 @@ use crate::{
     query::{
         cursor::{Cursor, CursorKey},
         filters::Filters,
-        params::{Params, time_range},
+        params::{Params, window},
     },
 };
 use auditline_shared::{event_columns, stored::StoredEvent};
@@ -34,6 +34,19 @@ pub struct Window {
     pub to: DateTime<Utc>,
 }
 
+/// The search's own parameters, after the filters (described here, read
+/// by [`Search::parse`]).
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct PageParams {
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    #[param(min_length = 1)]
+    cursor: Option<String>,
+}
+
 /// A parsed search request.
 #[derive(Debug)]
 pub struct Search {
@@ -47,10 +60,10 @@ pub struct Search {
 
 impl Search {
     pub fn parse(params: &Params, key: &CursorKey) -> Result<Self, ApiError> {
-        let filters = Filters::parse(params)?;
-        let descending = params.descending("order")?;
+        let filters = params.filters()?;
+        let descending = filters.descending_or(true);
         let limit = params.integer("limit", 1, 1000)?.unwrap_or(100);
-        let (mut from, mut to) = time_range(params, TimeDelta::hours(24))?;
+        let (mut from, mut to) = window(filters.from, filters.to, TimeDelta::hours(24))?;
         let mut after = None;
         if let Some(text) = params.one("cursor")? {
             let cursor = key.decode(text)?;
@@ -62,8 +75,8 @@ impl Search {
             }
             // The window is the first page's: explicit from/to must agree.
             for (name, given, kept) in [
-                ("from", params.time("from")?, cursor.from),
-                ("to", params.time("to")?, cursor.to),
+                ("from", filters.from, cursor.from),
+                ("to", filters.to, cursor.to),
             ] {
                 if given.is_some_and(|t| t.timestamp_micros() != kept.timestamp_micros()) {
                     return Err(ApiError::param(
@@ -149,7 +162,12 @@ impl Search {
     }
 
     async fn fetch(&self, pool: &PgPool) -> Result<Vec<StoredEvent>, ApiError> {
-        let Some(bits) = self.filters.q.as_deref().and_then(text_index::query_bits) else {
+        let Some(bits) = self
+            .filters
+            .text()
+            .as_deref()
+            .and_then(text_index::query_bits)
+        else {
             return Ok(self.query(None).build_query_as().fetch_all(pool).await?);
         };
         // Blocks and pending batches must be read in the snapshot the rows are.

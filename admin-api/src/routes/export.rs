@@ -29,7 +29,7 @@ use crate::{
     get,
     path = "/admin/audit/export",
     tag = "export",
-    params(crate::query::filters::FilterParams, ExportParams),
+    params(crate::query::filters::Filters, ExportParams),
     responses(
         (status = 200, description = "The export file, streamed",
             content(

@@ -15,7 +15,7 @@ use actix_web::{
     web::{self, Bytes},
 };
 use auditline_integrity::storage::Storage;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sqlx::PgPool;
 use utoipa::ToSchema;
@@ -25,8 +25,9 @@ use crate::{
     error::ApiError,
     extract::{Exporter, JobViewer},
     query::{
-        body::{Body, in_field},
-        export::{self, Compression, Export, Format},
+        body::{self, in_field},
+        export::{Compression, Export, Format},
+        filters::{FILTER_NAMES, Filters},
         params::Params,
     },
     state::State,
@@ -34,34 +35,38 @@ use crate::{
 };
 
 /// The body of `POST /admin/audit/exports`.
-#[derive(Debug, ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NewExport {
     /// `csv` (default), `json` or `ndjson`.
+    #[serde(default)]
     format: Option<Format>,
     /// `none` (default) or `zstd`.
+    #[serde(default)]
     compression: Option<Compression>,
-    /// The parameters of `GET /admin/audit/logs` (without `limit` and
-    /// `cursor`): a string, number or boolean each, or an array for the
-    /// repeatable ones.
-    #[schema(value_type = Object, required = false)]
+    /// The search filters, with the window (`from`, `to`) and `order`.
+    #[serde(default)]
+    #[schema(value_type = Option<Filters>)]
     filters: Option<Map<String, Value>>,
     /// `local` (the default: the export directory) or a configured S3-compatible destination.
+    #[serde(default)]
     destination: Option<String>,
 }
 
-fn parse_new(body: &[u8], storage: &Storage) -> Result<(String, Export, String), ApiError> {
-    let mut body = Body::parse(body)?;
-    let format = body.format()?;
-    let compression = body.compression()?;
-    let query = body.filters()?;
-    let destination = body.destination(storage)?;
-    body.finish("format, compression, filters, destination")?;
-    let params = Params::parse_from(&query, export::FILTER_PARAMS).map_err(in_field("filters"))?;
+fn parse_new(body: &[u8], storage: &Storage) -> Result<(Export, String), ApiError> {
+    let new: NewExport = body::read(body)?;
+    let destination = new
+        .destination
+        .unwrap_or_else(|| auditline_integrity::storage::LOCAL.into());
+    storage
+        .check(&destination)
+        .map_err(|message| ApiError::body("destination", message))?;
+    let params = Params::from_object("filters", &new.filters.unwrap_or_default(), &[FILTER_NAMES])
+        .map_err(in_field("filters"))?;
     let mut export = Export::parse(&params).map_err(in_field("filters"))?;
-    export.format = format;
-    export.compression = compression;
-    Ok((query, export, destination))
+    export.format = new.format.unwrap_or(Format::Csv);
+    export.compression = new.compression.unwrap_or(Compression::None);
+    Ok((export, destination))
 }
 
 /// Start an export job.
@@ -85,7 +90,7 @@ pub async fn create(
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
     Params::parse(req.query_string(), &[])?;
-    let (query, export, destination) = parse_new(&body, &state.storage)?;
+    let (export, destination) = parse_new(&body, &state.storage)?;
     let owner = &exporter.0.token_id;
     let mut tx = state.pool.begin().await?;
     // One token's requests are counted one at a time (on every instance),
@@ -116,13 +121,13 @@ pub async fn create(
     }
     let job: ExportJob = sqlx::query_as(concat!(
         "INSERT INTO auditline.export_jobs \
-         (id, query, format, compression, window_from, window_to, requested_by, destination, \
+         (id, filters, format, compression, window_from, window_to, requested_by, destination, \
           owner_token_id) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ",
         job_columns!()
     ))
     .bind(Uuid::now_v7())
-    .bind(query)
+    .bind(sqlx::types::Json(&export.filters))
     .bind(export.format.as_str())
     .bind(export.compression.as_str())
     .bind(export.from)
@@ -322,7 +327,7 @@ pub async fn download(
         )));
     };
     let (size, body) = state.storage.read(&job.destination, file).await?;
-    let export = job.export()?;
+    let export = job.export();
     Ok(HttpResponse::Ok()
         .content_type(export.content_type())
         .insert_header(ContentDisposition {

@@ -48,12 +48,7 @@ use uuid::Uuid;
 use crate::{
     error::ApiError,
     extract::Reader,
-    query::{
-        body::{filters_query, in_field},
-        cursor::CursorKey,
-        filters::Filters,
-        params::Params,
-    },
+    query::{body::in_field, cursor::CursorKey, filters::Filters, params::Params},
     state::State,
     workers::live::{Hub, Joined, REVOKED, Redeemed, ended_tokens},
 };
@@ -84,13 +79,15 @@ pub const LIVE_PARAMS: &[&str] = &[
 /// The live filter of a subscribe message (`filter`: an object of the live
 /// parameters), validated as the search validates them.
 fn parse_filter(filter: Option<&Value>) -> Result<Filters, ApiError> {
-    let query = match filter {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::Object(map)) => filters_query("filter", map)?,
+    let empty = serde_json::Map::new();
+    let object = match filter {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Object(map)) => map,
         Some(_) => return Err(ApiError::body("filter", "must be an object")),
     };
-    let params = Params::parse_from(&query, &[LIVE_PARAMS]).map_err(in_field("filter"))?;
-    Filters::parse(&params).map_err(in_field("filter"))
+    let params =
+        Params::from_object("filter", object, &[LIVE_PARAMS]).map_err(in_field("filter"))?;
+    params.filters().map_err(in_field("filter"))
 }
 
 /// A ticket for one websocket connection.

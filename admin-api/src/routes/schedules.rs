@@ -8,7 +8,7 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{TimeDelta, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -17,37 +17,43 @@ use crate::{
     error::ApiError,
     extract::{Exporter, JobViewer},
     query::{
-        body::{Body, in_field},
-        export::{Compression, Export, Format},
-        filters::MATCH_PARAMS,
+        body::{self, in_field},
+        export::{Compression, Format},
+        filters::{Filters, UNWINDOWED_NAMES},
         params::Params,
     },
     state::State,
     workers::scheduler::{Schedule, next_fire, parse_cron, schedule_columns},
 };
 
-/// The filters a schedule may carry: the search's, without the window.
-const SCHEDULE_FILTERS: &[&[&str]] = &[MATCH_PARAMS, &["order"]];
-
 /// The body of `POST /admin/audit/export-schedules`.
-#[derive(Debug, ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NewSchedule {
     /// A name for people (default: the cron expression).
+    #[serde(default)]
     name: Option<String>,
     /// Five cron fields, UTC, e.g. `5 0 * * *` (00:05 every day).
-    cron: String,
+    #[serde(default)]
+    #[schema(required = true)]
+    cron: Option<String>,
     /// `previous_minute`, `previous_hour` or `previous_day`.
-    #[schema(pattern = "^previous_(minute|hour|day)$")]
-    window: String,
+    #[serde(default)]
+    #[schema(required = true, pattern = "^previous_(minute|hour|day)$")]
+    window: Option<String>,
     /// `csv` (default), `json` or `ndjson`.
+    #[serde(default)]
     format: Option<Format>,
     /// `none` (default) or `zstd`.
+    #[serde(default)]
     compression: Option<Compression>,
-    /// Search filters (no `from`/`to`).
-    #[schema(value_type = Object, required = false)]
+    /// The search filters, with `order` but without `from`/`to` (each run's
+    /// window is the schedule's).
+    #[serde(default)]
+    #[schema(value_type = Option<Filters>)]
     filters: Option<Map<String, Value>>,
     /// `local` (the default: the export directory) or a configured S3-compatible destination.
+    #[serde(default)]
     destination: Option<String>,
 }
 
@@ -71,12 +77,12 @@ pub async fn create(
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
     Params::parse(req.query_string(), &[])?;
-    let mut body = Body::parse(&body)?;
-    let cron_text = body
-        .text("cron")?
+    let new: NewSchedule = body::read(&body)?;
+    let cron_text = new
+        .cron
         .ok_or_else(|| ApiError::body("cron", "is required, e.g. \"5 0 * * *\""))?;
     let cron = parse_cron(&cron_text).map_err(|e| ApiError::body("cron", e))?;
-    let window = body.text("window")?.ok_or_else(|| {
+    let window = new.window.ok_or_else(|| {
         ApiError::body(
             "window",
             "is required: previous_minute, previous_hour or previous_day",
@@ -93,21 +99,29 @@ pub async fn create(
             ));
         }
     };
-    let name = body.text("name")?.unwrap_or_else(|| cron_text.clone());
+    let name = new.name.unwrap_or_else(|| cron_text.clone());
     if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
         return Err(ApiError::body(
             "name",
             "must be 1-200 characters without control characters",
         ));
     }
-    let destination = body.destination(&state.storage)?;
-    let format = body.format()?;
-    let compression = body.compression()?;
-    let query = body.filters()?;
-    body.finish("name, cron, window, format, compression, filters, destination")?;
-    // Validated as a job would parse it (the window is the schedule's).
-    let params = Params::parse_from(&query, SCHEDULE_FILTERS).map_err(in_field("filters"))?;
-    Export::parse(&params).map_err(in_field("filters"))?;
+    let destination = new
+        .destination
+        .unwrap_or_else(|| auditline_integrity::storage::LOCAL.into());
+    state
+        .storage
+        .check(&destination)
+        .map_err(|message| ApiError::body("destination", message))?;
+    let format = new.format.unwrap_or(Format::Csv);
+    let compression = new.compression.unwrap_or(Compression::None);
+    let filters = Params::from_object(
+        "filters",
+        &new.filters.unwrap_or_default(),
+        &[UNWINDOWED_NAMES],
+    )
+    .and_then(|params| params.filters())
+    .map_err(in_field("filters"))?;
     let now = Utc::now();
     let next_run_at = next_fire(&cron, now).ok_or_else(|| ApiError::body("cron", "never fires"))?;
     // Every fire queues a job and writes a file: more than one a minute
@@ -127,7 +141,7 @@ pub async fn create(
     }
     let schedule: Schedule = sqlx::query_as(concat!(
         "INSERT INTO auditline.export_schedules \
-         (id, name, cron, window_unit, query, format, compression, destination, created_by, \
+         (id, name, cron, window_unit, filters, format, compression, destination, created_by, \
           next_run_at, owner_token_id) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING ",
         schedule_columns!()
@@ -136,7 +150,7 @@ pub async fn create(
     .bind(name)
     .bind(&cron_text)
     .bind(unit)
-    .bind(query)
+    .bind(sqlx::types::Json(&filters))
     .bind(format.as_str())
     .bind(compression.as_str())
     .bind(destination)

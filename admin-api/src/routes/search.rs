@@ -13,9 +13,9 @@ use crate::{
     error::ApiError,
     extract::Reader,
     query::{
-        filters::{FilterParams, SEARCH_PARAMS, SearchParams},
+        filters::{Filters, SEARCH_NAMES},
         params::Params,
-        search::{Search, SearchPage},
+        search::{PageParams, Search, SearchPage},
     },
     state::State,
 };
@@ -26,7 +26,7 @@ use auditline_shared::{event_columns, stored::StoredEvent};
     get,
     path = "/admin/audit/logs",
     tag = "search",
-    params(FilterParams, SearchParams),
+    params(Filters, PageParams),
     responses(
         (status = 200, description = "One page of matching events", body = SearchPage),
         crate::error::ReadErrors,
@@ -37,7 +37,7 @@ pub async fn search(
     _reader: Reader,
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
-    let params = Params::parse_from(req.query_string(), SEARCH_PARAMS)?;
+    let params = Params::parse_from(req.query_string(), SEARCH_NAMES)?;
     let search = Search::parse(&params, &state.cursor_key)?;
     let page = search.run(&state.pool, &state.cursor_key).await?;
     Ok(HttpResponse::Ok().json(page))

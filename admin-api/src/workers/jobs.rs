@@ -16,7 +16,7 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use std::{
@@ -27,13 +27,9 @@ use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::{
-    error::ApiError,
-    query::{
-        body::query_filters,
-        export::{self, Compression, Encoder, Export, Format, ReadAhead},
-        params::Params,
-    },
+use crate::query::{
+    export::{Compression, Encoder, Export, Format, ReadAhead},
+    filters::Filters,
 };
 use auditline_integrity::storage::{Storage, Upload};
 
@@ -53,12 +49,10 @@ pub struct ExportJob {
     pub id: Uuid,
     /// `queued`, `running`, `done`, `failed`, `cancelled` or `expired`.
     pub state: String,
-    /// The search filters, as given.
-    #[schema(value_type = Object)]
-    #[sqlx(skip)]
-    pub filters: Map<String, Value>,
-    #[serde(skip)]
-    pub query: String,
+    /// The search filters, with the window and order as given (the
+    /// window the job covers is `window_from`/`window_to`).
+    #[schema(value_type = Filters)]
+    pub filters: sqlx::types::Json<Filters>,
     pub format: Format,
     pub compression: Compression,
     pub window_from: DateTime<Utc>,
@@ -94,7 +88,7 @@ pub struct ExportJob {
 /// The columns of an [`ExportJob`].
 macro_rules! job_columns {
     () => {
-        "id, state, query, format, compression, window_from, window_to, requested_by, \
+        "id, state, filters, format, compression, window_from, window_to, requested_by, \
          schedule_id, owner_token_id, destination, created_at, started_at, finished_at, attempts, rows_written AS rows, \
          bytes_written AS bytes, progress, sha256, error, expires_at, file_name"
     };
@@ -130,7 +124,6 @@ impl<'r> sqlx::Decode<'r, sqlx::Postgres> for Compression {
 impl ExportJob {
     /// Fills the fields derived from the stored ones.
     pub(crate) fn complete(mut self) -> Self {
-        self.filters = query_filters(&self.query);
         if self.state == "done" {
             self.download = Some(format!("/admin/audit/exports/{}/download", self.id));
         }
@@ -138,14 +131,16 @@ impl ExportJob {
     }
 
     /// The export this job runs: its filters over its fixed window.
-    pub(crate) fn export(&self) -> Result<Export, ApiError> {
-        let params = Params::parse_from(&self.query, export::FILTER_PARAMS)?;
-        let mut export = Export::parse(&params)?;
-        export.from = self.window_from;
-        export.to = self.window_to;
-        export.format = self.format;
-        export.compression = self.compression;
-        Ok(export)
+    pub(crate) fn export(&self) -> Export {
+        let filters = self.filters.0.clone();
+        Export {
+            descending: filters.descending_or(false),
+            filters,
+            from: self.window_from,
+            to: self.window_to,
+            format: self.format,
+            compression: self.compression,
+        }
     }
 }
 
@@ -421,7 +416,7 @@ impl Runner {
     }
 
     async fn write_file(&self, job: &ExportJob, file: &str) -> Result<(), Stopped> {
-        let export = job.export().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let export = job.export();
         let mut upload = self
             .storage
             .create(&job.destination, file, job.attempts)

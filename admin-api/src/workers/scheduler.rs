@@ -13,12 +13,14 @@
 use chrono::{DateTime, DurationRound, SubsecRound, TimeDelta, Utc};
 use croner::{Cron, parser::CronParser};
 use serde::Serialize;
-use serde_json::{Map, Value};
 use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::query::export::{Compression, Format};
+use crate::query::{
+    export::{Compression, Format},
+    filters::Filters,
+};
 
 /// The most fire times caught up in one pass (a schedule that was off for a
 /// long time catches up over several passes, a second apart).
@@ -36,12 +38,10 @@ pub struct Schedule {
     pub window: String,
     #[serde(skip)]
     pub window_unit: String,
-    #[serde(skip)]
-    pub query: String,
-    /// The search filters (no `from`/`to`: the schedule sets the window).
-    #[schema(value_type = Object)]
-    #[sqlx(skip)]
-    pub filters: Map<String, Value>,
+    /// The search filters and order (no `from`/`to`: each run's window is
+    /// the schedule's).
+    #[schema(value_type = Filters)]
+    pub filters: sqlx::types::Json<Filters>,
     pub format: Format,
     pub compression: Compression,
     /// `local` (files land in `export_dir`) or a configured S3-compatible destination.
@@ -60,7 +60,7 @@ pub struct Schedule {
 
 macro_rules! schedule_columns {
     () => {
-        "id, name, cron, window_unit, query, format, compression, destination, created_by, \
+        "id, name, cron, window_unit, filters, format, compression, destination, created_by, \
          owner_token_id, created_at, next_run_at, last_window_to, runs"
     };
 }
@@ -69,7 +69,6 @@ pub(crate) use schedule_columns;
 impl Schedule {
     pub(crate) fn complete(mut self) -> Self {
         self.window = format!("previous_{}", self.window_unit);
-        self.filters = crate::query::body::query_filters(&self.query);
         self
     }
 }
@@ -132,13 +131,13 @@ pub async fn fire_due(pool: &PgPool, now: DateTime<Utc>) -> anyhow::Result<usize
             let from = last_to.unwrap_or(to - step);
             if from < to {
                 sqlx::query(
-                    "INSERT INTO auditline.export_jobs (id, query, format, compression, \
+                    "INSERT INTO auditline.export_jobs (id, filters, format, compression, \
                      window_from, window_to, requested_by, schedule_id, destination, \
                      owner_token_id) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 )
                 .bind(Uuid::now_v7())
-                .bind(&schedule.query)
+                .bind(&schedule.filters)
                 .bind(schedule.format.as_str())
                 .bind(schedule.compression.as_str())
                 .bind(from)
