@@ -7,6 +7,9 @@
 //! - [`amqp`]: the broker topology every part agrees on (`<ns>.events`,
 //!   `<ns>.writer`, `<ns>.dead`), connections and message bodies (zstd).
 //! - [`publisher`]: [`Publisher`], confirmed, reconnecting, pipelined.
+//! - [`batcher`]: the batching publisher the middleware and the gateway
+//!   share: many producers' NDJSON gathered into compressed messages, four
+//!   publishes awaiting confirms, a memory budget.
 //! - [`spool`]: the durable, fsync'd local spool used while the broker is away.
 //! - `middleware` (feature `actix`, default): `AuditMiddleware`, auditing
 //!   every request of an actix-web app.
@@ -16,6 +19,7 @@
 //! has no actix-web, prometheus, sqlx or figment.
 
 pub mod amqp;
+pub mod batcher;
 pub mod config;
 #[cfg(feature = "actix")]
 pub mod middleware;

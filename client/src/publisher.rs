@@ -36,7 +36,7 @@ use uuid::Uuid;
 /// Why a publish did not succeed. None of these means "maybe stored": the
 /// caller should treat every event of the call as not accepted (re-publishing
 /// them is safe).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
     #[error("the broker refused the message (nack); the queue may be full")]
     Nacked,
@@ -506,15 +506,23 @@ fn single_message(event: &AuditEvent) -> Message {
 }
 
 fn batch_message(events: &[AuditEvent], compress: bool) -> Message {
-    let first = &events[0];
+    ndjson_message(batch_routing_key(events), &[&to_ndjson(events)], compress)
+}
+
+/// The routing key of a message of `events`: `<service>.<action_type>` when
+/// they share one, `<service>.mixed` when they share a service, else
+/// `mixed.mixed`.
+pub fn batch_routing_key(events: &[AuditEvent]) -> String {
+    let Some(first) = events.first() else {
+        return "mixed.mixed".to_owned();
+    };
     let same_service = events.iter().all(|e| e.service == first.service);
     let same_action = events.iter().all(|e| e.action_type == first.action_type);
-    let routing_key = match (same_service, same_action) {
+    match (same_service, same_action) {
         (true, true) => first.routing_key(),
         (true, false) => format!("{}.mixed", first.service),
         _ => "mixed.mixed".to_owned(),
-    };
-    ndjson_message(routing_key, &[&to_ndjson(events)], compress)
+    }
 }
 
 fn ndjson_message(routing_key: String, parts: &[&[u8]], compress: bool) -> Message {

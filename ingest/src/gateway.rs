@@ -7,6 +7,14 @@
 //! whole or refused whole: every invalid item is listed by index (and line, for
 //! NDJSON) and field, and nothing is published. 202 means the broker confirmed
 //! every event.
+//!
+//! Requests publish through one [`Batcher`] (the middleware's batching
+//! publisher): each request's events are a part that waits for the confirm
+//! of the message it went into, and requests that arrive while publishes
+//! are awaiting their confirms share messages, so a busy gateway sends far
+//! fewer messages than it takes requests. A request whose events are not
+//! confirmed within `ingest.publish_timeout_ms` spools them (a message
+//! confirmed later as well is stored once: event ids are the key).
 
 use actix_web::{
     App, HttpRequest, HttpResponse, HttpServer, ResponseError,
@@ -16,7 +24,8 @@ use actix_web::{
 };
 use anyhow::Context;
 use auditline_client::{
-    publisher::{PublishError, Publisher},
+    batcher::{BatchSettings, Batcher, Sink, shared_routing_key},
+    publisher::{Prepared, PublishError, Publisher, batch_routing_key},
     spool::{GroupCommit, Spool, SpoolError},
 };
 use auditline_shared::{
@@ -106,8 +115,52 @@ impl IngestMetrics {
     }
 }
 
+/// One request's events (or a message's worth of them) on their way to the
+/// broker, and where to say how it went.
+struct Part {
+    ndjson: Vec<u8>,
+    events: usize,
+    routing_key: String,
+    reply: tokio::sync::oneshot::Sender<Result<(), PublishError>>,
+}
+
+/// What the batcher does with the requests' parts: tells each request how
+/// the message holding its events fared.
+struct Requests;
+
+impl Sink for Requests {
+    type Part = Part;
+    type Ticket = tokio::sync::oneshot::Sender<Result<(), PublishError>>;
+
+    fn events(part: &Part) -> usize {
+        part.events
+    }
+
+    fn body(part: &Part) -> &[u8] {
+        &part.ndjson
+    }
+
+    fn routing_key(&self, parts: &[Part]) -> String {
+        shared_routing_key(parts.iter().map(|p| p.routing_key.as_str()))
+    }
+
+    fn taken(&self, part: Part) -> Self::Ticket {
+        part.reply
+    }
+
+    fn settled(&self, _: &Prepared, tickets: Vec<Self::Ticket>, outcome: Result<(), PublishError>) {
+        for reply in tickets {
+            // A request that gave up waiting has spooled its events already.
+            let _ = reply.send(outcome.clone());
+        }
+    }
+}
+
 struct State {
     publisher: Publisher,
+    batcher: Batcher<Requests>,
+    /// `publisher.events_per_message`: a larger request is several parts.
+    events_per_message: usize,
     spool: Option<(Arc<Spool>, GroupCommit)>,
     settings: IngestSettings,
     metrics: IngestMetrics,
@@ -246,8 +299,23 @@ impl Application {
             }
             None => None,
         };
+        let batcher = Batcher::start(
+            publisher.clone(),
+            Arc::new(Requests),
+            BatchSettings {
+                // Requests wait for their confirm: nothing lingers; parts
+                // share messages while publishes are busy.
+                linger: Duration::ZERO,
+                events_per_message: settings.publisher.events_per_message,
+                queue_parts: 1024,
+                parts_per_take: 256,
+            },
+            settings.publisher.events_per_message,
+        );
         let state = web::Data::new(State {
             publisher,
+            batcher,
+            events_per_message: settings.publisher.events_per_message,
             spool,
             settings: settings.ingest.clone(),
             metrics,
@@ -395,8 +463,8 @@ async fn accept(
     let spooled = if outage {
         spool_events(state, &events).await?
     } else {
-        match state.publisher.publish_batch(&events).await {
-            Ok(_) => false,
+        match publish(state, &events).await {
+            Ok(()) => false,
             Err(PublishError::Unroutable(e)) => return Err(IngestError::Unavailable(e)),
             Err(e) if state.spool.is_some() => {
                 tracing::warn!(error = %e, events = events.len(), "broker unavailable; spooling");
@@ -408,6 +476,52 @@ async fn accept(
     state.metrics.accepted.inc_by(ids.len() as u64);
     Ok(HttpResponse::Accepted()
         .json(json!({"accepted": ids.len(), "event_ids": ids, "spooled": spooled})))
+}
+
+/// Publishes `events` through the batcher: resolves once the broker confirmed
+/// every message holding them, or with why not (the publish timeout
+/// included).
+async fn publish(state: &State, events: &[AuditEvent]) -> Result<(), PublishError> {
+    let timeout_ms = state.settings.publish_timeout_ms;
+    let mut replies = Vec::new();
+    let per_message = state.events_per_message.max(1);
+    for chunk in events.chunks(per_message) {
+        let (reply, confirmed) = tokio::sync::oneshot::channel();
+        let part = Part {
+            ndjson: to_ndjson(chunk),
+            events: chunk.len(),
+            routing_key: batch_routing_key(chunk),
+            reply,
+        };
+        if state.batcher.submit(part).await.is_err() {
+            return Err(PublishError::Unavailable {
+                timeout_ms,
+                last_error: "the gateway is shutting down".into(),
+            });
+        }
+        replies.push(confirmed);
+    }
+    let confirmed = async {
+        for reply in replies {
+            match reply.await {
+                Ok(outcome) => outcome?,
+                Err(_) => {
+                    return Err(PublishError::Unavailable {
+                        timeout_ms,
+                        last_error: "the publishing loop stopped".into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(Duration::from_millis(timeout_ms), confirmed).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(PublishError::Unavailable {
+            timeout_ms,
+            last_error: "no confirm in time".into(),
+        }),
+    }
 }
 
 /// Spools `events` through the group commit: resolves once they are fsync'd.

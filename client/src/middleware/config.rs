@@ -98,7 +98,7 @@ impl AuditConfig {
                 .collect(),
             queue_capacity: 10_000,
             linger: std::time::Duration::from_millis(50),
-            events_per_message: MAX_BATCH,
+            events_per_message: crate::batcher::MAX_BATCH,
             redact: Redactor::default(),
         }
     }

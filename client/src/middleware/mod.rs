@@ -32,8 +32,8 @@
 //!
 //! Layout: [`config`] (what it is told), `record` (a request as an event
 //! line), `buffers` (the line buffers' pool), `handoff` (each worker's
-//! pending buffer), `publish` (the outbox and the publish loop), `spill` (the
-//! spool thread), `service` (the actix-web `Transform` and `Service`); this
+//! pending buffer), `publish` (what the batching publisher of
+//! [`crate::batcher`] does with the hand-offs), `spill` (the spool thread), `service` (the actix-web `Transform` and `Service`); this
 //! module: the request extensions, the shared state and [`AuditMiddleware`].
 
 mod buffers;
@@ -82,7 +82,7 @@ use std::{
     task::{Context, Poll, ready},
     time::Instant,
 };
-use tokio::sync::{mpsc, watch};
+
 use uuid::Uuid;
 
 /// Set by the app's authentication (`req.extensions_mut().insert(AuditUser(..))`).
@@ -101,38 +101,19 @@ pub struct AuditMetadata(pub Map<String, Value>);
 struct Shared {
     config: Arc<AuditConfig>,
     session_header: HeaderName,
-    queue: mpsc::Sender<Lines>,
+    /// The queue to the publishing loop (which holds not this but the
+    /// receiving end: with the last middleware dropped, the queue closes and
+    /// the loop ends on its own).
+    batcher: crate::batcher::Batcher<Handoffs>,
     /// [`AuditConfig::action_ids`].
     action_ids: Vec<Option<usize>>,
-    /// Hand-offs that make a message (see [`Signals::batch_queued`]).
-    batch_handoffs: usize,
     buffers: Arc<Buffers>,
     spiller: Arc<Spiller>,
     /// Workers' [`Pending`] still alive: each hands over what it holds as it
     /// goes, so shutdown waits for none to be left.
     workers: std::sync::atomic::AtomicUsize,
-    signals: Arc<Signals>,
     /// The spool's replayer, stopped at shutdown (replay is safe to cut).
     replayer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-/// Between [`AuditMiddleware::shutdown`] and the publish loop (which holds
-/// these, not [`Shared`] and its queue sender: with the last middleware
-/// dropped, the queue closes and the loop ends on its own).
-#[derive(Default)]
-struct Signals {
-    /// Set by shutdown: the publish loop takes what is queued, publishes it
-    /// and ends.
-    closing: watch::Sender<bool>,
-    /// Set when shutdown's grace is over: publishes still unconfirmed give up
-    /// and spool their events.
-    hurry: watch::Sender<bool>,
-    /// Set by the publish loop once everything it took is confirmed or spooled.
-    drained: watch::Sender<bool>,
-    /// A message's worth of hand-offs is queued: the publish loop stops
-    /// lingering (so the queue holds a busy app's events however long the
-    /// linger).
-    batch_queued: tokio::sync::Notify,
 }
 
 /// The middleware (cheap to clone; clones share the queue and background task).
@@ -167,35 +148,35 @@ impl AuditMiddleware {
             HeaderName::try_from(config.session_header.as_str()).map_err(|_| {
                 anyhow::anyhow!("{:?} is not a valid header name", config.session_header)
             })?;
-        let (queue, rx) = mpsc::channel((config.queue_capacity / HANDOFF).max(1));
         let buffers = Arc::new(Buffers::default());
+        let spiller = Arc::new(Spiller {
+            spool: spool.clone(),
+            buffers: buffers.clone(),
+            spilled: AtomicU64::new(0),
+            overflow: std::sync::Mutex::default(),
+        });
+        let config = Arc::new(config);
+        let batcher = crate::batcher::Batcher::start(
+            publisher.clone(),
+            Arc::new(Handoffs {
+                config: config.clone(),
+                spiller: spiller.clone(),
+            }),
+            Handoffs::settings(&config),
+            HANDOFF,
+        );
         let shared = Arc::new(Shared {
             action_ids: config.action_ids(),
-            // Half the queue at most, so that the rest takes what comes meanwhile.
-            batch_handoffs: (config.events_per_message.min(MAX_BATCH) / HANDOFF)
-                .min(queue.max_capacity() / 2)
-                .max(1),
-            config: Arc::new(config),
+            config,
             session_header,
-            queue,
-            buffers: buffers.clone(),
-            spiller: Arc::new(Spiller {
-                spool: spool.clone(),
-                buffers,
-                spilled: AtomicU64::new(0),
-                overflow: std::sync::Mutex::default(),
-            }),
+            batcher,
+            buffers,
+            spiller,
             workers: std::sync::atomic::AtomicUsize::new(0),
-            signals: Arc::default(),
             replayer: std::sync::Mutex::default(),
         });
-        tokio::spawn(publish_loop(
-            rx,
-            publisher.clone(),
-            shared.spiller.clone(),
-            (shared.config.clone(), shared.signals.clone()),
-        ));
-        let replayer = tokio::spawn(spool.replay_forever(publisher, MAX_BATCH, |_, _| {}));
+        let replayer =
+            tokio::spawn(spool.replay_forever(publisher, crate::batcher::MAX_BATCH, |_, _| {}));
         *shared.replayer.lock().unwrap_or_else(|p| p.into_inner()) = Some(replayer);
         Ok(Self { shared })
     }
@@ -219,7 +200,6 @@ impl AuditMiddleware {
     pub async fn shutdown(&self, grace: std::time::Duration) {
         use std::time::Duration;
         let shared = &self.shared;
-        let signals = &shared.signals;
         let deadline = tokio::time::Instant::now() + grace;
         // Workers stop after the server has answered its stop; their last
         // events (requests cut short among them) come as they go.
@@ -239,22 +219,11 @@ impl AuditMiddleware {
             replayer.abort();
             let _ = replayer.await;
         }
-        signals.closing.send_replace(true);
-        let mut drained = signals.drained.subscribe();
-        if tokio::time::timeout_at(deadline, drained.wait_for(|d| *d))
-            .await
-            .is_err()
-        {
-            tracing::warn!(?grace, "audit events not confirmed in time go to the spool");
-            signals.hurry.send_replace(true);
-        }
-        // Spool writes only from here on; bounded all the same, should the
-        // publish loop be gone or the disk hang.
-        let more = tokio::time::Instant::now() + grace.max(Duration::from_secs(10));
-        if tokio::time::timeout_at(more, drained.wait_for(|d| *d))
-            .await
-            .is_err()
-        {
+        // Publishes unconfirmed after the grace spool their events; spool
+        // writes only from there on, bounded all the same, should the
+        // publishing loop be gone or the disk hang.
+        let more = deadline + grace.max(Duration::from_secs(10));
+        if !shared.batcher.shutdown(deadline, more).await {
             tracing::error!("the audit publisher did not finish; events it held may be lost");
         }
         // Events spilled meanwhile.
@@ -268,16 +237,8 @@ impl AuditMiddleware {
     }
 
     fn hand_over(&self, lines: Lines) {
-        let queue = &self.shared.queue;
-        match queue.try_send(lines) {
-            Ok(()) => {
-                if queue.max_capacity() - queue.capacity() >= self.shared.batch_handoffs {
-                    self.shared.signals.batch_queued.notify_one();
-                }
-            }
-            Err(
-                mpsc::error::TrySendError::Full(lines) | mpsc::error::TrySendError::Closed(lines),
-            ) => self.shared.spiller.spill([lines]),
+        if let Err(lines) = self.shared.batcher.try_submit(lines) {
+            self.shared.spiller.spill([lines]);
         }
     }
 }
@@ -444,35 +405,6 @@ mod tests {
         assert_eq!(key(&[lines(&["/health", "/misc"])]), "svc.other");
         assert_eq!(key(&[lines(&["/files/1", "/health"])]), "svc.mixed");
         assert_eq!(key(&[lines(&["/files/1"]), lines(&["/code"])]), "svc.mixed");
-    }
-
-    #[test]
-    fn messages_stay_within_their_events_and_bytes() {
-        let handoff = |count: usize, bytes: usize| Lines {
-            body: vec![b'x'; bytes],
-            count,
-            action: Action::None,
-        };
-        // Ordinary events: 5,000 a message, whole hand-offs.
-        let small: Vec<Lines> = (0..100).map(|_| handoff(64, 64 * 400)).collect();
-        let counts: Vec<usize> = group(small, 5_000)
-            .iter()
-            .map(|m| m.iter().map(|l| l.count).sum())
-            .collect();
-        assert_eq!(counts, [4_992, 1_408]);
-        // Every event with 32 KiB of metadata and resources: 2 MiB a
-        // hand-off, so four to a message, far below the writer's 64 MiB.
-        let large: Vec<Lines> = (0..10).map(|_| handoff(64, 64 * 32 * 1024)).collect();
-        let messages = group(large, 5_000);
-        assert_eq!(messages.len(), 3);
-        for message in &messages {
-            let bytes: usize = message.iter().map(|l| l.body.len()).sum();
-            assert!(bytes <= MAX_MESSAGE_BYTES, "{bytes} bytes in one message");
-        }
-        assert_eq!(
-            messages.iter().flatten().map(|l| l.count).sum::<usize>(),
-            640
-        );
     }
 
     #[test]

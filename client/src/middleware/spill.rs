@@ -4,6 +4,13 @@
 
 use super::*;
 
+/// Events waiting for the spool, and whether a thread is writing them.
+#[derive(Default)]
+pub(super) struct Overflow {
+    pub(super) waiting: Vec<Lines>,
+    pub(super) flushing: bool,
+}
+
 /// Events on their way to the spool: those the queue could not take (full,
 /// or closed at shutdown) and those the broker did not confirm. One thread at
 /// a time writes them, one fsync for all that arrived meanwhile: a task and
