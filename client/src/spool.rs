@@ -264,9 +264,12 @@ impl std::fmt::Debug for GroupCommit {
     }
 }
 
+/// What to do once an append is fsync'd (or failed): given back its bytes.
+type Done = Box<dyn FnOnce(Vec<u8>, Result<(), SpoolError>) + Send>;
+
 struct Waiting {
     ndjson: Vec<u8>,
-    done: tokio::sync::oneshot::Sender<Result<(), SpoolError>>,
+    done: Done,
 }
 
 /// The most bytes one commit writes (callers beyond it wait for the next).
@@ -313,12 +316,34 @@ impl GroupCommit {
     /// is fsync'd with whatever else arrived meanwhile.
     pub async fn append(&self, ndjson: Vec<u8>) -> Result<(), SpoolError> {
         let (done, result) = tokio::sync::oneshot::channel();
-        let gone = || SpoolError::Io(std::io::Error::other("the spool's commit thread is gone"));
-        self.queue
-            .send(Waiting { ndjson, done })
-            .map_err(|_| gone())?;
+        self.append_then(ndjson, move |_, outcome| {
+            // A caller that went away (its request cut) needs no answer.
+            let _ = done.send(outcome);
+        })
+        .map_err(|(_, e)| e)?;
         result.await.map_err(|_| gone())?
     }
+
+    /// Appends `ndjson` without waiting: `done` is called on the committing
+    /// thread once it is fsync'd (or failed), with the bytes back (a buffer
+    /// to reuse). Callable from any thread, with or without a runtime. When
+    /// the committing thread is gone, the bytes come back at once.
+    pub fn append_then(
+        &self,
+        ndjson: Vec<u8>,
+        done: impl FnOnce(Vec<u8>, Result<(), SpoolError>) + Send + 'static,
+    ) -> Result<(), (Vec<u8>, SpoolError)> {
+        self.queue
+            .send(Waiting {
+                ndjson,
+                done: Box::new(done),
+            })
+            .map_err(|mpsc::SendError(waiting)| (waiting.ndjson, gone()))
+    }
+}
+
+fn gone() -> SpoolError {
+    SpoolError::Io(std::io::Error::other("the spool's commit thread is gone"))
 }
 
 /// Writes the appends of `group` that fit, in arrival order, with one fsync;
@@ -362,8 +387,7 @@ fn commit(spool: &Spool, group: Vec<Waiting>, committed: &impl Fn(usize)) {
                 }
             }
         };
-        // A caller that went away (its request cut) needs no answer.
-        let _ = waiting.done.send(answer);
+        (waiting.done)(waiting.ndjson, answer);
     }
 }
 

@@ -149,12 +149,10 @@ impl AuditMiddleware {
                 anyhow::anyhow!("{:?} is not a valid header name", config.session_header)
             })?;
         let buffers = Arc::new(Buffers::default());
-        let spiller = Arc::new(Spiller {
-            spool: spool.clone(),
-            buffers: buffers.clone(),
-            spilled: AtomicU64::new(0),
-            overflow: std::sync::Mutex::default(),
-        });
+        let spiller = Arc::new(
+            Spiller::new(spool.clone(), buffers.clone())
+                .map_err(|e| anyhow::anyhow!("cannot start the spool's commit thread: {e}"))?,
+        );
         let config = Arc::new(config);
         let batcher = crate::batcher::Batcher::start(
             publisher.clone(),
