@@ -130,7 +130,7 @@ impl Export {
     /// unless told); `format` and `compression` are taken from the query
     /// when present.
     pub fn parse(params: &Params) -> Result<Self, ApiError> {
-        let filters = params.filters()?;
+        let filters = Filters::from_params(params)?;
         let (from, to) = window(filters.from, filters.to, TimeDelta::hours(24))?;
         let descending = filters.descending_or(false);
         let format = match params.one("format")? {

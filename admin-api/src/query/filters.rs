@@ -20,7 +20,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::{
     error::ApiError,
     query::{
-        params::{Text, check_len},
+        params::{Params, Text, check_len},
         scalar::{Scalar, many, one},
     },
 };
@@ -229,13 +229,13 @@ impl Filters {
         Ok(filters)
     }
 
-    /// Reads the filters from names and their values (a query string's, in
-    /// order: one value alone, several for a repeated name).
-    pub fn from_values<'a>(
-        values: impl IntoIterator<Item = (&'a str, &'a [String])>,
-    ) -> Result<Self, ApiError> {
-        let object: Map<String, Value> = values
-            .into_iter()
+    /// Reads the filters among a request's parameters (a query string's, or
+    /// a JSON object's taken apart by [`Params::from_object`]): one value
+    /// alone, several for a repeated name.
+    pub fn from_params(params: &Params) -> Result<Self, ApiError> {
+        let object: Map<String, Value> = params
+            .all_values()
+            .filter(|(name, _)| FILTER_NAMES.contains(name))
             .map(|(name, values)| {
                 let value = match values {
                     [one] => Value::String(one.clone()),
@@ -447,7 +447,7 @@ mod tests {
     use super::*;
 
     fn filters(query: &str) -> Result<Filters, ApiError> {
-        crate::query::params::Params::parse_from(query, SEARCH_NAMES)?.filters()
+        Filters::from_params(&Params::parse_from(query, SEARCH_NAMES)?)
     }
 
     fn event() -> StoredEvent {

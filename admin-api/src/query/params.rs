@@ -8,10 +8,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
-use crate::{
-    error::ApiError,
-    query::{filters::Filters, scalar::Scalar},
-};
+use crate::{error::ApiError, query::scalar::Scalar};
 
 /// The parsed query string of one request.
 #[derive(Debug)]
@@ -85,14 +82,11 @@ impl Params {
         Self::from_pairs(pairs, known)
     }
 
-    /// The search filters among the parameters.
-    pub fn filters(&self) -> Result<Filters, ApiError> {
-        Filters::from_values(
-            self.values
-                .iter()
-                .filter(|(name, _)| crate::query::filters::FILTER_NAMES.contains(&name.as_str()))
-                .map(|(name, values)| (name.as_str(), values.as_slice())),
-        )
+    /// Every parameter with its values, in name order.
+    pub fn all_values(&self) -> impl Iterator<Item = (&str, &[String])> {
+        self.values
+            .iter()
+            .map(|(name, values)| (name.as_str(), values.as_slice()))
     }
 
     /// The value of a parameter that may appear once; empty means absent.

@@ -60,7 +60,7 @@ pub struct Search {
 
 impl Search {
     pub fn parse(params: &Params, key: &CursorKey) -> Result<Self, ApiError> {
-        let filters = params.filters()?;
+        let filters = Filters::from_params(params)?;
         let descending = filters.descending_or(true);
         let limit = params.integer("limit", 1, 1000)?.unwrap_or(100);
         let (mut from, mut to) = window(filters.from, filters.to, TimeDelta::hours(24))?;

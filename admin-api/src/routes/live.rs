@@ -87,7 +87,7 @@ fn parse_filter(filter: Option<&Value>) -> Result<Filters, ApiError> {
     };
     let params =
         Params::from_object("filter", object, &[LIVE_PARAMS]).map_err(in_field("filter"))?;
-    params.filters().map_err(in_field("filter"))
+    Filters::from_params(&params).map_err(in_field("filter"))
 }
 
 /// A ticket for one websocket connection.

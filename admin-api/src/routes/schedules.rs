@@ -120,7 +120,7 @@ pub async fn create(
         &new.filters.unwrap_or_default(),
         &[UNWINDOWED_NAMES],
     )
-    .and_then(|params| params.filters())
+    .and_then(|params| Filters::from_params(&params))
     .map_err(in_field("filters"))?;
     let now = Utc::now();
     let next_run_at = next_fire(&cron, now).ok_or_else(|| ApiError::body("cron", "never fires"))?;
