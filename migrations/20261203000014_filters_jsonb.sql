@@ -4,7 +4,8 @@
 -- no longer as a query string that every reader had to parse again.
 -- Existing rows are converted: their query strings were written by the
 -- service (form encoding: `+` for a space, `%XX` for other bytes) and were
--- checked when they were stored.
+-- checked when they were stored. Admin instances of older releases must be
+-- stopped before this runs (docs/operations.md, Upgrading): they read `query`.
 
 CREATE FUNCTION pg_temp.form_decode(t text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$

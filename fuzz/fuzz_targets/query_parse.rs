@@ -1,9 +1,13 @@
 //! Admin query parsing never panics: search parameters, cursors, export
-//! parameters, whatever the query string holds.
+//! parameters, whatever the query string holds; filters as a JSON object
+//! (export jobs, schedules, live subscriptions) whatever it holds.
 #![no_main]
 
 use auditline_admin_api::query::{
-    cursor::CursorKey, filters::SEARCH_PARAMS, params::Params, search::Search,
+    cursor::CursorKey,
+    filters::{Filters, SEARCH_NAMES},
+    params::Params,
+    search::Search,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -11,8 +15,14 @@ fuzz_target!(|data: &[u8]| {
     let Ok(query) = std::str::from_utf8(data) else {
         return;
     };
+    if let Ok(serde_json::Value::Object(object)) = serde_json::from_slice(data) {
+        let _ = Filters::from_json(serde_json::Value::Object(object.clone()));
+        if let Ok(params) = Params::from_object("filters", &object, &[SEARCH_NAMES[0]]) {
+            let _ = Filters::from_params(&params);
+        }
+    }
     let key = CursorKey::from_bytes(vec![7; 32]);
-    if let Ok(params) = Params::parse_from(query, SEARCH_PARAMS) {
+    if let Ok(params) = Params::parse_from(query, SEARCH_NAMES) {
         let _ = Search::parse(&params, &key);
     }
     let _ = key.decode(query);

@@ -481,47 +481,42 @@ async fn accept(
 /// Publishes `events` through the batcher: resolves once the broker confirmed
 /// every message holding them, or with why not (the publish timeout
 /// included).
+///
+/// One bound covers it all, `ingest.publish_timeout_ms` from the moment the
+/// request is ready: waiting for room in the batcher's queue (a broker that
+/// stalls fills it) and for the confirm. A message confirmed after its
+/// requests gave up and spooled is stored once all the same.
 async fn publish(state: &State, events: &[AuditEvent]) -> Result<(), PublishError> {
     let timeout_ms = state.settings.publish_timeout_ms;
-    let mut replies = Vec::new();
-    let per_message = state.events_per_message.max(1);
-    for chunk in events.chunks(per_message) {
-        let (reply, confirmed) = tokio::sync::oneshot::channel();
-        let part = Part {
-            ndjson: to_ndjson(chunk),
-            events: chunk.len(),
-            routing_key: batch_routing_key(chunk),
-            reply,
-        };
-        if state.batcher.submit(part).await.is_err() {
-            return Err(PublishError::Unavailable {
-                timeout_ms,
-                last_error: "the gateway is shutting down".into(),
-            });
-        }
-        replies.push(confirmed);
-    }
+    let unavailable = |why: &str| PublishError::Unavailable {
+        timeout_ms,
+        last_error: why.into(),
+    };
     let confirmed = async {
-        for reply in replies {
-            match reply.await {
-                Ok(outcome) => outcome?,
-                Err(_) => {
-                    return Err(PublishError::Unavailable {
-                        timeout_ms,
-                        last_error: "the publishing loop stopped".into(),
-                    });
-                }
+        let mut replies = Vec::new();
+        for chunk in events.chunks(state.events_per_message.max(1)) {
+            let (reply, confirmed) = tokio::sync::oneshot::channel();
+            let part = Part {
+                ndjson: to_ndjson(chunk),
+                events: chunk.len(),
+                routing_key: batch_routing_key(chunk),
+                reply,
+            };
+            if state.batcher.submit(part).await.is_err() {
+                return Err(unavailable("the gateway is shutting down"));
             }
+            replies.push(confirmed);
+        }
+        for reply in replies {
+            reply
+                .await
+                .map_err(|_| unavailable("the publishing loop stopped"))??;
         }
         Ok(())
     };
-    match tokio::time::timeout(Duration::from_millis(timeout_ms), confirmed).await {
-        Ok(outcome) => outcome,
-        Err(_) => Err(PublishError::Unavailable {
-            timeout_ms,
-            last_error: "no confirm in time".into(),
-        }),
-    }
+    tokio::time::timeout(Duration::from_millis(timeout_ms), confirmed)
+        .await
+        .unwrap_or_else(|_| Err(unavailable("no confirm in time")))
 }
 
 /// Spools `events` through the group commit: resolves once they are fsync'd.

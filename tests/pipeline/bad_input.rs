@@ -1194,7 +1194,7 @@ the tampering before verifying.
 | T14 | holder of an export token | queue full-history export jobs as fast as possible | the 6th queued or running job is a 429 `too_many_jobs` with `Retry-After` (`exports.max_queued_per_token`); other tokens still queue | `export_guard::the_sixth_queued_job_of_one_token_is_429_with_retry_after` |
 | T15 | holder of an export token | open streamed exports and read slowly, to hold pooled connections and snapshots | beyond `exports.max_streams`, 503 `too_many_exports` with `Retry-After`; searches go on | `export_guard::a_second_streamed_export_beyond_the_cap_is_503_while_a_slow_reader_holds_the_first` |
 | T16 | holder of an export token | start a streamed export and stop reading | cut after `exports.stream_send_timeout_secs` (an unfinished transfer); its snapshot transaction ends and the slot is free | `export_guard::a_reader_that_stops_reading_is_cut_and_its_snapshot_released` |
-| T17 | holder of another export token | list, show, download or delete another token's jobs and schedules | not listed; 404 as for an unknown id (A50-A54); an admin token sees all; scheduled archives are deleted by admin tokens only | `export_guard::another_tokens_jobs_and_schedules_are_404_and_an_admin_sees_them_all` |
+| T17 | holder of another export token | list, show, download or delete another token's jobs and schedules | not listed; 404 as for an unknown id (A52-A56); an admin token sees all; scheduled archives are deleted by admin tokens only | `export_guard::another_tokens_jobs_and_schedules_are_404_and_an_admin_sees_them_all` |
 ";
 
 #[actix_web::test]

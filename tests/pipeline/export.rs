@@ -465,6 +465,9 @@ async fn export_jobs_write_a_file_equal_to_the_streamed_export_with_a_true_manif
             r#"{"filters": {"success": "yes"}}"#.to_owned(),
             "filters.success",
         ),
+        // null is not "absent": leave the field out instead.
+        (r#"{"format": null}"#.to_owned(), "format"),
+        (r#"{"filters": null}"#.to_owned(), "filters"),
     ] {
         let (status, error) = send_json(
             port,
@@ -1109,8 +1112,9 @@ async fn filters_stored_as_query_strings_survive_the_move_to_json() {
         json!({
             "service": "web site", "status": ["5xx", "404"], "success": false,
             "min_response_time_ms": 2.5, "q": "Ünïcode+&=%", "order": "desc",
-            "from": "2026-12-03T09:00:00Z",
-        })
+            "from": "2026-12-03T10:00:00+01:00",
+        }),
+        "the stored text, decoded and typed"
     );
     let (status, shown) = admin
         .get_json(

@@ -2,7 +2,7 @@
 //! its last value), read into the route's own `Deserialize` type with
 //! unknown fields refused, every error naming the field.
 
-use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, de::DeserializeOwned};
 
 use crate::error::ApiError;
 
@@ -33,13 +33,32 @@ pub(crate) fn read<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         let message = if inner.is_syntax() || inner.is_eof() {
             format!("malformed JSON: {inner}")
         } else {
-            inner.to_string()
+            // The field is named; where it sits in the body is noise.
+            let text = inner.to_string();
+            match text.rfind(" at line ") {
+                Some(at) => text[..at].to_owned(),
+                None => text,
+            }
         };
         ApiError::body(field, message)
     })?;
     json.end()
         .map_err(|e| ApiError::body("$", format!("malformed JSON: {e}")))?;
     Ok(value)
+}
+
+/// An optional body field that, when given, must hold a value: `null` is
+/// refused like any other wrong type (leave the field out instead). Use as
+/// `#[serde(default, deserialize_with = "present")]`.
+pub(crate) fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    match Option::<T>::deserialize(d)? {
+        Some(value) => Ok(Some(value)),
+        None => Err(serde::de::Error::custom(
+            "must not be null; leave the field out instead",
+        )),
+    }
 }
 
 /// Names a parameter error about a filters object as the body field

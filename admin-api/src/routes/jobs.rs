@@ -39,17 +39,20 @@ use crate::{
 #[serde(deny_unknown_fields)]
 pub struct NewExport {
     /// `csv` (default), `json` or `ndjson`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "body::present")]
+    #[schema(nullable = false)]
     format: Option<Format>,
     /// `none` (default) or `zstd`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "body::present")]
+    #[schema(nullable = false)]
     compression: Option<Compression>,
     /// The search filters, with the window (`from`, `to`) and `order`.
-    #[serde(default)]
-    #[schema(value_type = Option<Filters>)]
+    #[serde(default, deserialize_with = "body::present")]
+    #[schema(value_type = Filters, required = false)]
     filters: Option<Map<String, Value>>,
     /// `local` (the default: the export directory) or a configured S3-compatible destination.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "body::present")]
+    #[schema(nullable = false)]
     destination: Option<String>,
 }
 
@@ -327,7 +330,7 @@ pub async fn download(
         )));
     };
     let (size, body) = state.storage.read(&job.destination, file).await?;
-    let export = job.export();
+    let export = job.export()?;
     Ok(HttpResponse::Ok()
         .content_type(export.content_type())
         .insert_header(ContentDisposition {

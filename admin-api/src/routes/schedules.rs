@@ -31,29 +31,37 @@ use crate::{
 #[serde(deny_unknown_fields)]
 pub struct NewSchedule {
     /// A name for people (default: the cron expression).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "body::present")]
+    #[schema(nullable = false)]
     name: Option<String>,
     /// Five cron fields, UTC, e.g. `5 0 * * *` (00:05 every day).
-    #[serde(default)]
-    #[schema(required = true)]
+    #[serde(default, deserialize_with = "body::present")]
+    #[schema(nullable = false, required = true)]
     cron: Option<String>,
     /// `previous_minute`, `previous_hour` or `previous_day`.
-    #[serde(default)]
-    #[schema(required = true, pattern = "^previous_(minute|hour|day)$")]
+    #[serde(default, deserialize_with = "body::present")]
+    #[schema(
+        nullable = false,
+        required = true,
+        pattern = "^previous_(minute|hour|day)$"
+    )]
     window: Option<String>,
     /// `csv` (default), `json` or `ndjson`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "body::present")]
+    #[schema(nullable = false)]
     format: Option<Format>,
     /// `none` (default) or `zstd`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "body::present")]
+    #[schema(nullable = false)]
     compression: Option<Compression>,
     /// The search filters, with `order` but without `from`/`to` (each run's
     /// window is the schedule's).
-    #[serde(default)]
-    #[schema(value_type = Option<Filters>)]
+    #[serde(default, deserialize_with = "body::present")]
+    #[schema(value_type = Filters, required = false)]
     filters: Option<Map<String, Value>>,
     /// `local` (the default: the export directory) or a configured S3-compatible destination.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "body::present")]
+    #[schema(nullable = false)]
     destination: Option<String>,
 }
 

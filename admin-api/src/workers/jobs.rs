@@ -51,8 +51,10 @@ pub struct ExportJob {
     pub state: String,
     /// The search filters, with the window and order as given (the
     /// window the job covers is `window_from`/`window_to`).
+    /// (Read as JSON and checked when the job runs: a row that no longer
+    /// reads as [`Filters`] fails its own job, not every listing.)
     #[schema(value_type = Filters)]
-    pub filters: sqlx::types::Json<Filters>,
+    pub filters: sqlx::types::Json<serde_json::Value>,
     pub format: Format,
     pub compression: Compression,
     pub window_from: DateTime<Utc>,
@@ -131,16 +133,16 @@ impl ExportJob {
     }
 
     /// The export this job runs: its filters over its fixed window.
-    pub(crate) fn export(&self) -> Export {
-        let filters = self.filters.0.clone();
-        Export {
+    pub(crate) fn export(&self) -> Result<Export, crate::error::ApiError> {
+        let filters = Filters::from_json(self.filters.0.clone())?;
+        Ok(Export {
             descending: filters.descending_or(false),
             filters,
             from: self.window_from,
             to: self.window_to,
             format: self.format,
             compression: self.compression,
-        }
+        })
     }
 }
 
@@ -416,7 +418,9 @@ impl Runner {
     }
 
     async fn write_file(&self, job: &ExportJob, file: &str) -> Result<(), Stopped> {
-        let export = job.export();
+        let export = job
+            .export()
+            .map_err(|e| anyhow::anyhow!("the job's stored filters are unusable: {e}"))?;
         let mut upload = self
             .storage
             .create(&job.destination, file, job.attempts)

@@ -40,8 +40,9 @@ pub struct Schedule {
     pub window_unit: String,
     /// The search filters and order (no `from`/`to`: each run's window is
     /// the schedule's).
+    /// (Copied into each job as stored; checked when the job runs.)
     #[schema(value_type = Filters)]
-    pub filters: sqlx::types::Json<Filters>,
+    pub filters: sqlx::types::Json<serde_json::Value>,
     pub format: Format,
     pub compression: Compression,
     /// `local` (files land in `export_dir`) or a configured S3-compatible destination.

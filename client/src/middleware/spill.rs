@@ -17,6 +17,34 @@ pub(super) struct Spiller {
     pub(super) spilled: AtomicU64,
     /// Hand-offs given to the committer and not yet written (or refused).
     pub(super) pending: Arc<std::sync::atomic::AtomicUsize>,
+    lost: Arc<Lost>,
+}
+
+/// Events neither published nor spooled (a full or failing spool), logged
+/// at most once a second with the count since the last line: a full spool
+/// refuses every hand-off, and a line each would drown the log.
+#[derive(Default)]
+struct Lost {
+    since_logged: AtomicU64,
+    /// Milliseconds since 1970 of the last line.
+    logged_at: AtomicU64,
+}
+
+impl Lost {
+    fn report(&self, events: usize, error: &crate::spool::SpoolError) {
+        self.since_logged.fetch_add(events as u64, Ordering::AcqRel);
+        let now = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0);
+        let last = self.logged_at.load(Ordering::Acquire);
+        if now.saturating_sub(last) >= 1_000
+            && self
+                .logged_at
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            let events = self.since_logged.swap(0, Ordering::AcqRel);
+            tracing::error!(error = %error, events, "audit events could be neither published nor spooled");
+        }
+    }
 }
 
 impl Spiller {
@@ -26,6 +54,7 @@ impl Spiller {
             buffers,
             spilled: AtomicU64::new(0),
             pending: Arc::default(),
+            lost: Arc::default(),
         })
     }
 
@@ -35,15 +64,16 @@ impl Spiller {
             self.spilled.fetch_add(count as u64, Ordering::Relaxed);
             self.pending.fetch_add(1, Ordering::AcqRel);
             let (buffers, pending) = (self.buffers.clone(), self.pending.clone());
+            let lost = self.lost.clone();
             let written = move |body: Vec<u8>, outcome: Result<(), crate::spool::SpoolError>| {
                 if let Err(e) = outcome {
-                    tracing::error!(error = %e, events = count, "audit events could be neither published nor spooled");
+                    lost.report(count, &e);
                 }
                 buffers.give_back(body);
                 pending.fetch_sub(1, Ordering::AcqRel);
             };
             if let Err((body, e)) = self.committer.append_then(lines.body, written) {
-                tracing::error!(error = %e, events = count, "audit events could be neither published nor spooled");
+                self.lost.report(count, &e);
                 self.buffers.give_back(body);
                 self.pending.fetch_sub(1, Ordering::AcqRel);
             }
