@@ -315,27 +315,15 @@ async fn run<S: Sink>(
         if taken == 0 {
             break;
         }
-        let mut count: usize = parts.iter().map(S::events).sum();
-        if count < settings.events_per_message {
-            // Linger so that a busy app hands over hundreds of events per
-            // wake-up, and they leave in few messages (not at shutdown).
-            if !closed && !settings.linger.is_zero() {
-                tokio::select! {
-                    () = tokio::time::sleep(settings.linger) => {}
-                    () = signals.batch_queued.notified() => {}
-                    _ = closing.changed() => {}
-                }
-            }
-            while count < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(part) => {
-                        count += S::events(&part);
-                        parts.push(part);
-                    }
-                    Err(_) => break,
-                }
-            }
-        }
+        gather::<S>(
+            &mut rx,
+            &mut parts,
+            &settings,
+            &signals,
+            &mut closing,
+            closed,
+        )
+        .await;
         let (prepared, tickets) = prepare(&mut parts, &settings, &publisher, &*sink);
         // Over the budget, the loop waits (and the queue fills), sending the
         // outbox whenever a publish is free: its share is freed only then.
@@ -365,6 +353,40 @@ async fn run<S: Sink>(
     // Every batch settled (shutdown then waits for the sink's own work).
     let _ = in_flight.acquire_many(IN_FLIGHT as u32).await;
     signals.drained.send_replace(true);
+}
+
+/// After a first take: unless a message's worth is there, lingers (not at
+/// shutdown) so that a busy app hands over hundreds of events per wake-up
+/// and they leave in few messages, then takes what else is queued, up to
+/// [`MAX_BATCH`] events.
+async fn gather<S: Sink>(
+    rx: &mut mpsc::Receiver<S::Part>,
+    parts: &mut Vec<S::Part>,
+    settings: &BatchSettings,
+    signals: &Signals,
+    closing: &mut watch::Receiver<bool>,
+    closed: bool,
+) {
+    let mut count: usize = parts.iter().map(S::events).sum();
+    if count >= settings.events_per_message {
+        return;
+    }
+    if !closed && !settings.linger.is_zero() {
+        tokio::select! {
+            () = tokio::time::sleep(settings.linger) => {}
+            () = signals.batch_queued.notified() => {}
+            _ = closing.changed() => {}
+        }
+    }
+    while count < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(part) => {
+                count += S::events(&part);
+                parts.push(part);
+            }
+            Err(_) => break,
+        }
+    }
 }
 
 /// Groups the parts into messages and compresses them now, so that what

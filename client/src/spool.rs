@@ -274,11 +274,16 @@ struct Waiting {
 
 /// The most bytes one commit writes (callers beyond it wait for the next).
 const GROUP_BYTES: usize = 8 * 1024 * 1024;
-/// How long a commit waits for more appends after the first (like
-/// PostgreSQL's `commit_delay`): the spool is written only while the broker
-/// is away, when 2 ms more per request costs nothing and many requests
-/// sharing one fsync is what keeps the gateway's throughput.
-const GROUP_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
+/// How a commit gathers appends (like PostgreSQL's `commit_delay`, but
+/// following the burst): after the first, it waits while appends keep
+/// coming, each at most [`GROUP_GAP`] after the one before, for at most
+/// [`GROUP_MAX_WAIT`] in all. The spool is written only while the broker is
+/// away, when a few milliseconds more per request cost nothing and many
+/// requests sharing one fsync is what keeps the gateway's throughput; a
+/// fixed 2 ms window split a burst of 100 posts on a busy machine into
+/// 37–54 fsyncs.
+const GROUP_GAP: std::time::Duration = std::time::Duration::from_millis(2);
+const GROUP_MAX_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
 
 impl GroupCommit {
     /// Starts the committing thread; `committed(requests)` is called after
@@ -295,13 +300,16 @@ impl GroupCommit {
                 while let Ok(first) = waiting.recv() {
                     let mut group = vec![first];
                     let mut bytes = group[0].ndjson.len();
-                    let until = std::time::Instant::now() + GROUP_WAIT;
+                    let started = std::time::Instant::now();
+                    let mut last = started;
                     while bytes < GROUP_BYTES {
+                        let until = (last + GROUP_GAP).min(started + GROUP_MAX_WAIT);
                         let left = until.saturating_duration_since(std::time::Instant::now());
                         match waiting.recv_timeout(left) {
                             Ok(next) => {
                                 bytes += next.ndjson.len();
                                 group.push(next);
+                                last = std::time::Instant::now();
                             }
                             Err(_) => break,
                         }

@@ -7,7 +7,8 @@
 //! (another's id is a 404), an `admin` token every one.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use chrono::{TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
+use croner::Cron;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -90,23 +91,7 @@ pub async fn create(
         .cron
         .ok_or_else(|| ApiError::body("cron", "is required, e.g. \"5 0 * * *\""))?;
     let cron = parse_cron(&cron_text).map_err(|e| ApiError::body("cron", e))?;
-    let window = new.window.ok_or_else(|| {
-        ApiError::body(
-            "window",
-            "is required: previous_minute, previous_hour or previous_day",
-        )
-    })?;
-    let unit = match window.as_str() {
-        "previous_minute" => "minute",
-        "previous_hour" => "hour",
-        "previous_day" => "day",
-        other => {
-            return Err(ApiError::body(
-                "window",
-                format!("{other:?} is not one of previous_minute, previous_hour, previous_day"),
-            ));
-        }
-    };
+    let unit = window_unit(new.window)?;
     let name = new.name.unwrap_or_else(|| cron_text.clone());
     if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
         return Err(ApiError::body(
@@ -130,23 +115,7 @@ pub async fn create(
     )
     .and_then(|params| Filters::from_params(&params))
     .map_err(in_field("filters"))?;
-    let now = Utc::now();
-    let next_run_at = next_fire(&cron, now).ok_or_else(|| ApiError::body("cron", "never fires"))?;
-    // Every fire queues a job and writes a file: more than one a minute
-    // would flood storage for windows too short to hold anything.
-    let mut fire = next_run_at;
-    for _ in 0..120 {
-        let Some(next) = next_fire(&cron, fire) else {
-            break;
-        };
-        if next - fire < TimeDelta::minutes(1) {
-            return Err(ApiError::body(
-                "cron",
-                "fires more often than once a minute; the shortest interval is one minute",
-            ));
-        }
-        fire = next;
-    }
+    let next_run_at = first_fire(&cron, Utc::now())?;
     let schedule: Schedule = sqlx::query_as(concat!(
         "INSERT INTO auditline.export_schedules \
          (id, name, cron, window_unit, filters, format, compression, destination, created_by, \
@@ -168,6 +137,47 @@ pub async fn create(
     .fetch_one(&state.pool)
     .await?;
     Ok(HttpResponse::Created().json(schedule.complete()))
+}
+
+/// The unit of a `window` (`previous_minute` → `minute`).
+fn window_unit(window: Option<String>) -> Result<&'static str, ApiError> {
+    let window = window.ok_or_else(|| {
+        ApiError::body(
+            "window",
+            "is required: previous_minute, previous_hour or previous_day",
+        )
+    })?;
+    match window.as_str() {
+        "previous_minute" => Ok("minute"),
+        "previous_hour" => Ok("hour"),
+        "previous_day" => Ok("day"),
+        other => Err(ApiError::body(
+            "window",
+            format!("{other:?} is not one of previous_minute, previous_hour, previous_day"),
+        )),
+    }
+}
+
+/// The first fire time after `now`. Every fire queues a job and writes a
+/// file: a cron firing more than once a minute (within its next 120 fires)
+/// would flood storage for windows too short to hold anything, and is
+/// refused.
+fn first_fire(cron: &Cron, now: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
+    let first = next_fire(cron, now).ok_or_else(|| ApiError::body("cron", "never fires"))?;
+    let mut fire = first;
+    for _ in 0..120 {
+        let Some(next) = next_fire(cron, fire) else {
+            break;
+        };
+        if next - fire < TimeDelta::minutes(1) {
+            return Err(ApiError::body(
+                "cron",
+                "fires more often than once a minute; the shortest interval is one minute",
+            ));
+        }
+        fire = next;
+    }
+    Ok(first)
 }
 
 /// The schedules.
