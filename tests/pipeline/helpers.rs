@@ -977,22 +977,3 @@ pub fn metric(metrics: &str, series: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{metrics}"))
 }
-
-#[actix_web::test]
-async fn a_test_env_dropped_without_cleanup_removes_its_database() {
-    let env = TestEnv::new().await;
-    let name = env.db_name.clone();
-    let dir = std::env::temp_dir().join(format!("auditline-test-{}", env.id));
-    std::fs::create_dir_all(&dir).expect("directory");
-    drop(env);
-    let admin = PgPool::connect(ADMIN_URL).await.expect("PostgreSQL");
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)")
-            .bind(&name)
-            .fetch_one(&admin)
-            .await
-            .expect("query");
-    admin.close().await;
-    assert!(!exists, "{name} is dropped");
-    assert!(!dir.exists(), "its directory is removed");
-}
