@@ -5,7 +5,7 @@
 
 use auditline_admin_api::query::{
     cursor::CursorKey,
-    filters::{Filters, SEARCH_NAMES},
+    filters::{FILTER_NAMES, Filters, SEARCH_NAMES},
     params::Params,
     search::Search,
 };
@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(serde_json::Value::Object(object)) = serde_json::from_slice(data) {
         let _ = Filters::from_json(serde_json::Value::Object(object.clone()));
-        if let Ok(params) = Params::from_object("filters", &object, &[SEARCH_NAMES[0]]) {
+        if let Ok(params) = Params::from_object("filters", &object, FILTER_NAMES) {
             let _ = Filters::from_params(&params);
         }
     }

@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::{
     error::ApiError,
     query::{
-        filters::{FILTER_NAMES, Filters},
+        filters::{Filters, UNWINDOWED_NAMES, WINDOW_NAMES},
         params::{Params, window},
     },
 };
@@ -40,7 +40,7 @@ const ZSTD_LEVEL: i32 = 1;
 const FLUSH_BYTES: usize = 256 * 1024;
 
 /// Parameters of `GET /admin/audit/export`.
-pub const EXPORT_PARAMS: &[&[&str]] = &[FILTER_NAMES, &["format", "compression"]];
+pub const EXPORT_PARAMS: &[&[&str]] = &[UNWINDOWED_NAMES, WINDOW_NAMES, &["format", "compression"]];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
