@@ -1,4 +1,4 @@
-//! The pool of line buffers the workers write into and the publish loop
+//! The pool of line buffers the workers write into and the batching publisher
 //! gives back, so a steady load allocates nothing.
 
 use super::*;

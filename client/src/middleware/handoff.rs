@@ -1,5 +1,5 @@
 //! Each worker thread's pending buffer: filled one event line at a time,
-//! handed to the publish loop every 64 events or 5 ms, and handed over when
+//! handed to the batching publisher every 64 events or 5 ms, and handed over when
 //! the worker stops.
 
 use super::*;

@@ -33,7 +33,7 @@
 //! Layout: [`config`] (what it is told), `record` (a request as an event
 //! line), `buffers` (the line buffers' pool), `handoff` (each worker's
 //! pending buffer), `publish` (what the batching publisher of
-//! [`crate::batcher`] does with the hand-offs), `spill` (the spool thread), `service` (the actix-web `Transform` and `Service`); this
+//! [`crate::batcher`] does with the hand-offs), `spill` (events handed to the spool's group commit), `service` (the actix-web `Transform` and `Service`); this
 //! module: the request extensions, the shared state and [`AuditMiddleware`].
 
 mod buffers;
