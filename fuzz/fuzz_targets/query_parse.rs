@@ -17,9 +17,7 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(serde_json::Value::Object(object)) = serde_json::from_slice(data) {
         let _ = Filters::from_json(serde_json::Value::Object(object.clone()));
-        if let Ok(params) = Params::from_object("filters", &object, FILTER_NAMES) {
-            let _ = Filters::from_params(&params);
-        }
+        let _ = Filters::from_object(&object, FILTER_NAMES);
     }
     let key = CursorKey::from_bytes(vec![7; 32]);
     if let Ok(params) = Params::parse_from(query, SEARCH_NAMES) {

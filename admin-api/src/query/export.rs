@@ -131,8 +131,6 @@ impl Export {
     /// when present.
     pub fn parse(params: &Params) -> Result<Self, ApiError> {
         let filters = Filters::from_params(params)?;
-        let (from, to) = window(filters.from, filters.to, TimeDelta::hours(24))?;
-        let descending = filters.descending_or(false);
         let format = match params.one("format")? {
             None => Format::Csv,
             Some(text) => Format::parse(text).ok_or_else(|| {
@@ -148,11 +146,22 @@ impl Export {
                 ApiError::param("compression", format!("{text:?} is not one of none, zstd"))
             })?,
         };
+        Self::new(filters, format, compression)
+    }
+
+    /// An export of `filters` over their window (the last 24 hours unless
+    /// they say), oldest first unless they say.
+    pub fn new(
+        filters: Filters,
+        format: Format,
+        compression: Compression,
+    ) -> Result<Self, ApiError> {
+        let (from, to) = window(filters.from, filters.to, TimeDelta::hours(24))?;
         Ok(Self {
+            descending: filters.descending_or(false),
             filters,
             from,
             to,
-            descending,
             format,
             compression,
         })

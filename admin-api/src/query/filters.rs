@@ -218,9 +218,21 @@ impl Filters {
         Ok(filters)
     }
 
-    /// Reads the filters among a request's parameters (a query string's, or
-    /// a JSON object's taken apart by [`Params::from_object`]): one value
-    /// alone, several for a repeated name.
+    /// Reads a JSON object of filters (an export job's, a schedule's, a live
+    /// subscription's), refusing names not in `known` as a query string's
+    /// are refused.
+    pub fn from_object(object: &Map<String, Value>, known: &[&[&str]]) -> Result<Self, ApiError> {
+        if let Some(name) = object
+            .keys()
+            .find(|name| !known.iter().any(|list| list.contains(&name.as_str())))
+        {
+            return Err(Params::unknown(name, known));
+        }
+        Self::from_json(Value::Object(object.clone()))
+    }
+
+    /// Reads the filters among a query string's parameters: one value alone,
+    /// several for a repeated name.
     pub fn from_params(params: &Params) -> Result<Self, ApiError> {
         let object: Map<String, Value> = params
             .all_values()

@@ -5,7 +5,6 @@
 //! is taken apart the same way ([`Params::from_object`]).
 
 use chrono::{DateTime, SubsecRound, Utc};
-use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
 use crate::{error::ApiError, query::scalar::Scalar};
@@ -35,10 +34,7 @@ impl Params {
         let mut values: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (name, value) in pairs {
             if !known.iter().any(|list| list.contains(&name.as_ref())) {
-                return Err(ApiError::param(
-                    name.as_ref(),
-                    format!("unknown parameter; known: {}", known.concat().join(", ")),
-                ));
+                return Err(Self::unknown(name.as_ref(), known));
             }
             if value.as_ref().contains('\0') {
                 return Err(ApiError::param(
@@ -51,35 +47,12 @@ impl Params {
         Ok(Self { values })
     }
 
-    /// A JSON object of parameters (the body field `field`): a string, a
-    /// number or a boolean each, or an array of them for a repeatable one.
-    /// Refused as [`Params::parse_from`] refuses, with the same names.
-    pub fn from_object(
-        field: &str,
-        object: &Map<String, Value>,
-        known: &[&[&str]],
-    ) -> Result<Self, ApiError> {
-        let text = |name: &str, v: &Value| match v {
-            Value::String(s) => Ok(s.clone()),
-            Value::Number(n) => Ok(n.to_string()),
-            Value::Bool(b) => Ok(b.to_string()),
-            _ => Err(ApiError::body(
-                &format!("{field}.{name}"),
-                "must be a string, a number, a boolean or an array of them",
-            )),
-        };
-        let mut pairs = Vec::new();
-        for (name, value) in object {
-            match value {
-                Value::Array(values) => {
-                    for v in values {
-                        pairs.push((name.as_str(), text(name, v)?));
-                    }
-                }
-                v => pairs.push((name.as_str(), text(name, v)?)),
-            }
-        }
-        Self::from_pairs(pairs, known)
+    /// The error for a parameter not in `known`.
+    pub fn unknown(name: &str, known: &[&[&str]]) -> ApiError {
+        ApiError::param(
+            name,
+            format!("unknown parameter; known: {}", known.concat().join(", ")),
+        )
     }
 
     /// Every parameter with its values, in name order.

@@ -1,9 +1,10 @@
 //! How a filter value is read, whichever way it came: a query string gives
 //! text (`success=true`, `status=404&status=5xx`), a JSON body or a stored
 //! JSONB column gives JSON (`"success": true`, `"status": ["404", "5xx"]`).
-//! A [`Scalar`] is read from text, and JSON numbers and booleans are read
-//! as the text they print as, so both ways take the same checks and give
-//! the same errors. A field that may hold several values ([`many`]) takes
+//! A [`Scalar`] is read from text, and a JSON number or boolean where the
+//! schema has one is read as the text it prints as, so both ways take the
+//! same checks and give the same errors; a JSON number or boolean where the
+//! schema has text is refused. A field that may hold several values ([`many`]) takes
 //! one or an array and is written back the same way: one value alone,
 //! several as an array.
 
@@ -20,7 +21,15 @@ pub const MAX_VALUES: usize = 100;
 pub trait Scalar: Sized {
     /// What the value is, for "expected …" errors.
     const EXPECTED: &'static str;
+    /// Whether a JSON number or boolean may stand for it (read as the text
+    /// it prints as); otherwise JSON must give text, as the schema says.
+    const FROM_NUMBER: bool = false;
+    const FROM_BOOL: bool = false;
     fn from_text(text: &str) -> Result<Self, String>;
+}
+
+fn wrong_type<T: Scalar, E: de::Error>(given: &str) -> E {
+    E::custom(format!("{given} is not {}", T::EXPECTED))
 }
 
 /// Reads one [`Scalar`] from text, a number or a boolean.
@@ -39,22 +48,37 @@ impl<'de, T: Scalar> Visitor<'de> for ScalarVisitor<T> {
                 "must not be empty; leave the parameter out instead",
             ));
         }
+        if v.contains('\0') {
+            return Err(E::custom("must not contain NUL characters"));
+        }
         T::from_text(v).map_err(E::custom)
     }
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<T, E> {
+        if !T::FROM_BOOL {
+            return Err(wrong_type::<T, E>("a boolean"));
+        }
         self.visit_str(if v { "true" } else { "false" })
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+        if !T::FROM_NUMBER {
+            return Err(wrong_type::<T, E>("a number"));
+        }
         self.visit_str(&v.to_string())
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+        if !T::FROM_NUMBER {
+            return Err(wrong_type::<T, E>("a number"));
+        }
         self.visit_str(&v.to_string())
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+        if !T::FROM_NUMBER {
+            return Err(wrong_type::<T, E>("a number"));
+        }
         self.visit_str(&v.to_string())
     }
 
@@ -167,6 +191,7 @@ impl Scalar for String {
 
 impl Scalar for bool {
     const EXPECTED: &'static str = "`true` or `false`";
+    const FROM_BOOL: bool = true;
     fn from_text(text: &str) -> Result<Self, String> {
         match text {
             "true" => Ok(true),
@@ -179,6 +204,7 @@ impl Scalar for bool {
 /// A number ≥ 0 (a duration, a size).
 impl Scalar for f64 {
     const EXPECTED: &'static str = "a number ≥ 0";
+    const FROM_NUMBER: bool = true;
     fn from_text(text: &str) -> Result<Self, String> {
         text.parse::<f64>()
             .ok()
@@ -249,6 +275,8 @@ mod tests {
             (json!({"names": null}), "must not be null"),
             (json!({"names": {"a": 1}}), "a string or an array of them"),
             (json!({"ms": -1}), "is not a number ≥ 0"),
+            (json!({"names": false}), "a boolean is not a string"),
+            (json!({"names": [1]}), "a number is not a string"),
             (json!({"names": vec!["x"; 101]}), "at most 100 values"),
         ];
         for (value, want) in cases {

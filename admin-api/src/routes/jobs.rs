@@ -64,11 +64,15 @@ fn parse_new(body: &[u8], storage: &Storage) -> Result<(Export, String), ApiErro
     storage
         .check(&destination)
         .map_err(|message| ApiError::body("destination", message))?;
-    let params = Params::from_object("filters", &new.filters.unwrap_or_default(), FILTER_NAMES)
+    let export = Filters::from_object(&new.filters.unwrap_or_default(), FILTER_NAMES)
+        .and_then(|filters| {
+            Export::new(
+                filters,
+                new.format.unwrap_or(Format::Csv),
+                new.compression.unwrap_or(Compression::None),
+            )
+        })
         .map_err(in_field("filters"))?;
-    let mut export = Export::parse(&params).map_err(in_field("filters"))?;
-    export.format = new.format.unwrap_or(Format::Csv);
-    export.compression = new.compression.unwrap_or(Compression::None);
     Ok((export, destination))
 }
 

@@ -85,9 +85,7 @@ fn parse_filter(filter: Option<&Value>) -> Result<Filters, ApiError> {
         Some(Value::Object(map)) => map,
         Some(_) => return Err(ApiError::body("filter", "must be an object")),
     };
-    let params =
-        Params::from_object("filter", object, &[LIVE_PARAMS]).map_err(in_field("filter"))?;
-    Filters::from_params(&params).map_err(in_field("filter"))
+    Filters::from_object(object, &[LIVE_PARAMS]).map_err(in_field("filter"))
 }
 
 /// A ticket for one websocket connection.

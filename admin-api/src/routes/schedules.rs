@@ -108,13 +108,8 @@ pub async fn create(
         .map_err(|message| ApiError::body("destination", message))?;
     let format = new.format.unwrap_or(Format::Csv);
     let compression = new.compression.unwrap_or(Compression::None);
-    let filters = Params::from_object(
-        "filters",
-        &new.filters.unwrap_or_default(),
-        &[UNWINDOWED_NAMES],
-    )
-    .and_then(|params| Filters::from_params(&params))
-    .map_err(in_field("filters"))?;
+    let filters = Filters::from_object(&new.filters.unwrap_or_default(), &[UNWINDOWED_NAMES])
+        .map_err(in_field("filters"))?;
     let next_run_at = first_fire(&cron, Utc::now())?;
     let schedule: Schedule = sqlx::query_as(concat!(
         "INSERT INTO auditline.export_schedules \
