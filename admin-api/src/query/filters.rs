@@ -30,8 +30,8 @@ use auditline_shared::stored::StoredEvent;
 ///
 /// In a query string a repeatable filter is given once per value
 /// (`status=404&status=5xx`); in JSON as one value or an array
-/// (`"status": ["404", "5xx"]`), and numbers and booleans may be JSON's own
-/// or text. Stored and shown the same way: one value alone, several as an
+/// (`"status": ["404", "5xx"]`); `success` and `min_response_time_ms` may
+/// be JSON's boolean and number or text, the others are text. Stored and shown the same way: one value alone, several as an
 /// array.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema, IntoParams)]
 #[serde(deny_unknown_fields)]
